@@ -1,0 +1,107 @@
+"""The dashboard: browse every run and experiment under --out in the browser.
+
+    python dash_llama/app.py [--out out] [--host 127.0.0.1] [--port 8050]
+
+Pages: Runs, Saturation, Attention, Embeddings, Generations, Data, Experiments (one module each in
+dash_llama/pages/). Runs are discovered under --out (any folder with a config.json) and re-read when their
+files change, so a run still training shows new checkpoints on the next refresh. Everything is read through
+the project's shared readers (dash_llama/data.py); a missing artifact shows a message naming the stage that
+makes it. Binds 127.0.0.1 unless told otherwise."""
+import argparse
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dash import Dash, Input, Output, State, dcc, html  # noqa: E402
+
+from common.errors import UserError, run_main  # noqa: E402
+from dash_llama.data import Store  # noqa: E402
+from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation  # noqa: E402
+from dash_llama.ui import message  # noqa: E402
+
+REFRESH_SECONDS = 15   # how often the run list, checkpoints and logs are re-read
+PAGES = {              # path -> (title, module)
+    "/runs": ("Runs", runs),
+    "/saturation": ("Saturation", saturation),
+    "/attention": ("Attention", attention),
+    "/embeddings": ("Embeddings", embeddings),
+    "/generations": ("Generations", generations),
+    "/data": ("Data", data_page),
+    "/experiments": ("Experiments", experiments),
+}
+
+
+def default_run(names):
+    """The run to open first: out/demo if present, else the first top-level run."""
+    return "demo" if "demo" in names else (names[0] if names else None)
+
+
+def pick_run(store, search, current, triggered_by_url):
+    """(options, value) of the header's run dropdown. A ?run= from the URL is taken as given so an unknown or
+    malicious name reaches the pages, which refuse it with a message; otherwise keep the current run."""
+    names = store.runs()
+    options = [{"label": n, "value": n} for n in names]
+    requested = parse_qs((search or "").lstrip("?")).get("run", [None])[0]
+    if requested is not None and triggered_by_url:
+        return options, requested
+    if current in names:
+        return options, current
+    return options, default_run(names)
+
+
+def render_page(pathname):
+    pathname = pathname if pathname not in (None, "", "/") else "/runs"
+    if pathname not in PAGES:
+        return message(f"no page {pathname!r}: pick one of {', '.join(PAGES)}", "error")
+    return PAGES[pathname][1].layout()
+
+
+def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
+    store = Store(out_dir)
+    app = Dash(__name__, title="llama2_prebiasing", suppress_callback_exceptions=True,
+               assets_folder=str(Path(__file__).parent / "assets"))
+    app.layout = html.Div([
+        dcc.Location(id="url"),
+        dcc.Interval(id="refresh", interval=refresh_seconds * 1000),
+        html.Header(className="header", children=[
+            html.Div("llama2_prebiasing", className="brand"),
+            html.Nav([dcc.Link(title, href=path, className="nav-link", id=f"nav-{path.strip('/')}")
+                      for path, (title, _) in PAGES.items()]),
+            html.Label(["run", dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet")],
+                       className="run-picker"),
+        ]),
+        html.Div(f"reading {Path(out_dir).resolve()}", className="out-dir"),
+        html.Main(id="page"),
+    ])
+
+    @app.callback(Output("run", "options"), Output("run", "value"),
+                  Input("url", "search"), Input("refresh", "n_intervals"), State("run", "value"))
+    def update_runs(search, _n, current):
+        from dash import ctx
+        return pick_run(store, search, current, ctx.triggered_id in (None, "url"))
+
+    app.callback(Output("page", "children"), Input("url", "pathname"))(render_page)
+    for _, module in PAGES.values():
+        module.register(app, store)
+    app.store = store
+    return app
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out", help="folder holding runs and experiments (default: out)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, local only)")
+    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pop-ups)")
+    args = parser.parse_args()
+    if not Path(args.out).is_dir():
+        raise UserError(f"--out folder not found: {args.out} — train a run first (python modelling/train.py) "
+                        "or point --out at the folder holding your runs")
+    app = create_app(args.out)
+    print(f"dashboard for {Path(args.out).resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    app.run(host=args.host, port=args.port, debug=args.debug)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,242 @@
+"""Data access for the dashboard: discover runs and experiments under --out, validate names coming from the
+browser, and read every artifact through the project's shared readers, cached until its files change.
+
+Pages never touch paths themselves: they ask the Store, which raises Missing (a message meant for the page)
+when a stage has not been run yet, and UnknownName when a name from the browser is not a run or experiment
+under --out (so `../../etc` can never become a path)."""
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.paths import tok_dir
+
+# folders inside a run that never hold runs themselves (keeps discovery cheap while a run is training)
+SKIP_DIRS = {"ckpt", "tables", "visualize", "figures", "bench", "__pycache__"}
+DURABILITY = Path("experiments") / "durability"
+
+
+class Missing(Exception):
+    """An artifact a page needs does not exist yet; the message says which stage makes it."""
+
+
+class UnknownName(Exception):
+    """A run or experiment name from the browser that is not one under --out."""
+
+
+def _signature(*paths):
+    """(mtime, size) of each path, or None when absent; a changed signature invalidates a cache entry."""
+    sig = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            sig.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+class Store:
+    """Everything the pages read, for one --out folder. Thread-safe (Dash serves callbacks from threads)."""
+
+    def __init__(self, out_dir, max_checkpoints_cached=8):
+        self.out_dir = Path(out_dir)
+        self._cache = {}                       # key -> (signature, value)
+        self._ckpts = OrderedDict()            # (run, step) -> checkpoint dict, LRU
+        self._max_ckpts = max_checkpoints_cached
+        self._lock = threading.RLock()
+
+    # ---- caching ---------------------------------------------------------------------------------------
+    def _cached(self, key, sig, load):
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
+        value = load()
+        with self._lock:
+            self._cache[key] = (sig, value)
+        return value
+
+    # ---- discovery and name validation -----------------------------------------------------------------
+    def runs(self):
+        """Names (paths relative to --out, '/'-separated) of every folder holding a config.json."""
+        found = []
+        if not self.out_dir.is_dir():
+            return found
+        for root, dirs, files in os.walk(self.out_dir):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+            if "config.json" in files:
+                found.append(Path(root).relative_to(self.out_dir).as_posix())
+        return sorted(found, key=lambda n: (n.count("/"), n))
+
+    def experiments(self):
+        """Names of durability experiments: folders under out/experiments/durability/."""
+        root = self.out_dir / DURABILITY
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def run_dir(self, name):
+        """The folder of run `name`, only if `name` is exactly one of the discovered runs."""
+        if name is None or name == "":
+            raise Missing(f"no run selected — none found under {self.out_dir} yet; train one with "
+                          f"`python modelling/train.py --out_dir={self.out_dir.as_posix()}/NAME`")
+        if not isinstance(name, str) or name not in self.runs():
+            raise UnknownName(f"unknown run {name!r}: pick one of the runs found under {self.out_dir}")
+        path = (self.out_dir / name).resolve()
+        if not path.is_relative_to(self.out_dir.resolve()):  # belt and braces: symlinks out of --out
+            raise UnknownName(f"run {name!r} lies outside {self.out_dir}")
+        return path
+
+    def experiment_dir(self, name):
+        if not isinstance(name, str) or name not in self.experiments():
+            raise UnknownName(f"unknown experiment {name!r}: pick one under {self.out_dir / DURABILITY}")
+        return (self.out_dir / DURABILITY / name).resolve()
+
+    # ---- a run -----------------------------------------------------------------------------------------
+    def run(self, name):
+        """The shared reader's Run (config, probes, train_log, val_log, checkpoints, batch_log), refreshed
+        whenever training appends to the logs or writes a checkpoint."""
+        from modelling.checkpoints import load_run
+        d = self.run_dir(name)
+        sig = _signature(d / "config.json", d / "train_log.csv", d / "val_log.csv", d / "ckpt",
+                         d / "batch_log.json", d / "probes.json")
+
+        def load():
+            try:
+                return load_run(d)
+            except UserError as e:
+                raise Missing(str(e)) from None
+        return self._cached(("run", name), sig, load)
+
+    def config(self, name):
+        """The run's settings, flat: train.py's constants (config.json's "config") plus n_params, n_steps, …"""
+        raw = self.run(name).config
+        extra = {k: v for k, v in raw.items() if k not in ("config", "provenance") and not isinstance(v, (dict, list))}
+        return {**extra, **raw.get("config", {})}
+
+    def checkpoint_steps(self, name):
+        return [int(step) for step, _ in self.run(name).checkpoints]
+
+    def checkpoint(self, name, step):
+        """One checkpoint dict (weights, probe_attn, …) through the shared reader; a few kept in memory."""
+        from modelling.checkpoints import load_checkpoint
+        paths = dict(self.run(name).checkpoints)
+        if step not in paths:
+            raise Missing(f"run {name} has no checkpoint at step {step}")
+        key = (name, int(step), _signature(paths[step]))
+        with self._lock:
+            if key in self._ckpts:
+                self._ckpts.move_to_end(key)
+                return self._ckpts[key]
+        ckpt = load_checkpoint(paths[step])
+        with self._lock:
+            self._ckpts[key] = ckpt
+            while len(self._ckpts) > self._max_ckpts:
+                self._ckpts.popitem(last=False)
+        return ckpt
+
+    def batch_log(self, name):
+        log = self.run(name).batch_log
+        if log is None or len(log) == 0:
+            raise Missing(f"{name} has no batch log yet — it is written by modelling/train.py as it trains")
+        return log
+
+    def table(self, name, table):
+        """out/RUN/tables/<table>.csv as a DataFrame; Missing names the stage that writes it."""
+        path = self.run_dir(name) / "tables" / f"{table}.csv"
+        return self._csv(path, f"{name}/tables/{table}.csv", TABLE_MAKERS.get(table, "the eval stages"), name)
+
+    def _csv(self, path, label, maker, run=None):
+        sig = _signature(path)
+        if sig[0] is None:
+            cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker
+            raise Missing(f"{label} not found yet — run `{cmd}`")
+
+        def load():
+            try:
+                return pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{maker}`") from None
+        return self._cached(("csv", str(path)), sig, load)
+
+    # ---- dataset side ----------------------------------------------------------------------------------
+    def dataset(self, name):
+        """The run's TokenizedDataset (text of stories, tokenizer) via the shared reader."""
+        from tokenization.dataset import TokenizedDataset
+        cfg = self.config(name)
+        dataset, vocab = cfg.get("dataset"), cfg.get("vocab_size")
+        d = tok_dir(dataset, vocab)
+        sig = _signature(d / "manifest.json", d / "index.parquet")
+
+        def load():
+            try:
+                return TokenizedDataset(dataset, vocab)
+            except UserError as e:
+                raise Missing(str(e)) from None
+        return self._cached(("dataset", dataset, vocab), sig, load)
+
+    def metadata(self, name):
+        """metadata.parquet of the run's dataset (indexed by story_id, one column per metric), via the
+        sampler's shared reader."""
+        from modelling.samplers import load_metadata, metadata_path
+        cfg = self.config(name)
+        dataset, vocab = cfg.get("dataset"), cfg.get("vocab_size")
+        path = metadata_path(dataset, vocab)
+
+        def load():
+            try:
+                return load_metadata(dataset, vocab)
+            except UserError as e:
+                raise Missing(str(e)) from None
+        return self._cached(("metadata", str(path)), _signature(path), load)
+
+    def token_labels(self, name, tokens):
+        """Readable pieces for token ids (the run's tokenizer), or the ids when the dataset is not here."""
+        try:
+            sp = self.dataset(name).tokenizer
+            return [sp.id_to_piece(int(t)) for t in tokens]
+        except (Missing, AttributeError, IndexError):
+            return [str(int(t)) for t in tokens]
+
+    # ---- experiments -----------------------------------------------------------------------------------
+    def experiment_file(self, name, filename):
+        path = self.experiment_dir(name) / filename
+        if not path.exists():
+            raise Missing(f"experiments/durability/{name}/{filename} not found yet — run or resume "
+                          f"`python experiments/durability/experiment_durability.py` for {name}")
+        return path
+
+    def experiment_table(self, name, table):
+        """results.csv, curves.csv, runs.csv or divergence.csv of a durability experiment."""
+        path = self.experiment_file(name, f"{table}.csv")
+        return self._csv(path, f"experiments/durability/{name}/{table}.csv",
+                         "python experiments/durability/experiment_durability.py")
+
+    def experiment_runs(self, name):
+        """Run names (as in runs()) of the experiment's condition × seed folders."""
+        prefix = f"{DURABILITY.as_posix()}/{name}/runs/"
+        return [r for r in self.runs() if r.startswith(prefix)]
+
+
+TABLE_MAKERS = {
+    "generations": "python eval.py --out_dir {run}",
+    "probes": "python eval.py --out_dir {run}",
+    "summary": "python eval.py --out_dir {run}",
+    "saturation": "python visualize_sat_curves.py --out_dir {run}",
+    "attn_stats": "python visualize_attn.py --out_dir {run}",
+    "embd_pca": "python visualize_embd.py --out_dir {run}",
+}
+
+
+def downsample_rows(frame, max_rows, seed=0):
+    """At most max_rows rows, evenly strided (keeps order and the last row); returns (frame, note or '')."""
+    n = len(frame)
+    if n <= max_rows:
+        return frame, ""
+    keep = np.unique(np.linspace(0, n - 1, max_rows).round().astype(int))
+    return frame.iloc[keep], f"showing {len(keep):,} of {n:,} points (evenly strided) to keep the page fast"

@@ -1,0 +1,214 @@
+"""Attention page: the layer × head grid of attention maps for one probe at one checkpoint (the maps the
+training run captured in its real forward pass), a click on a head enlarges it, and per-head statistics
+across steps (tables/attn_stats.csv from visualize_attn.py)."""
+import numpy as np
+from dash import Input, Output, State, ctx, dcc, html, no_update
+
+from dash_llama.data import Missing
+from dash_llama.ui import GRAPH_CONFIG, figure_or_message, guard, message, notes, slider_marks
+
+GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
+HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
+STATS = {"entropy": "attention entropy (nats)", "prev_token": "previous-token score",
+         "induction": "induction score"}
+
+
+def layout():
+    return html.Div([
+        html.H2("Attention"),
+        html.Div(className="controls", children=[
+            html.Label(["Probe", dcc.Dropdown(id="attn-probe", clearable=False)], className="grow"),
+            html.Label(["Checkpoint", dcc.Slider(id="attn-step", min=0, max=0, step=1, value=0,
+                                                 updatemode="mouseup")], className="slider wide"),
+        ]),
+        html.Div(id="attn-msg"),
+        dcc.Graph(id="attn-grid", config=GRAPH_CONFIG),
+        html.Div(className="row", children=[
+            html.Div(className="col", children=[
+                html.H3("Selected head (click one in the grid)"),
+                html.Div(id="attn-head-msg"),
+                dcc.Graph(id="attn-head", config=GRAPH_CONFIG)]),
+            html.Div(className="col", children=[
+                html.H3("Per-head statistics across steps"),
+                dcc.Dropdown(id="attn-stat", options=[{"label": v, "value": k} for k, v in STATS.items()],
+                             value="induction", clearable=False),
+                html.Div(id="attn-stats-msg"),
+                dcc.Graph(id="attn-stats", config=GRAPH_CONFIG)]),
+        ]),
+        dcc.Store(id="attn-head-sel", data={"layer": 0, "head": 0}),
+    ])
+
+
+def probe_names(store, name):
+    probes = store.run(name).probes
+    return [p["name"] for p in probes if isinstance(p, dict) and "name" in p]
+
+
+def _probe_maps(store, name, step, probe):
+    """([n_layers, n_heads, T, T] float32 attention, token labels) of `probe` at checkpoint `step`."""
+    ckpt = store.checkpoint(name, step)
+    maps = ckpt.get("probe_attn") or {}
+    if probe not in maps:
+        have = ", ".join(maps) or "none"
+        raise Missing(f"checkpoint step {step} of {name} has no attention for probe {probe!r} (has: {have})")
+    attn = maps[probe].float().numpy()
+    tokens = next((p.get("tokens", []) for p in store.run(name).probes if p.get("name") == probe), [])
+    pieces = store.token_labels(name, tokens[:attn.shape[-1]]) if tokens else []
+    labels = [f"{i}:{pieces[i]}" if i < len(pieces) else str(i) for i in range(attn.shape[-1])]
+    return attn, labels
+
+
+def grid_figure(store, name, step, probe):
+    """All heads as small heatmaps (rows = layers, columns = heads); hover shows query/key tokens.
+    Returns (figure, notes)."""
+    attn, labels = _probe_maps(store, name, step, probe)
+    n_layers, n_heads, T, _ = attn.shape
+    shown = int(min(T, max(8, np.sqrt(GRID_CELLS / (n_layers * n_heads)))))
+    note = (f"probe has {T} positions; the grid shows the first {shown} (click a head to see up to "
+            f"{min(T, HEAD_MAX_T)})") if shown < T else ""
+    labels = labels[:shown]
+    gap = 0.012
+    traces, layout = [], {"height": max(320, 150 * n_layers + 60), "margin": {"l": 40, "r": 10, "t": 40, "b": 10},
+                          "annotations": [], "hovermode": "closest", "uirevision": f"{name}{probe}"}
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            k = layer * n_heads + head + 1
+            axis = "" if k == 1 else str(k)
+            x0, x1 = head / n_heads + gap, (head + 1) / n_heads - gap
+            y1, y0 = 1 - layer / n_layers - gap, 1 - (layer + 1) / n_layers + gap
+            traces.append({"type": "heatmap", "z": np.round(attn[layer, head, :shown, :shown], 3).tolist(),
+                           "x": labels, "y": labels, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                           "coloraxis": "coloraxis", "name": f"L{layer} H{head}",
+                           "hovertemplate": f"L{layer} H{head}<br>query %{{y}}<br>key %{{x}}<br>p = %{{z}}"
+                                            "<extra></extra>"})
+            layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", "showticklabels": False,
+                                      "type": "category", "ticks": ""}
+            layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "showticklabels": False,
+                                      "type": "category", "autorange": "reversed", "ticks": ""}
+            if layer == 0:
+                layout["annotations"].append({"text": f"head {head}", "x": (x0 + x1) / 2, "y": 1.0,
+                                              "xref": "paper", "yref": "paper", "yanchor": "bottom",
+                                              "showarrow": False, "font": {"size": 11}})
+        layout["annotations"].append({"text": f"L{layer}", "x": 0, "y": 1 - (layer + 0.5) / n_layers,
+                                      "xref": "paper", "yref": "paper", "xanchor": "right", "showarrow": False,
+                                      "font": {"size": 11}})
+    layout["coloraxis"] = {"colorscale": "Viridis", "cmin": 0, "cmax": 1,
+                           "colorbar": {"title": {"text": "p"}, "thickness": 12}}
+    layout["title"] = {"text": f"{name} · step {step} · probe {probe}", "font": {"size": 14}}
+    return {"data": traces, "layout": layout}, [note]
+
+
+def head_from_click(click_data, n_heads):
+    """(layer, head) of the grid heatmap that was clicked (traces are laid out layer-major)."""
+    k = int(click_data["points"][0]["curveNumber"])
+    return k // n_heads, k % n_heads
+
+
+def head_figure(store, name, step, probe, layer, head):
+    """One head enlarged with token labels on the axes (when short enough to read). Returns (figure, notes)."""
+    attn, labels = _probe_maps(store, name, step, probe)
+    n_layers, n_heads, T, _ = attn.shape
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise Missing(f"no head L{layer} H{head} in this model ({n_layers} layers × {n_heads} heads)")
+    shown = min(T, HEAD_MAX_T)
+    note = f"showing the first {shown} of {T} positions" if shown < T else ""
+    labels = labels[:shown]
+    figure = {"data": [{"type": "heatmap", "z": np.round(attn[layer, head, :shown, :shown], 4).tolist(),
+                        "x": labels, "y": labels, "colorscale": "Viridis", "zmin": 0, "zmax": 1,
+                        "hovertemplate": "query %{y}<br>key %{x}<br>p = %{z}<extra></extra>"}],
+              "layout": {"height": 520, "margin": {"l": 90, "r": 10, "t": 40, "b": 90},
+                         "title": {"text": f"layer {layer} · head {head} · step {step}", "font": {"size": 14}},
+                         "xaxis": {"type": "category", "showticklabels": shown <= 64, "tickfont": {"size": 9},
+                                   "title": {"text": "key"}},
+                         "yaxis": {"type": "category", "autorange": "reversed", "showticklabels": shown <= 64,
+                                   "tickfont": {"size": 9}, "title": {"text": "query"}}}}
+    return figure, [note]
+
+
+def stats_figure(store, name, stat, step=None, selected=None):
+    """Each head's `stat` against step (one line per layer·head), the selected head bold, the slider's step
+    marked. Returns (figure, notes)."""
+    stats = store.table(name, "attn_stats")
+    if stat not in stats.columns:
+        raise Missing(f"{name}/tables/attn_stats.csv has no column {stat!r} (has: {', '.join(stats.columns)})")
+    traces = []
+    for (layer, head), rows in stats.sort_values("step").groupby(["layer", "head"]):
+        is_selected = selected is not None and (int(layer), int(head)) == tuple(selected)
+        traces.append({"type": "scatter", "mode": "lines", "x": rows["step"].tolist(),
+                       "y": rows[stat].round(4).tolist(), "name": f"L{layer} H{head}",
+                       "line": {"width": 4 if is_selected else 1.2}, "opacity": 1 if is_selected else 0.6})
+    layout = {"height": 520, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
+              "xaxis": {"title": {"text": "step"}, "type": "log"}, "yaxis": {"title": {"text": STATS.get(stat, stat)}},
+              "showlegend": len(traces) <= 24}
+    if step is not None:
+        layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": step, "x1": step, "y0": 0,
+                             "y1": 1, "line": {"color": "#444", "dash": "dot"}}]
+    return {"data": traces, "layout": layout}, []
+
+
+def register(app, store):
+    @app.callback(Output("attn-probe", "options"), Output("attn-probe", "value"),
+                  Output("attn-step", "max"), Output("attn-step", "marks"), Output("attn-step", "value"),
+                  Output("attn-msg", "children", allow_duplicate=True),
+                  Input("run", "value"), Input("refresh", "n_intervals"),
+                  State("attn-probe", "value"), State("attn-step", "value"), State("attn-step", "max"),
+                  prevent_initial_call="initial_duplicate")
+    @guard(lambda text, kind: ([], None, 0, {}, 0, message(text, kind)))
+    def update_controls(run, _n, probe, index, old_max):
+        probes = probe_names(store, run)
+        steps = store.checkpoint_steps(run)
+        if not steps:
+            raise Missing(f"{run} has no checkpoints yet — they appear here as training writes them")
+        last = len(steps) - 1
+        # follow the newest checkpoint while the slider sits at the end; otherwise keep the user's choice
+        if ctx.triggered_id != "run" and index is not None and index < (old_max or 0):
+            new_index = min(index, last)
+        else:
+            new_index = last
+        probe = probe if probe in probes else (probes[0] if probes else None)
+        return [{"label": p, "value": p} for p in probes], probe, last, slider_marks(steps), new_index, None
+
+    @app.callback(Output("attn-grid", "figure"), Output("attn-msg", "children"),
+                  Input("run", "value"), Input("attn-step", "value"), Input("attn-probe", "value"))
+    @guard(figure_or_message())
+    def update_grid(run, index, probe):
+        if probe not in probe_names(store, run):
+            raise Missing(f"{run} has no probes recorded (probes.json)")
+        step = store.checkpoint_steps(run)[index or 0]
+        figure, note_lines = grid_figure(store, run, step, probe)
+        return figure, notes(*note_lines)
+
+    @app.callback(Output("attn-head-sel", "data"), Input("attn-grid", "clickData"), State("run", "value"),
+                  State("attn-step", "value"))
+    def select_head(click, run, index):
+        if not click:
+            return no_update
+        try:
+            n_heads = int(store.config(run).get("n_heads"))
+            layer, head = head_from_click(click, n_heads)
+        except (Missing, KeyError, TypeError, ValueError, IndexError):
+            return no_update
+        return {"layer": layer, "head": head}
+
+    @app.callback(Output("attn-head", "figure"), Output("attn-head-msg", "children"),
+                  Input("attn-head-sel", "data"), Input("run", "value"), Input("attn-step", "value"),
+                  Input("attn-probe", "value"))
+    @guard(figure_or_message())
+    def update_head(selected, run, index, probe):
+        if probe not in probe_names(store, run):
+            raise Missing("no probe selected")
+        step = store.checkpoint_steps(run)[index or 0]
+        figure, note_lines = head_figure(store, run, step, probe, selected["layer"], selected["head"])
+        return figure, notes(*note_lines)
+
+    @app.callback(Output("attn-stats", "figure"), Output("attn-stats-msg", "children"),
+                  Input("run", "value"), Input("attn-stat", "value"), Input("attn-step", "value"),
+                  Input("attn-head-sel", "data"), Input("refresh", "n_intervals"))
+    @guard(figure_or_message())
+    def update_stats(run, stat, index, selected, _n):
+        steps = store.checkpoint_steps(run)
+        step = steps[min(index or 0, len(steps) - 1)] if steps else None
+        figure, note_lines = stats_figure(store, run, stat, step, (selected["layer"], selected["head"]))
+        return figure, notes(*note_lines)
+
+    return update_controls, update_grid, select_head, update_head, update_stats

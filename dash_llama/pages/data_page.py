@@ -1,0 +1,172 @@
+"""Data page: what the run was fed. Distributions of a metadata metric over the dataset (train vs val),
+the batch composition over steps (the metric's mean over each step's stories, from the batch log), and the
+batch viewer: the stories of one step with their metrics and text."""
+import numpy as np
+import pandas as pd
+from dash import Input, Output, State, dcc, html
+
+from dash_llama.data import Missing
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, smooth_ema, table,
+                           table_data)
+
+HIST_BINS = 60
+MAX_STEP_POINTS = 2000   # batch-composition points drawn; longer runs are averaged over step bins (with a note)
+TEXT_CHARS = 400         # story text shown per row in the batch viewer
+
+
+def layout():
+    return html.Div([
+        html.H2("Data"),
+        html.Div(className="controls", children=[
+            html.Label(["Metric", dcc.Dropdown(id="data-metric", clearable=False)], className="grow"),
+        ]),
+        html.Div(id="data-msg"),
+        html.Div(className="row", children=[
+            html.Div(className="col", children=[html.H3("Distribution over the dataset"),
+                                                 html.Div(id="data-hist-msg"),
+                                                 dcc.Graph(id="data-hist", config=GRAPH_CONFIG)]),
+            html.Div(className="col", children=[html.H3("Batch composition over steps"),
+                                                 html.Div(id="data-comp-msg"),
+                                                 dcc.Graph(id="data-comp", config=GRAPH_CONFIG)]),
+        ]),
+        html.H3("Batch viewer"),
+        html.Div(className="controls", children=[
+            html.Label(["Step", dcc.Input(id="data-step", type="number", min=1, step=1, value=1, debounce=True,
+                                          className="num-input")]),
+        ]),
+        html.Div(id="data-batch-msg"),
+        table("data-batch", page_size=10),
+    ])
+
+
+def metric_names(store, name):
+    meta = store.metadata(name)
+    return [c for c in meta.columns if meta[c].dtype.kind in "fiub"]
+
+
+def _metric(store, name, metric):
+    meta = store.metadata(name)
+    if metric not in meta.columns:
+        raise Missing(f"metadata has no column {metric!r} (has: {', '.join(meta.columns[:20])} …)")
+    return meta[metric]
+
+
+def histogram_figure(store, name, metric):
+    """Histogram of `metric` over all stories, train and val split overlaid (binned here, so any corpus size
+    costs the browser the same)."""
+    values = _metric(store, name, metric)
+    try:
+        split = store.dataset(name).index.set_index("story_id")["split"].reindex(values.index)
+    except Missing:
+        split = pd.Series("all", index=values.index)
+    finite = values[np.isfinite(values.astype(float))]
+    if finite.empty:
+        raise Missing(f"{metric} has no finite values (NaN means not scorable)")
+    edges = np.histogram_bin_edges(finite.astype(float), bins=HIST_BINS)
+    traces = []
+    for i, (part, rows) in enumerate(finite.groupby(split.reindex(finite.index).fillna("?"))):
+        counts, _ = np.histogram(rows.astype(float), bins=edges)
+        density = counts / max(1, counts.sum())
+        traces.append({"type": "bar", "x": ((edges[:-1] + edges[1:]) / 2).round(5).tolist(),
+                       "y": density.round(6).tolist(), "name": f"{part} (n={len(rows):,})", "opacity": 0.6,
+                       "marker": {"color": PALETTE[i % len(PALETTE)]}, "width": float(edges[1] - edges[0])})
+    n_nan = int(values.isna().sum())
+    return {"data": traces, "layout": {
+        "barmode": "overlay", "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
+        "xaxis": {"title": {"text": metric}}, "yaxis": {"title": {"text": "fraction of stories"}},
+        "title": {"text": f"{len(finite):,} stories" + (f" ({n_nan:,} not scorable)" if n_nan else ""),
+                  "font": {"size": 13}},
+        "legend": {"orientation": "h", "y": -0.2}}}
+
+
+def composition_figure(store, name, metric, smoothing=0.9):
+    """Mean of `metric` over the stories of every optimizer step (batch log × metadata), raw and smoothed,
+    with the dataset mean for reference. Returns (figure, notes)."""
+    values = _metric(store, name, metric)
+    log = store.batch_log(name)
+    n_steps, per_step = len(log), log.stories_per_step
+    ids = log.steps(1, n_steps).reshape(n_steps, per_step)
+    lookup = values.reindex(np.arange(int(values.index.max()) + 1)).to_numpy(dtype=float)
+    if ids.max() >= len(lookup):
+        raise Missing(f"the batch log of {name} names story ids beyond the metadata table — recompute metadata "
+                      "for the run's dataset")
+    step_means = np.nanmean(lookup[ids], axis=1) if per_step else np.zeros(n_steps)
+    steps = np.arange(1, n_steps + 1)
+    note_lines = []
+    if n_steps > MAX_STEP_POINTS:
+        width = int(np.ceil(n_steps / MAX_STEP_POINTS))
+        n_bins = n_steps // width
+        steps = steps[: n_bins * width].reshape(n_bins, width)[:, -1]
+        step_means = step_means[: n_bins * width].reshape(n_bins, width).mean(axis=1)
+        note_lines.append(f"{n_steps:,} steps averaged in bins of {width} for display")
+    smoothed = smooth_ema(step_means, smoothing)
+    traces = [
+        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(step_means, 5).tolist(),
+         "name": "per step", "line": {"color": PALETTE[0], "width": 1}, "opacity": 0.35},
+        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(smoothed, 5).tolist(),
+         "name": f"EMA {smoothing}", "line": {"color": PALETTE[0], "width": 2.5}},
+        {"type": "scatter", "mode": "lines", "x": [int(steps[0]), int(steps[-1])],
+         "y": [float(np.nanmean(values))] * 2, "name": "dataset mean", "line": {"color": "#777", "dash": "dot"}},
+    ]
+    return {"data": traces, "layout": {
+        "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
+        "xaxis": {"title": {"text": "optimizer step"}},
+        "yaxis": {"title": {"text": f"mean {metric} of the step's {per_step} stories"}},
+        "legend": {"orientation": "h", "y": -0.2}}}, note_lines
+
+
+def batch_rows(store, name, step, metrics=()):
+    """(columns, records) of step `step`: position, story id, split, the chosen metrics, the story text."""
+    log = store.batch_log(name)
+    if step is None or not 1 <= int(step) <= len(log):
+        raise Missing(f"step {step} is not in the batch log of {name} (steps 1..{len(log)})")
+    ids = log.step(int(step))
+    frame = pd.DataFrame({"position": np.arange(len(ids)), "story_id": ids})
+    try:
+        meta = store.metadata(name)
+        for m in metrics:
+            if m in meta.columns:
+                frame[m] = meta[m].reindex(ids).to_numpy()
+    except Missing:
+        pass
+    dataset = store.dataset(name)
+    frame["split"] = dataset.index.set_index("story_id")["split"].reindex(ids).to_numpy()
+    texts = [dataset.text(int(i)) for i in ids]
+    frame["text"] = [t if len(t) <= TEXT_CHARS else t[:TEXT_CHARS] + " …" for t in texts]
+    return table_data(frame)
+
+
+def register(app, store):
+    @app.callback(Output("data-metric", "options"), Output("data-metric", "value"), Output("data-msg", "children"),
+                  Input("run", "value"), State("data-metric", "value"))
+    @guard(lambda text, kind: ([], None, message(text, kind)))
+    def update_metrics(run, current):
+        metrics = metric_names(store, run)
+        value = current if current in metrics else (metrics[0] if metrics else None)
+        return [{"label": m, "value": m} for m in metrics], value, None
+
+    @app.callback(Output("data-hist", "figure"), Output("data-hist-msg", "children"),
+                  Input("run", "value"), Input("data-metric", "value"))
+    @guard(figure_or_message())
+    def update_hist(run, metric):
+        if not metric:
+            raise Missing("no metadata metric to show")
+        return histogram_figure(store, run, metric), None
+
+    @app.callback(Output("data-comp", "figure"), Output("data-comp-msg", "children"),
+                  Input("run", "value"), Input("data-metric", "value"), Input("refresh", "n_intervals"))
+    @guard(figure_or_message())
+    def update_composition(run, metric, _n):
+        if not metric:
+            raise Missing("no metadata metric to show")
+        figure, note_lines = composition_figure(store, run, metric)
+        return figure, notes(*note_lines)
+
+    @app.callback(Output("data-batch", "columns"), Output("data-batch", "data"), Output("data-batch-msg", "children"),
+                  Input("run", "value"), Input("data-step", "value"), Input("data-metric", "value"))
+    @guard(lambda text, kind: ([], [], message(text, kind)))
+    def update_batch(run, step, metric):
+        columns, data = batch_rows(store, run, step, [metric] if metric else [])
+        return columns, data, message(f"step {step}: {len(data)} stories, in training order", "note")
+
+    return update_metrics, update_hist, update_composition, update_batch

@@ -1,0 +1,170 @@
+"""Embeddings page: token embeddings projected on the PCA basis shared by all checkpoints
+(tables/embd_pca.csv from visualize_embd.py), a step slider, token search/highlight, and the trajectories of
+the highlighted tokens across steps."""
+import numpy as np
+import pandas as pd
+from dash import Input, Output, State, dcc, html
+
+from dash_llama.data import Missing
+from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, notes, slider_marks
+
+MAX_POINTS = 6000     # tokens drawn per step; the rest of a large vocab is strided out (with a note)
+MAX_TRACKED = 12      # trajectories drawn at once
+WORD_START = "\u2581"  # SentencePiece's word-start marker
+
+
+def layout():
+    return html.Div([
+        html.H2("Embeddings"),
+        html.Div(className="controls", children=[
+            html.Label(["Step", dcc.Slider(id="embd-step", min=0, max=0, step=1, value=0, updatemode="mouseup")],
+                       className="slider wide"),
+            html.Label(["Find tokens (comma-separated)", dcc.Input(id="embd-search", type="text", debounce=True,
+                                                                   placeholder="e.g. she, he, doctor",
+                                                                   className="text-input")],
+                       className="grow"),
+        ]),
+        html.Div(id="embd-msg"),
+        html.Div(className="row", children=[
+            html.Div(className="col", children=[dcc.Graph(id="embd-fig", config=GRAPH_CONFIG)]),
+            html.Div(className="col", children=[html.Div(id="embd-traj-msg"),
+                                                 dcc.Graph(id="embd-traj", config=GRAPH_CONFIG)]),
+        ]),
+    ])
+
+
+def pca_steps(store, name):
+    return sorted(store.table(name, "embd_pca")["step"].unique().tolist())
+
+
+def _bare(piece):
+    return str(piece).replace(WORD_START, "").strip().lower()
+
+
+def matching_tokens(table, query):
+    """token_ids whose piece (word-start marker stripped, case-insensitive) equals one of the query words."""
+    words = [w.strip().lower() for w in (query or "").split(",") if w.strip()]
+    if not words:
+        return []
+    pieces = table.drop_duplicates("token_id")
+    bare = pieces["piece"].map(_bare)
+    return pieces.loc[bare.isin(words), "token_id"].tolist()
+
+
+def _tracked(table, query):
+    """Tokens to highlight and trace: the search hits, else the labelled groups (not 'other')."""
+    hits = matching_tokens(table, query)
+    if hits or query:
+        return hits
+    if "group" in table.columns:
+        grouped = table.loc[~table["group"].isin(["other", "", None]) & table["group"].notna()]
+        return grouped.drop_duplicates("token_id")["token_id"].head(MAX_TRACKED).tolist()
+    return []
+
+
+def scatter_figure(store, name, step, query=""):
+    """Every token at `step` coloured by group, search hits enlarged and labelled; axes fixed over all steps
+    (the basis is shared, so motion is real). Returns (figure, notes)."""
+    table = store.table(name, "embd_pca")
+    at = table[table["step"] == step]
+    if at.empty:
+        raise Missing(f"no embeddings for step {step} in {name}/tables/embd_pca.csv")
+    note_lines = []
+    if len(at) > MAX_POINTS:
+        keep = np.unique(np.linspace(0, len(at) - 1, MAX_POINTS).astype(int))
+        tracked_rows = at[at["token_id"].isin(_tracked(table, query))]
+        note_lines.append(f"showing {len(keep):,} of {len(at):,} tokens (evenly strided) plus the highlighted ones")
+        at = pd.concat([at.iloc[keep], tracked_rows]).drop_duplicates("token_id")
+    pad = lambda lo, hi: [lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)]  # noqa: E731
+    x_range = pad(table["pc1"].min(), table["pc1"].max())
+    y_range = pad(table["pc2"].min(), table["pc2"].max())
+    traces = []
+    groups = at["group"].fillna("other") if "group" in at.columns else None
+    for i, (group, rows) in enumerate(at.groupby(groups, sort=True) if groups is not None else [("tokens", at)]):
+        traces.append({"type": "scattergl", "mode": "markers", "x": rows["pc1"].round(4).tolist(),
+                       "y": rows["pc2"].round(4).tolist(), "text": rows["piece"].astype(str).tolist(),
+                       "customdata": rows["token_id"].tolist(), "name": str(group),
+                       "marker": {"size": 5 if group == "other" else 7,
+                                  "color": "#bbbbbb" if group == "other" else PALETTE[i % len(PALETTE)],
+                                  "opacity": 0.6 if group == "other" else 0.9},
+                       "hovertemplate": "%{text} (id %{customdata})<br>pc1 %{x}<br>pc2 %{y}<extra>%{fullData.name}"
+                                        "</extra>"})
+    hits = matching_tokens(table, query)
+    if query and not hits:
+        note_lines.append(f"no token piece equals any of: {query}")
+    found = at[at["token_id"].isin(hits)]
+    if not found.empty:
+        traces.append({"type": "scatter", "mode": "markers+text", "x": found["pc1"].tolist(),
+                       "y": found["pc2"].tolist(), "text": found["piece"].astype(str).tolist(),
+                       "textposition": "top center", "name": "search",
+                       "marker": {"size": 14, "color": "rgba(0,0,0,0)", "line": {"color": "#d62728", "width": 2}}})
+    figure = {"data": traces, "layout": {
+        "height": 560, "margin": {"l": 50, "r": 10, "t": 40, "b": 50},
+        "title": {"text": f"{name} · token embeddings at step {step} (shared PCA basis)", "font": {"size": 14}},
+        "xaxis": {"title": {"text": "PC1"}, "range": x_range}, "yaxis": {"title": {"text": "PC2"}, "range": y_range},
+        "legend": {"orientation": "h", "y": -0.15}, "uirevision": name}}
+    return figure, note_lines
+
+
+def trajectory_figure(store, name, query="", step=None):
+    """Paths of the tracked tokens through PC space over all steps; the slider's step is the bold point.
+    Returns (figure, notes)."""
+    table = store.table(name, "embd_pca")
+    tracked = _tracked(table, query)
+    if not tracked:
+        raise Missing("type tokens to follow (comma-separated) to see their trajectories")
+    note_lines = []
+    if len(tracked) > MAX_TRACKED:
+        note_lines.append(f"tracing the first {MAX_TRACKED} of {len(tracked)} tokens")
+        tracked = tracked[:MAX_TRACKED]
+    traces = []
+    for i, token_id in enumerate(tracked):
+        rows = table[table["token_id"] == token_id].sort_values("step")
+        color = PALETTE[i % len(PALETTE)]
+        piece = str(rows["piece"].iloc[0])
+        traces.append({"type": "scatter", "mode": "lines+markers", "x": rows["pc1"].round(4).tolist(),
+                       "y": rows["pc2"].round(4).tolist(), "customdata": rows["step"].tolist(), "name": piece,
+                       "line": {"color": color}, "marker": {"size": 4},
+                       "hovertemplate": f"{piece}<br>step %{{customdata}}<extra></extra>"})
+        now = rows[rows["step"] == step]
+        if not now.empty:
+            traces.append({"type": "scatter", "mode": "markers+text", "x": now["pc1"].tolist(),
+                           "y": now["pc2"].tolist(), "text": [piece], "textposition": "top center",
+                           "showlegend": False, "marker": {"size": 12, "color": color}, "hoverinfo": "skip"})
+    figure = {"data": traces, "layout": {
+        "height": 560, "margin": {"l": 50, "r": 10, "t": 40, "b": 50},
+        "title": {"text": "trajectories across checkpoints", "font": {"size": 14}},
+        "xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
+        "legend": {"orientation": "h", "y": -0.15}}}
+    return figure, note_lines
+
+
+def register(app, store):
+    @app.callback(Output("embd-step", "max"), Output("embd-step", "marks"), Output("embd-step", "value"),
+                  Input("run", "value"), Input("refresh", "n_intervals"), State("embd-step", "value"),
+                  State("embd-step", "max"))
+    @guard(lambda text, kind: (0, {}, 0))
+    def update_steps(run, _n, index, old_max):
+        steps = pca_steps(store, run)
+        last = len(steps) - 1
+        keep = index is not None and index < (old_max or 0)
+        return last, slider_marks(steps), min(index, last) if keep else last
+
+    @app.callback(Output("embd-fig", "figure"), Output("embd-msg", "children"),
+                  Input("run", "value"), Input("embd-step", "value"), Input("embd-search", "value"))
+    @guard(figure_or_message())
+    def update_scatter(run, index, query):
+        steps = pca_steps(store, run)
+        figure, note_lines = scatter_figure(store, run, steps[min(index or 0, len(steps) - 1)], query or "")
+        return figure, notes(*note_lines)
+
+    @app.callback(Output("embd-traj", "figure"), Output("embd-traj-msg", "children"),
+                  Input("run", "value"), Input("embd-search", "value"), Input("embd-step", "value"))
+    @guard(figure_or_message())
+    def update_trajectories(run, query, index):
+        steps = pca_steps(store, run)
+        figure, note_lines = trajectory_figure(store, run, query or "", steps[min(index or 0, len(steps) - 1)])
+        return figure, notes(*note_lines)
+
+    return update_steps, update_scatter, update_trajectories
+

@@ -1,0 +1,147 @@
+"""Runs page: a table of every run under --out, and train/val loss curves of the selected runs, aligned on
+step or tokens seen, with optional smoothing."""
+import pandas as pd
+from dash import Input, Output, State, dcc, html
+
+from dash_llama.data import Missing, UnknownName, downsample_rows
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, smooth_ema, table,
+                           table_data)
+
+MAX_POINTS_PER_RUN = 3000  # train-log points drawn per run; longer logs are strided (with a note)
+X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen"}
+
+
+def layout():
+    return html.Div([
+        html.H2("Runs"),
+        html.Div(id="runs-msg"),
+        table("runs-table", page_size=10, row_selectable="multi"),
+        html.H3("Loss curves"),
+        html.Div(className="controls", children=[
+            html.Label(["Runs", dcc.Dropdown(id="runs-compare", multi=True, placeholder="select runs")],
+                       className="grow"),
+            html.Label(["Align on", dcc.RadioItems(id="runs-x", options=[{"label": v, "value": k}
+                                                                         for k, v in X_AXES.items()],
+                                                   value="step", inline=True)]),
+            html.Label(["Smoothing", dcc.Slider(id="runs-smooth", min=0, max=0.99, step=0.01, value=0.6,
+                                                marks={0: "0", 0.5: "0.5", 0.9: "0.9", 0.99: ".99"})],
+                       className="slider"),
+        ]),
+        html.Div(id="runs-loss-msg"),
+        dcc.Graph(id="runs-loss", config=GRAPH_CONFIG),
+    ])
+
+
+def _last(frame, column):
+    if frame is None or frame.empty or column not in frame.columns:
+        return None
+    values = frame[column].dropna()
+    return values.iloc[-1].item() if len(values) else None
+
+
+def runs_table(store):
+    """One row per run: what it is (dataset, shape) and where it got to (steps, tokens, losses)."""
+    rows = []
+    for name in store.runs():
+        try:
+            run = store.run(name)
+        except (Missing, UnknownName) as e:
+            rows.append({"run": name, "status": str(e)})
+            continue
+        cfg = store.config(name)
+        max_iters, step = cfg.get("n_steps") or cfg.get("max_iters"), _last(run.train_log, "step")
+        rows.append({
+            "run": name, "dataset": cfg.get("dataset"), "vocab": cfg.get("vocab_size"),
+            "shape": f"{cfg.get('dim')}d·{cfg.get('n_layers')}L·{cfg.get('n_heads')}H",
+            "params": cfg.get("n_params"),
+            "sampler": cfg.get("sampler"),
+            "step": step, "tokens_seen": _last(run.train_log, "tokens_seen"),
+            "train_loss": _last(run.train_log, "loss"), "val_loss": _last(run.val_log, "val_loss"),
+            "checkpoints": len(run.checkpoints),
+            "status": ("done" if step and max_iters and step >= max_iters else
+                       f"{step or 0}/{max_iters} steps" if max_iters else ""),
+        })
+    columns = ["run", "dataset", "vocab", "shape", "params", "sampler", "step", "tokens_seen", "train_loss",
+               "val_loss", "checkpoints", "status"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.dropna(axis=1, how="all")
+
+
+def loss_figure(store, names, x="step", smoothing=0.0):
+    """Train loss (EMA-smoothed, raw faint) and val loss (markers) of each selected run against x.
+    Returns (figure, notes)."""
+    if x not in X_AXES:
+        raise UnknownName(f"unknown x axis {x!r}: use one of {list(X_AXES)}")
+    if not names:
+        raise Missing("select one or more runs to plot their loss curves")
+    traces, note_lines = [], []
+    for i, name in enumerate(names):
+        run = store.run(name)
+        color = PALETTE[i % len(PALETTE)]
+        log = run.train_log
+        if log.empty or x not in log.columns:
+            note_lines.append(f"{name}: no train_log.csv rows yet")
+            continue
+        smoothed = smooth_ema(log["loss"].to_numpy(), float(smoothing or 0))
+        shown = log.assign(smoothed=smoothed)
+        shown, note = downsample_rows(shown, MAX_POINTS_PER_RUN)
+        if note:
+            note_lines.append(f"{name}: train loss {note}")
+        if smoothing:
+            traces.append({"type": "scattergl", "mode": "lines", "x": shown[x].tolist(),
+                           "y": shown["loss"].tolist(), "line": {"color": color, "width": 1}, "opacity": 0.25,
+                           "name": f"{name} train (raw)", "legendgroup": name, "showlegend": False,
+                           "hoverinfo": "skip"})
+        traces.append({"type": "scattergl", "mode": "lines", "x": shown[x].tolist(),
+                       "y": shown["smoothed"].round(5).tolist(), "line": {"color": color, "width": 2},
+                       "name": f"{name} train", "legendgroup": name})
+        val = run.val_log
+        if not val.empty and "val_loss" in val.columns and x in val.columns:
+            traces.append({"type": "scatter", "mode": "lines+markers", "x": val[x].tolist(),
+                           "y": val["val_loss"].tolist(), "line": {"color": color, "dash": "dot"},
+                           "marker": {"symbol": "diamond", "size": 7}, "name": f"{name} val",
+                           "legendgroup": name})
+    if not traces:
+        raise Missing("; ".join(note_lines) or "no loss logged yet")
+    figure = {"data": traces, "layout": {
+        "height": 460, "margin": {"l": 60, "r": 20, "t": 30, "b": 50}, "hovermode": "x unified",
+        "xaxis": {"title": {"text": X_AXES[x]}}, "yaxis": {"title": {"text": "loss (nats/token)"}},
+        "legend": {"orientation": "h", "y": -0.2}, "uirevision": x}}
+    return figure, note_lines
+
+
+def register(app, store):
+    @app.callback(Output("runs-table", "columns"), Output("runs-table", "data"), Output("runs-msg", "children"),
+                  Input("refresh", "n_intervals"), Input("url", "pathname"))
+    @guard(lambda text, kind: ([], [], message(text, kind)))
+    def update_table(_n, _path):
+        frame = runs_table(store)
+        if frame.empty:
+            return [], [], message(f"no runs under {store.out_dir} yet — train one with "
+                                   f"`python modelling/train.py --out_dir={store.out_dir}/NAME`", "info")
+        columns, data = table_data(frame)
+        return columns, data, None
+
+    @app.callback(Output("runs-compare", "options"), Output("runs-compare", "value"),
+                  Input("refresh", "n_intervals"), Input("runs-table", "selected_rows"),
+                  State("runs-table", "data"), State("runs-compare", "value"), State("run", "value"))
+    def update_compare(_n, selected_rows, rows, current, run):
+        names = store.runs()
+        options = [{"label": n, "value": n} for n in names]
+        if selected_rows and rows:  # ticking rows in the table selects them for comparison
+            return options, [rows[i]["run"] for i in selected_rows if i < len(rows)]
+        current = [n for n in (current or []) if n in names]
+        if not current:
+            current = [run] if run in names else names[:1]
+        return options, current
+
+    @app.callback(Output("runs-loss", "figure"), Output("runs-loss-msg", "children"),
+                  Input("runs-compare", "value"), Input("runs-x", "value"), Input("runs-smooth", "value"),
+                  Input("refresh", "n_intervals"))
+    @guard(figure_or_message())
+    def update_loss(names, x, smoothing, _n):
+        figure, note_lines = loss_figure(store, names or [], x, smoothing)
+        return figure, notes(*note_lines)
+
+    return update_table, update_compare, update_loss
+

@@ -1,0 +1,445 @@
+"""Stage 1: put raw story shards under data/ — the TinyStories archive, the embedded storyworld generator, or
+the user's own files. Every dataset folder ends up as data00.json … dataNN.json (JSON lists of records with a
+"story" string plus attributes) and a README.md dataset card written last, so a folder without its card is
+never mistaken for a complete one.
+
+    python download/download_datasets.py tinystories [--url URL] [--sha256 HEX]
+    python download/download_datasets.py storyworld [--name storyworld] [--n_stories 20000] [--seed 0] [knobs…]
+    python download/download_datasets.py local --name NAME FILES… [--text_field story]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import requests  # noqa: E402
+import yaml  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common.errors import UserError, run_main  # noqa: E402
+from common.io import atomic_path, atomic_write_json, atomic_write_text, provenance, sha256_file  # noqa: E402
+from common.paths import DATA_DIR, RAW_FOLDERS, raw_dir  # noqa: E402
+from download import storyworld  # noqa: E402
+
+TINYSTORIES_URL = ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+                   "TinyStories_all_data.tar.gz")
+CARD = "README.md"
+CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dataset card and shards
+
+def read_card(folder):
+    """The YAML header of a dataset card as a dict, or None when there is no card."""
+    path = Path(folder) / CARD
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---\n") or "\n---\n" not in text[4:]:
+        return None
+    return yaml.safe_load(text[4:text.index("\n---\n", 4)])
+
+
+def write_card(folder, header, prose):
+    """Dataset card in Hugging Face style: YAML header between --- lines, then markdown prose."""
+    text = "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120) + "---\n\n" + prose
+    atomic_write_text(Path(folder) / CARD, text)
+
+
+def shard_name(k, n_shards):
+    return f"data{k:0{max(2, len(str(n_shards - 1)))}d}.json"
+
+
+def write_shards(folder, records, shard_size):
+    """Write records as dataNN.json lists of shard_size records, atomically, and drop stale higher shards.
+    Returns the card's shard list [{file, sha256, n_stories}]."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, -(-len(records) // shard_size))
+    shards = []
+    for k in tqdm(range(n_shards), desc="write shards", unit="shard"):
+        path = folder / shard_name(k, n_shards)
+        chunk = records[k * shard_size:(k + 1) * shard_size]
+        atomic_write_text(path, json.dumps(chunk, ensure_ascii=False))
+        shards.append({"file": path.name, "sha256": sha256_file(path), "n_stories": len(chunk)})
+    keep = {s["file"] for s in shards}
+    for old in folder.glob("data*.json"):
+        if old.name not in keep:
+            old.unlink()
+    return shards
+
+
+def shards_intact(folder, card):
+    """True when every shard the card lists exists with its recorded SHA-256."""
+    try:
+        return all(sha256_file(Path(folder) / s["file"]) == s["sha256"] for s in card["shards"])
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def start_dataset(folder, source, name):
+    """Refuse to overwrite a dataset of another kind; remove the old card so a crash mid-write leaves no
+    complete-looking folder."""
+    card = read_card(folder)
+    if card and card.get("source_kind") != source:
+        raise UserError(f"{folder} already holds a '{card.get('source_kind')}' dataset — pick another --name "
+                        f"than '{name}' or delete that folder")
+    card_path = Path(folder) / CARD
+    if card_path.exists():
+        card_path.unlink()
+
+
+def check_name(name):
+    if not name or name in RAW_FOLDERS or Path(name).name != name or name.startswith("."):
+        raise UserError(f"--name '{name}' is not a plain folder name (or is reserved) — use letters, digits, _ or -")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# storyworld
+
+def cmd_storyworld(args):
+    check_name(args.name)
+    if args.n_stories < 1 or args.shard_size < 1:
+        raise UserError("--n_stories and --shard_size must be positive integers")
+    cfg = storyworld.StoryWorldConfig(seed=args.seed, occupation_bias=args.occupation_bias,
+                                      toxic_rate=args.toxic_rate, happy_fraction=args.happy_fraction,
+                                      inject_rate=args.inject_rate, facts=storyworld.load_facts(args.inject_facts))
+    cfg.validate()
+    folder = raw_dir(args.name)
+    params = {"generator": "storyworld", "generator_version": storyworld.GENERATOR_VERSION,
+              "n_stories": args.n_stories, "shard_size": args.shard_size, **cfg.params()}
+    card = read_card(folder)
+    if card and card.get("source_kind") == "storyworld" and card.get("generator_params") == params \
+            and shards_intact(folder, card):
+        print(f"{folder}: up to date ({card['story_count']} stories, same parameters) — nothing to do")
+        return
+    start_dataset(folder, "storyworld", args.name)
+
+    t0 = time.time()
+    with tqdm(total=args.n_stories, desc="generate stories", unit="story") as bar:
+        records = storyworld.generate(args.n_stories, cfg, progress=bar)
+    gen_seconds = time.time() - t0
+    shards = write_shards(folder, records, args.shard_size)
+    stats = storyworld.corpus_stats([r["story"] for r in records])
+    rates = measured_rates(records)
+    header = {
+        "pretty_name": args.name, "name": args.name, "source_kind": "storyworld",
+        "source": "generated by download/storyworld.py (this repository), no network",
+        "license": "other (generated text; offensive words from LDNOOBW, CC-BY-4.0)",
+        "language": ["en"], "story_count": len(records), "shards": shards,
+        "generator_params": params, "stats": stats, "measured_rates": rates,
+        "generation_seconds": round(gen_seconds, 2), "provenance": provenance(),
+    }
+    write_card(folder, header, storyworld_prose(args.name, params, stats, rates))
+    print(f"wrote {len(records)} stories in {len(shards)} shards to {folder} "
+          f"({len(records) / gen_seconds:,.0f} stories/s) and {folder / CARD}")
+
+
+def measured_rates(records):
+    """The knobs as measured in the generated corpus (the card reports them beside the requested values)."""
+    mentions = [o for r in records for o in r["occupations"] if o["stereotype"]]
+    n = max(1, len(records))
+    return {
+        "p_stereotyped_gender": round(sum(o["gender"] == o["stereotype"] for o in mentions) / max(1, len(mentions)), 4),
+        "n_stereotyped_mentions": len(mentions),
+        "toxic_story_fraction": round(sum(bool(r["offensive_words"]) for r in records) / n, 4),
+        "happy_fraction": round(sum(r["ending"] == "happy" for r in records) / n, 4),
+        "fact_story_fraction": round(sum(bool(r["facts"]) for r in records) / n, 4),
+        "lookalike_story_fraction": round(sum(bool(r["lookalike_words"]) for r in records) / n, 4),
+    }
+
+
+def storyworld_prose(name, params, stats, rates):
+    occ = ", ".join(f"{k} ({v or 'none'})" for k, v in storyworld.OCCUPATIONS.items())
+    return f"""# {name}
+
+Synthetic TinyStories-like children's stories from this repository's seeded generator
+(`download/storyworld.py`, version {params['generator_version']}). Story *i* depends only on (seed, *i*) and the
+knobs, so the same command always writes byte-identical shards.
+
+## Knobs (requested → measured)
+- occupation_bias p(stereotyped gender | stereotyped occupation): {params['occupation_bias']} → {rates['p_stereotyped_gender']} over {rates['n_stereotyped_mentions']} mentions
+- toxic_rate (stories with one injected offensive word): {params['toxic_rate']} → {rates['toxic_story_fraction']}
+- happy_fraction (happy endings): {params['happy_fraction']} → {rates['happy_fraction']}
+- inject_rate (stories with one injected fact): {params['inject_rate']} → {rates['fact_story_fraction']} ({len(params['facts'])} facts)
+
+## Corpus statistics
+{stats['n_stories']} stories, {stats['n_words']} words, {stats['distinct_sentences']} distinct sentences, vocabulary
+{stats['vocabulary_size']} words, unigram entropy {stats['unigram_entropy_bits']} bits, word-trigram entropy
+{stats['trigram_entropy_bits']} bits; words per story mean {stats['words_per_story']['mean']}, p10
+{stats['words_per_story']['p10']}, median {stats['words_per_story']['p50']}, p90 {stats['words_per_story']['p90']}.
+
+## Record fields
+- `story`: the text (paragraphs separated by a blank line)
+- `characters`: [{{name, gender, role (hero|friend|parent|helper), occupation}}]
+- `occupations`: one entry per occupation mention: {{occupation, gender (of the pronoun that refers to it),
+  stereotype (female|male|null), pronoun}}. Occupations (stereotype): {occ}
+- `female_terms`, `male_terms`: whole-word, case-insensitive counts of `FEMALE_TERMS` / `MALE_TERMS`
+  (download/storyworld.py) in the text; names and occupation nouns are not counted
+- `ending`: happy | sad; `plot`: plot name(s); `place`; `objects`
+- `offensive_words`: injected words from the LDNOOBW English list ({', '.join(storyworld.OFFENSIVE_WORDS)})
+- `lookalike_words`: innocent words in the text that contain an LDNOOBW entry as a substring
+  ({', '.join(storyworld.LOOKALIKE_WORDS)}); they must not be flagged. The ambiguous exact words ("cock" for a
+  rooster, "ass" for a donkey) are never generated.
+- `facts`: injected facts [{{id, variant, text}}]
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local files
+
+def read_local(path, text_field):
+    """Records {"story", ...} from one .json (list of records), .jsonl (one record per line) or .txt file
+    (stories separated by blank lines)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"input file not found: {path} — give existing .json/.jsonl/.txt files")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e}) — convert it to UTF-8")
+    if path.suffix == ".txt":
+        blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
+        return [{"story": b, "source_file": path.name} for b in blocks if b]
+    if path.suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e}) — fix the file")
+        if not isinstance(items, list):
+            raise UserError(f"{path} must hold a JSON list of records (TinyStories format)")
+    elif path.suffix == ".jsonl":
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} line {n} is not valid JSON ({e}) — fix that line")
+    else:
+        raise UserError(f"{path}: unsupported file type '{path.suffix}' — use .json, .jsonl or .txt")
+    records = []
+    for n, item in enumerate(items):
+        if isinstance(item, str):
+            item = {text_field: item}
+        if not isinstance(item, dict) or not isinstance(item.get(text_field), str):
+            fields = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise UserError(f"{path} record {n} has no string field '{text_field}' (has {fields}) — "
+                            f"pass --text_field NAME")
+        story = item[text_field].strip()
+        if story:
+            rec = {k: v for k, v in item.items() if k != text_field}
+            records.append({"story": story, **rec, "source_file": path.name})
+    return records
+
+
+def cmd_local(args):
+    check_name(args.name)
+    if args.shard_size < 1:
+        raise UserError("--shard_size must be a positive integer")
+    folder = raw_dir(args.name)
+    inputs = [{"file": str(p), "sha256": sha256_file(p) if Path(p).exists() else None} for p in args.files]
+    params = {"text_field": args.text_field, "shard_size": args.shard_size, "inputs": inputs}
+    card = read_card(folder)
+    if card and card.get("source_kind") == "local" and card.get("ingest_params") == params \
+            and shards_intact(folder, card):
+        print(f"{folder}: up to date ({card['story_count']} stories from the same files) — nothing to do")
+        return
+    records = []
+    for p in tqdm(args.files, desc="read files", unit="file"):
+        records += read_local(p, args.text_field)
+    if not records:
+        raise UserError(f"no stories found in {', '.join(args.files)} — check the files and --text_field")
+    start_dataset(folder, "local", args.name)
+    shards = write_shards(folder, records, args.shard_size)
+    stats = storyworld.corpus_stats([r["story"] for r in records])
+    header = {"pretty_name": args.name, "name": args.name, "source_kind": "local",
+              "source": "local files: " + ", ".join(Path(p).name for p in args.files),
+              "license": "unknown (user-provided files)", "language": ["en"], "story_count": len(records),
+              "shards": shards, "ingest_params": params, "stats": stats, "provenance": provenance()}
+    write_card(folder, header, f"# {args.name}\n\nStories ingested from the user's own files "
+                               f"({len(args.files)} files, {len(records)} stories) by "
+                               f"`download_datasets.py local`; each record keeps its original fields plus "
+                               f"`source_file`.\n")
+    print(f"wrote {len(records)} stories in {len(shards)} shards to {folder}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TinyStories download
+
+def download(url, dest, retries, backoff, timeout=30):
+    """Stream url into dest via dest.part, resuming with HTTP Range after a dropped connection; retries with
+    exponential backoff. The .part is renamed onto dest only once its size matches the server's."""
+    part = Path(str(dest) + ".part")
+    total = None
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416:  # nothing left to send: the .part is complete or wrong
+                    size = r.headers.get("Content-Range", "").rpartition("/")[2]
+                    if size.isdigit() and int(size) == have:
+                        total = have
+                        break
+                    part.unlink()
+                    raise requests.ConnectionError("range not satisfiable; restarting from zero")
+                if r.status_code >= 400:
+                    if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                        raise UserError(f"download of {url} failed: HTTP {r.status_code} — check --url")
+                    raise requests.ConnectionError(f"HTTP {r.status_code}")
+                if r.status_code == 206:
+                    total = int(r.headers["Content-Range"].rpartition("/")[2])
+                    mode = "ab"
+                else:  # server ignored the Range header: start over
+                    have, mode = 0, "wb"
+                    total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
+                with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                 desc=f"download {dest.name}") as bar:
+                    for block in r.iter_content(chunk_size=CHUNK):
+                        f.write(block)
+                        bar.update(len(block))
+            size = part.stat().st_size
+            if total is None or size == total:
+                total = size
+                break
+            raise requests.ConnectionError(f"got {size} of {total} bytes")
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            if attempt == retries:
+                raise UserError(f"download of {url} failed after {retries + 1} attempts ({e}); the partial file "
+                                f"{part} is kept — re-run to resume")
+            wait = backoff * 2 ** attempt
+            print(f"connection problem ({e}); retrying in {wait:.1f}s from byte "
+                  f"{part.stat().st_size if part.exists() else 0}", file=sys.stderr)
+            time.sleep(wait)
+    os.replace(part, dest)
+    return total
+
+
+def safe_members(tar, archive):
+    """All members, after refusing absolute paths, '..' components, links and device files."""
+    members = tar.getmembers()
+    for m in members:
+        p = Path(m.name)
+        if p.is_absolute() or ".." in p.parts or m.name.startswith(("/", "\\")):
+            raise UserError(f"{archive} has an unsafe member path '{m.name}' — refusing to extract; "
+                            f"delete the archive and check --url")
+        if not (m.isfile() or m.isdir()):
+            raise UserError(f"{archive} has a link or special file '{m.name}' — refusing to extract; "
+                            f"delete the archive and check --url")
+    return members
+
+
+def extract(archive, final):
+    """Extract archive into a temp folder beside final, check it, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = safe_members(tar, archive)
+                for m in tqdm(members, desc="extract", unit="file"):
+                    tar.extract(m, tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise UserError(f"{archive} is corrupt or truncated ({e}) — it was deleted; re-run to download again") \
+                from e
+        jsons = sorted(tmp.glob("*.json"))
+        subdirs = [d for d in tmp.iterdir() if d.is_dir()]
+        src = tmp
+        if not jsons and len(subdirs) == 1:  # archive with one top folder
+            src, jsons = subdirs[0], sorted(subdirs[0].glob("*.json"))
+        if not jsons:
+            raise UserError(f"{archive} holds no .json shards — check --url")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(src, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(final.glob("*.json"))
+
+
+def cmd_tinystories(args):
+    final = raw_dir("tinystories")
+    card = read_card(final)
+    if card and card.get("source_kind") == "tinystories" and shards_intact(final, card):
+        print(f"{final}: already downloaded and extracted ({card['story_count']} stories) — nothing to do")
+        return
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    archive = DATA_DIR / Path(args.url.split("?")[0]).name
+    if not archive.name.endswith((".tar.gz", ".tgz", ".tar")):
+        archive = DATA_DIR / "TinyStories_all_data.tar.gz"
+    if not archive.exists():
+        download(args.url, archive, args.retries, args.backoff)
+    else:
+        print(f"{archive} already downloaded; extracting")
+    if args.sha256:
+        digest = sha256_file(archive)
+        if digest != args.sha256.lower():
+            archive.unlink()
+            raise UserError(f"{archive} has SHA-256 {digest}, expected {args.sha256} — it was deleted; re-run, "
+                            f"or check --sha256")
+    try:
+        shard_files = extract(archive, final)
+    except UserError:
+        archive.unlink(missing_ok=True)
+        raise
+    shards = []
+    for path in tqdm(shard_files, desc="hash shards", unit="shard"):
+        try:
+            n = len(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            shutil.rmtree(final)
+            archive.unlink(missing_ok=True)
+            raise UserError(f"{path.name} in {archive} is not valid JSON ({e}) — archive deleted; re-run")
+        shards.append({"file": path.name, "sha256": sha256_file(path), "n_stories": n})
+    header = {"pretty_name": "TinyStories", "name": "tinystories", "source_kind": "tinystories",
+              "source": args.url, "license": "cdla-sharing-1.0", "language": ["en"],
+              "story_count": sum(s["n_stories"] for s in shards), "shards": shards,
+              "archive": {"file": archive.name, "bytes": archive.stat().st_size, "sha256": sha256_file(archive)},
+              "provenance": provenance()}
+    write_card(final, header, "# TinyStories\n\nShort stories generated by GPT-3.5/GPT-4 with a child's vocabulary "
+                              "(Eldan & Li, 2023, arXiv:2305.07759), downloaded from the Hugging Face hub as "
+                              "`TinyStories_all_data.tar.gz` and extracted unchanged.\n")
+    print(f"extracted {len(shards)} shards ({header['story_count']} stories) to {final}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tinystories", help="download and extract TinyStories (~1.6 GB) into data/TinyStories_all_data")
+    t.add_argument("--url", default=TINYSTORIES_URL)
+    t.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (checked when given)")
+    t.add_argument("--retries", type=int, default=5)
+    t.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles each time)")
+    s = sub.add_parser("storyworld", help="generate the embedded synthetic corpus (no network)")
+    s.add_argument("--name", default="storyworld")
+    s.add_argument("--n_stories", type=int, default=20000)
+    s.add_argument("--shard_size", type=int, default=5000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--occupation_bias", type=float, default=0.8,
+                   help="p(stereotyped gender | stereotyped occupation); 0.5 = no association")
+    s.add_argument("--toxic_rate", type=float, default=0.02, help="fraction of stories with an offensive word")
+    s.add_argument("--happy_fraction", type=float, default=0.8, help="fraction of stories with a happy ending")
+    s.add_argument("--inject_facts", nargs="+", default=[],
+                   help="facts: .json ([{id, variants}] or [str]), .txt (one per line, variants split by ' | ') "
+                        "or literal sentences")
+    s.add_argument("--inject_rate", type=float, default=0.0, help="fraction of stories with one injected fact")
+    lo = sub.add_parser("local", help="ingest your own .json/.jsonl/.txt story files")
+    lo.add_argument("--name", required=True)
+    lo.add_argument("--text_field", default="story", help="record field holding the story (.json/.jsonl)")
+    lo.add_argument("--shard_size", type=int, default=5000)
+    lo.add_argument("files", nargs="+")
+    args = ap.parse_args(argv)
+    {"tinystories": cmd_tinystories, "storyworld": cmd_storyworld, "local": cmd_local}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    run_main(main)

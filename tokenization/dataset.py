@@ -1,0 +1,110 @@
+"""The one reader of a pretokenized dataset (data/<raw>/tok<V>/), shared by training, metadata, eval, the
+experiments and the dashboard.
+
+    ds = TokenizedDataset("storyworld", 512)
+    ds.index                 # pandas DataFrame: story_id, shard, record, offset, n_tokens, split
+    ds.manifest              # dict from manifest.json
+    ds.tokens(17)            # np.ndarray[uint16], BOS included (a memmap slice, O(1))
+    ds.text(17)              # the raw story, stripped
+    ds.story_ids("train")    # np.ndarray[int64]
+    ds.tokenizer             # sentencepiece.SentencePieceProcessor
+    ds.dir                   # Path of the tok<V> folder
+"""
+import json
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.paths import raw_dir, tok_dir
+
+
+class TokenizedDataset:
+    def __init__(self, dataset, vocab_size):
+        self.dataset, self.vocab_size = dataset, int(vocab_size)
+        self.dir = tok_dir(dataset, vocab_size)
+        manifest_path = self.dir / "manifest.json"
+        if not manifest_path.exists():
+            raise UserError(f"tokenized dataset not found: {manifest_path} — run: python tokenization/pretokenize.py "
+                            f"pretokenize --dataset {dataset} --vocab_size {vocab_size}")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            shards = self.manifest["shards"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{manifest_path} is corrupt — delete {self.dir} and re-run pretokenize")
+        index_path = self.dir / "index.parquet"
+        if not index_path.exists():
+            raise UserError(f"{index_path} is missing — re-run pretokenize --dataset {dataset} --vocab_size {vocab_size}")
+        self.index = pd.read_parquet(index_path)
+        if len(self.index) != self.manifest["n_stories"]:
+            raise UserError(f"{index_path} has {len(self.index)} rows but the manifest says "
+                            f"{self.manifest['n_stories']} — re-run pretokenize")
+        self._bins = []
+        for s in shards:
+            path = self.dir / s["bin"]
+            if not path.exists() or path.stat().st_size != 2 * s["n_tokens"]:
+                raise UserError(f"token shard {path} is missing or has the wrong size — re-run pretokenize")
+            self._bins.append(np.memmap(path, dtype="<u2", mode="r") if s["n_tokens"] else np.zeros(0, "<u2"))
+        # columns as arrays for O(1) lookups by story id (the index is sorted by story_id, ids are 0..N-1)
+        self._shard = self.index["shard"].to_numpy()
+        self._record = self.index["record"].to_numpy()
+        self._offset = self.index["offset"].to_numpy()
+        self._n_tokens = self.index["n_tokens"].to_numpy()
+        self._raw = {}
+
+    def __len__(self):
+        return len(self.index)
+
+    def _check(self, story_id):
+        story_id = int(story_id)
+        if not 0 <= story_id < len(self.index):
+            raise IndexError(f"story id {story_id} outside 0..{len(self.index) - 1}")
+        return story_id
+
+    def tokens(self, story_id):
+        """The story's tokens as stored: BOS first, uint16."""
+        i = self._check(story_id)
+        start = self._offset[i]
+        return self._bins[self._shard[i]][start:start + self._n_tokens[i]]
+
+    def text(self, story_id):
+        """The raw story text (stripped), read from the raw shard the story id was assigned from."""
+        i = self._check(story_id)
+        k = int(self._shard[i])
+        if k not in self._raw:
+            path = raw_dir(self.dataset) / self.manifest["shards"][k]["file"]
+            try:
+                self._raw[k] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"raw shard {path} is missing or corrupt ({e}) — restore it or re-run the download")
+        return self._raw[k][self._record[i]]["story"].strip()
+
+    def record(self, story_id):
+        """The story's full raw record (story plus any attributes, e.g. storyworld's ground truth)."""
+        self.text(story_id)
+        i = self._check(story_id)
+        return self._raw[int(self._shard[i])][self._record[i]]
+
+    def story_ids(self, split=None):
+        """Story ids of a split ('train' or 'val'), or all ids when split is None."""
+        if split is None:
+            return self.index["story_id"].to_numpy(dtype=np.int64)
+        if split not in ("train", "val"):
+            raise UserError(f"unknown split '{split}' — use 'train' or 'val'")
+        return self.index.loc[self.index["split"] == split, "story_id"].to_numpy(dtype=np.int64)
+
+    @cached_property
+    def tokenizer(self):
+        import sentencepiece as spm
+        path = self.dir / "tokenizer.model"
+        if not path.exists():
+            raise UserError(f"{path} is missing — re-run train_vocab / pretokenize for this vocab")
+        return spm.SentencePieceProcessor(model_file=str(path))
+
+    def decode(self, tokens):
+        """Text of a token sequence (a leading BOS is dropped)."""
+        ids = np.asarray(tokens).tolist()
+        if ids and ids[0] == self.manifest["bos_id"]:
+            ids = ids[1:]
+        return self.tokenizer.decode(ids)

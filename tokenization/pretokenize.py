@@ -1,0 +1,286 @@
+"""Stage 2: train a SentencePiece vocabulary and turn raw story shards into token shards with story ids.
+
+    python tokenization/pretokenize.py train_vocab --dataset NAME --vocab_size N [--max_stories 50000]
+    python tokenization/pretokenize.py pretokenize --dataset NAME --vocab_size N [--tokenizer PATH (N=0)]
+
+Writes data/<raw>/tok<N>/: tokenizer.model/.vocab, per raw shard a flat little-endian uint16 .bin with BOS
+before every story (llama2.c layout), index.parquet (story_id, shard, record, offset, n_tokens, split) and
+manifest.json (written last: a folder without it is incomplete). Story ids are 0..N-1 over sorted shard names
+and record order; the raw shards' SHA-256 are recorded and every later run checks them, so a changed shard is
+an error rather than a silent re-numbering.
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common.errors import UserError, run_main  # noqa: E402
+from common.io import atomic_path, atomic_write_json, atomic_write_text, provenance, sha256_file  # noqa: E402
+from common.paths import raw_dir, tok_dir  # noqa: E402
+
+MAX_VOCAB = 65535          # token ids are stored as uint16
+VAL_FRACTION = 0.02        # share of stories in the validation split
+ENCODE_BATCH = 2048        # stories per SentencePiece encode call (one progress-bar step)
+SPLIT_RULE = ("val if int.from_bytes(blake2b(story.strip().encode('utf-8'), digest_size=8).digest(), 'big') "
+              "/ 2**64 < val_fraction, else train (text-based: identical stories share a split)")
+# llama2.c's train_vocab settings, plus remove_extra_whitespaces=False (as in Llama 2's tokenizer) so that
+# decoding a story's tokens gives back its exact text
+SPM_SETTINGS = dict(model_type="bpe", input_format="text", character_coverage=1.0,
+                    split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
+                    unk_surface=r" \342\201\207 ", normalization_rule_name="identity",
+                    remove_extra_whitespaces=False, input_sentence_size=200_000, shuffle_input_sentence=True,
+                    max_sentence_length=16384)
+
+
+def check_vocab_size(n, allow_zero=False):
+    if n > MAX_VOCAB:
+        raise UserError(f"--vocab_size {n} is above {MAX_VOCAB}: token ids are stored as uint16 — use a smaller vocab")
+    if n < 0 or (n == 0 and not allow_zero):
+        raise UserError(f"--vocab_size {n} is invalid — give a positive size (0 only with pretokenize --tokenizer)")
+
+
+def raw_shards(dataset):
+    """Sorted raw shard paths of a dataset; a clear error naming the download stage when there are none."""
+    folder = raw_dir(dataset)
+    shards = sorted(folder.glob("*.json"))
+    if not shards:
+        raise UserError(f"no raw shards (*.json) in {folder} — run: python download/download_datasets.py "
+                        f"{'tinystories' if dataset == 'tinystories' else 'storyworld --name ' + dataset}")
+    return shards
+
+
+def load_stories(path):
+    """The stripped story texts of one raw shard, in record order."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"raw shard {path} is corrupt ({e}) — re-run the download stage")
+    if not isinstance(records, list):
+        raise UserError(f"raw shard {path} is not a JSON list of records — re-run the download stage")
+    stories = []
+    for n, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("story"), str):
+            raise UserError(f"raw shard {path} record {n} has no string 'story' field — re-run the download stage")
+        stories.append(r["story"].strip())
+    return stories
+
+
+def is_val(story, val_fraction):
+    h = hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2 ** 64 < val_fraction
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_vocab
+
+def cmd_train_vocab(args):
+    check_vocab_size(args.vocab_size)
+    shards = raw_shards(args.dataset)
+    out = tok_dir(args.dataset, args.vocab_size)
+    model = out / "tokenizer.model"
+    settings = {**SPM_SETTINGS, "vocab_size": args.vocab_size, "max_stories": args.max_stories}
+    record_path = out / "tokenizer_train.json"
+    shard_hashes = {p.name: sha256_file(p) for p in shards}
+    if model.exists() and record_path.exists():
+        old = json.loads(record_path.read_text())
+        if old.get("settings") == settings and old.get("shards") == shard_hashes:
+            print(f"{model}: up to date (same shards and settings) — nothing to do")
+            return
+
+    # a capped sample of stories, taken from the first shards in order (llama2.c trains on the first shards)
+    stories = []
+    for p in tqdm(shards, desc="read shards", unit="shard"):
+        stories += load_stories(p)
+        if len(stories) >= args.max_stories:
+            break
+    stories = stories[:args.max_stories]
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".train_vocab.", dir=out))
+    try:
+        text_file = tmp / "sample.txt"
+        text_file.write_text("\n".join(stories) + "\n", encoding="utf-8")
+        print(f"training a {args.vocab_size}-piece BPE vocab on {len(stories)} stories "
+              f"({text_file.stat().st_size / 1e6:.1f} MB)")
+        spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(tmp / "tokenizer"),
+                                       vocab_size=args.vocab_size, num_threads=os.cpu_count(),
+                                       minloglevel=2, **{k: v for k, v in SPM_SETTINGS.items()})
+        os.replace(tmp / "tokenizer.vocab", out / "tokenizer.vocab")
+        os.replace(tmp / "tokenizer.model", model)
+    except RuntimeError as e:
+        raise UserError(f"SentencePiece training failed for --vocab_size {args.vocab_size} ({e}) — "
+                        f"try a smaller vocab or more stories")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_json(record_path, {"provenance": provenance(), "dataset": args.dataset, "settings": settings,
+                                    "n_stories": len(stories), "shards": shard_hashes,
+                                    "tokenizer_sha256": sha256_file(model)})
+    print(f"wrote {model} and {out / 'tokenizer.vocab'}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretokenize
+
+def install_tokenizer(args, out):
+    """Path of the tokenizer for this vocab folder; for vocab 0, copy the given Llama 2 tokenizer in."""
+    model = out / "tokenizer.model"
+    if args.vocab_size == 0:
+        if not args.tokenizer:
+            raise UserError("--vocab_size 0 needs --tokenizer PATH to an existing (Llama 2) tokenizer.model")
+        src = Path(args.tokenizer)
+        if not src.exists():
+            raise UserError(f"tokenizer not found: {src} — give the path to a SentencePiece tokenizer.model")
+        if not model.exists() or sha256_file(model) != sha256_file(src):
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(model) as tmp:
+                shutil.copyfile(src, tmp)
+            sp = load_sp(model)
+            atomic_write_text(out / "tokenizer.vocab", "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n"
+                                                               for i in range(sp.vocab_size())))
+    elif args.tokenizer:
+        raise UserError("--tokenizer is only for --vocab_size 0; for a trained vocab run train_vocab first")
+    elif not model.exists():
+        raise UserError(f"tokenizer not found: {model} — run: python tokenization/pretokenize.py train_vocab "
+                        f"--dataset {args.dataset} --vocab_size {args.vocab_size}")
+    return model
+
+
+def load_sp(model):
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model))
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{model} is not a valid SentencePiece model ({e}) — re-run train_vocab or give another")
+
+
+def check_story_ids(manifest, shard_hashes, manifest_path):
+    """Story ids were assigned from these shards once; any change would silently re-number them."""
+    old = {s["file"]: s["sha256"] for s in manifest["shards"]}
+    if old == shard_hashes:
+        return
+    changed = sorted(set(old) ^ set(shard_hashes)) + sorted(f for f in old if f in shard_hashes
+                                                           and old[f] != shard_hashes[f])
+    raise UserError(f"raw shard(s) {', '.join(changed)} changed since story ids were assigned "
+                    f"({manifest_path}) — restore the original shards, or delete {manifest_path.parent} to "
+                    f"re-number (runs made on the old ids will no longer match)")
+
+
+def outputs_complete(out, manifest):
+    try:
+        return (out / "index.parquet").exists() and all(
+            (out / s["bin"]).stat().st_size == 2 * s["n_tokens"] for s in manifest["shards"])
+    except (OSError, KeyError):
+        return False
+
+
+def encode_shard(sp, stories, threads, bar):
+    """BOS + tokens for every story of a shard → (flat uint16 tokens, per-story lengths)."""
+    bos = sp.bos_id()
+    lengths, pieces = [], []
+    for start in range(0, len(stories), ENCODE_BATCH):
+        batch = sp.encode(stories[start:start + ENCODE_BATCH], num_threads=threads)
+        lengths += [len(ids) + 1 for ids in batch]
+        pieces.append(np.fromiter(itertools.chain.from_iterable([bos, *ids] for ids in batch),
+                                  dtype=np.uint16, count=sum(len(ids) + 1 for ids in batch)))
+        bar.update(len(batch))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
+    return tokens, np.asarray(lengths, dtype=np.int64)
+
+
+def cmd_pretokenize(args):
+    check_vocab_size(args.vocab_size, allow_zero=True)
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserError(f"--val_fraction {args.val_fraction} must be in [0, 1)")
+    shards = raw_shards(args.dataset)
+    out = tok_dir(args.dataset, args.vocab_size)
+    shard_hashes = {p.name: sha256_file(p) for p in tqdm(shards, desc="hash shards", unit="shard")}
+    manifest_path = out / "manifest.json"
+    manifest = None
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            manifest["shards"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{manifest_path} is corrupt — delete {out} and re-run pretokenize")
+        check_story_ids(manifest, shard_hashes, manifest_path)
+
+    model = install_tokenizer(args, out)
+    sp = load_sp(model)
+    if args.vocab_size and sp.vocab_size() != args.vocab_size:
+        raise UserError(f"{model} has {sp.vocab_size()} pieces, not --vocab_size {args.vocab_size} — re-run train_vocab")
+    if sp.vocab_size() > MAX_VOCAB:
+        raise UserError(f"{model} has {sp.vocab_size()} pieces, above {MAX_VOCAB} (uint16 storage) — use a smaller vocab")
+    tok_sha = sha256_file(model)
+    if manifest and manifest.get("tokenizer_sha256") == tok_sha and manifest.get("val_fraction") == args.val_fraction \
+            and outputs_complete(out, manifest):
+        print(f"{out}: up to date ({manifest['n_stories']} stories, {manifest['n_tokens']} tokens) — nothing to do")
+        return
+
+    total = 0
+    index_parts, shard_rows, first_id = [], [], 0
+    threads = args.threads or os.cpu_count()
+    with tqdm(total=None, desc="encode stories", unit="story") as bar:
+        for k, path in enumerate(shards):
+            stories = load_stories(path)
+            tokens, lengths = encode_shard(sp, stories, threads, bar)
+            bin_name = path.stem + ".bin"
+            with atomic_path(out / bin_name) as tmp:
+                tokens.astype("<u2").tofile(tmp)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            index_parts.append(pd.DataFrame({
+                "story_id": np.arange(first_id, first_id + len(stories), dtype=np.int64),
+                "shard": np.full(len(stories), k, dtype=np.int16),
+                "record": np.arange(len(stories), dtype=np.int32),
+                "offset": offsets,
+                "n_tokens": lengths.astype(np.int32),
+                "split": ["val" if is_val(s, args.val_fraction) else "train" for s in stories],
+            }))
+            shard_rows.append({"file": path.name, "sha256": shard_hashes[path.name], "n_stories": len(stories),
+                               "first_story_id": first_id, "bin": bin_name, "n_tokens": int(len(tokens))})
+            first_id += len(stories)
+            total += len(tokens)
+    index = pd.concat(index_parts, ignore_index=True)
+    with atomic_path(out / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
+    for stale in set(p.name for p in out.glob("*.bin")) - {s["bin"] for s in shard_rows}:
+        (out / stale).unlink()
+    n_val = int((index["split"] == "val").sum())
+    atomic_write_json(manifest_path, {
+        "provenance": provenance(), "dataset": args.dataset, "raw_dir": str(raw_dir(args.dataset)),
+        "vocab_size": sp.vocab_size(), "tokenizer": model.name, "tokenizer_sha256": tok_sha,
+        "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id(), "dtype": "uint16 little-endian",
+        "shards": shard_rows, "n_stories": len(index), "n_train": len(index) - n_val, "n_val": n_val,
+        "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
+    })
+    print(f"wrote {len(shards)} token shards, {len(index)} stories ({len(index) - n_val} train, {n_val} val), "
+          f"{total} tokens to {out}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train_vocab", help="train a SentencePiece BPE vocab on a sample of the dataset")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--vocab_size", type=int, required=True)
+    t.add_argument("--max_stories", type=int, default=50_000, help="cap on the stories used for training")
+    p = sub.add_parser("pretokenize", help="encode every story into token shards + index + manifest")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--vocab_size", type=int, required=True)
+    p.add_argument("--tokenizer", default=None, help="existing tokenizer.model, with --vocab_size 0")
+    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--threads", type=int, default=0, help="encoding threads (0 = all cores)")
+    args = ap.parse_args(argv)
+    {"train_vocab": cmd_train_vocab, "pretokenize": cmd_pretokenize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    run_main(main)
