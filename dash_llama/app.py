@@ -18,7 +18,7 @@ from dash import Dash, Input, Output, State, dcc, html  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from dash_llama.data import Store  # noqa: E402
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation  # noqa: E402
-from dash_llama.ui import message  # noqa: E402
+from dash_llama.ui import message, triggered_id  # noqa: E402
 
 REFRESH_SECONDS = 15   # how often the run list, checkpoints and logs are re-read
 PAGES = {              # path -> (title, module)
@@ -78,8 +78,7 @@ def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
     @app.callback(Output("run", "options"), Output("run", "value"),
                   Input("url", "search"), Input("refresh", "n_intervals"), State("run", "value"))
     def update_runs(search, _n, current):
-        from dash import ctx
-        return pick_run(store, search, current, ctx.triggered_id in (None, "url"))
+        return pick_run(store, search, current, triggered_id() in (None, "url"))
 
     app.callback(Output("page", "children"), Input("url", "pathname"))(render_page)
     for _, module in PAGES.values():

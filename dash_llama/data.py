@@ -4,6 +4,7 @@ browser, and read every artifact through the project's shared readers, cached un
 Pages never touch paths themselves: they ask the Store, which raises Missing (a message meant for the page)
 when a stage has not been run yet, and UnknownName when a name from the browser is not a run or experiment
 under --out (so `../../etc` can never become a path)."""
+import html
 import os
 import threading
 from collections import OrderedDict
@@ -148,7 +149,20 @@ class Store:
 
     def table(self, name, table):
         """out/RUN/tables/<table>.csv as a DataFrame; Missing names the stage that writes it."""
-        path = self.run_dir(name) / "tables" / f"{table}.csv"
+        run_dir = self.run_dir(name)
+        path = run_dir / "tables" / f"{table}.csv"
+        if table == "summary":  # it has a reader of its own (sorted by step, checked)
+            from visualize_sat_curves import load_summary
+            if not path.exists():
+                raise Missing(f"{name}/tables/summary.csv not found yet — run "
+                              f"`python eval.py --out_dir {self.out_dir.as_posix()}/{name}`")
+
+            def load():
+                try:
+                    return load_summary(run_dir)
+                except UserError as e:
+                    raise Missing(str(e)) from None
+            return self._cached(("summary", str(path)), _signature(path), load)
         return self._csv(path, f"{name}/tables/{table}.csv", TABLE_MAKERS.get(table, "the eval stages"), name)
 
     def _csv(self, path, label, maker, run=None):
@@ -196,10 +210,11 @@ class Store:
         return self._cached(("metadata", str(path)), _signature(path), load)
 
     def token_labels(self, name, tokens):
-        """Readable pieces for token ids (the run's tokenizer), or the ids when the dataset is not here."""
+        """Readable pieces for token ids (the run's tokenizer), or the ids when the dataset is not here; escaped
+        for plotly's HTML-ish labels (so '<s>' is shown, not taken as strike-through)."""
         try:
             sp = self.dataset(name).tokenizer
-            return [sp.id_to_piece(int(t)) for t in tokens]
+            return [html.escape(sp.id_to_piece(int(t))) for t in tokens]
         except (Missing, AttributeError, IndexError):
             return [str(int(t)) for t in tokens]
 

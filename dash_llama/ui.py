@@ -3,14 +3,26 @@ a missing artifact (or any surprise) into a message instead of a traceback or a 
 import functools
 import traceback
 
-from dash import dash_table, html
+import numpy as np
+import pandas as pd
+from dash import ctx, dash_table, html
+from dash.exceptions import MissingCallbackContextException
+from scipy.signal import lfilter
 
 from common.errors import UserError
 from dash_llama.data import Missing, UnknownName
 
-GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+GRAPH_CONFIG = {"displaylogo": False}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
+
+
+def triggered_id():
+    """The id of the input that fired the running callback; None when called directly (tests, bench)."""
+    try:
+        return ctx.triggered_id
+    except MissingCallbackContextException:
+        return None
 
 
 def message(text, kind="info"):
@@ -95,9 +107,6 @@ def slider_marks(steps, max_marks=8):
 
 def smooth_ema(values, weight):
     """TensorBoard-style debiased exponential moving average (weight 0 = raw); NaNs carry the last value."""
-    import numpy as np
-    import pandas as pd
-    from scipy.signal import lfilter
     values = pd.Series(values, dtype=float).ffill().bfill().to_numpy()
     if weight <= 0 or len(values) == 0:
         return values

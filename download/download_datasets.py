@@ -23,14 +23,14 @@ import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from common.io import atomic_path, atomic_write_json, atomic_write_text, provenance, sha256_file  # noqa: E402
+from common.io import atomic_write_text, provenance, sha256_file  # noqa: E402
 from common.paths import DATA_DIR, RAW_FOLDERS, raw_dir  # noqa: E402
 from download import storyworld  # noqa: E402
 
 TINYSTORIES_URL = ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
                    "TinyStories_all_data.tar.gz")
 CARD = "README.md"
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes per read; a dropped connection loses at most the chunk in flight
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,10 +165,12 @@ Synthetic TinyStories-like children's stories from this repository's seeded gene
 knobs, so the same command always writes byte-identical shards.
 
 ## Knobs (requested → measured)
-- occupation_bias p(stereotyped gender | stereotyped occupation): {params['occupation_bias']} → {rates['p_stereotyped_gender']} over {rates['n_stereotyped_mentions']} mentions
+- occupation_bias, p(stereotyped gender | stereotyped occupation): {params['occupation_bias']} →
+  {rates['p_stereotyped_gender']} over {rates['n_stereotyped_mentions']} mentions
 - toxic_rate (stories with one injected offensive word): {params['toxic_rate']} → {rates['toxic_story_fraction']}
 - happy_fraction (happy endings): {params['happy_fraction']} → {rates['happy_fraction']}
-- inject_rate (stories with one injected fact): {params['inject_rate']} → {rates['fact_story_fraction']} ({len(params['facts'])} facts)
+- inject_rate (stories with one injected fact): {params['inject_rate']} → {rates['fact_story_fraction']}
+  ({len(params['facts'])} facts)
 
 ## Corpus statistics
 {stats['n_stories']} stories, {stats['n_words']} words, {stats['distinct_sentences']} distinct sentences, vocabulary

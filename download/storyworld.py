@@ -16,6 +16,7 @@ gives the dataset card's text statistics; load_facts(specs) reads --inject_facts
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def _person(name, gender, role, occupation=None):
     return {"name": name, "gender": gender, "role": role, "occupation": occupation}
 
 
-def _pronouns(prefix, gender):
-    """Template keys for one character: {h_he} {h_He} {h_him} {h_his} {h_His} {h_kid} {h_kids}."""
+def _pronoun_slots(prefix, gender):
+    """Template keys for one character: {h_he} {h_He} {h_him} {h_his} {h_His} {h_kid} …"""
     she = gender == "female"
     words = {"he": "she" if she else "he", "him": "her" if she else "him", "his": "her" if she else "his",
              "himself": "herself" if she else "himself", "kid": "girl" if she else "boy",
@@ -122,6 +123,13 @@ def _pronouns(prefix, gender):
         out[f"{prefix}_{k}"] = v
         out[f"{prefix}_{k.capitalize()}"] = v[0].upper() + v[1:]
     return out
+
+
+_PRONOUNS = {(p, g): _pronoun_slots(p, g) for p in ("h", "f", "o") for g in ("female", "male")}
+
+
+def _pronouns(prefix, gender):
+    return _PRONOUNS[(prefix, gender)]
 
 
 def _a(word):
@@ -498,13 +506,13 @@ def story_record(i, cfg):
         paragraphs = paragraphs[:-2] + [paragraphs[-2] + paragraphs[-1]]
     story = "\n\n".join(" ".join(s for s in p if s) for p in paragraphs)
 
-    words = WORD_RE.findall(story.lower())
+    words = Counter(WORD_RE.findall(story.lower()))
     return {
         "story": story,
         "characters": characters,
         "occupations": occupations,
-        "female_terms": sum(w in _FEMALE for w in words),
-        "male_terms": sum(w in _MALE for w in words),
+        "female_terms": sum(n for w, n in words.items() if w in _FEMALE),
+        "male_terms": sum(n for w, n in words.items() if w in _MALE),
         "ending": "happy" if happy else "sad",
         "plot": "+".join(p["name"] for p in plots),
         "place": slots["place"],

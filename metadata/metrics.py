@@ -74,7 +74,7 @@ WORD_RE = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)*")
 SENT_RE = re.compile(r"[^.!?]*[.!?]+[\"'\u201d\u2019)]*|[^.!?]+$")
 MTLD_THRESHOLD = 0.72
 ENDING_SENTENCES = 2
-OCC_WINDOW = 12  # words after an occupation mention searched for the pronoun that refers to it
+OCC_WINDOW = 20  # words after an occupation mention searched for the pronoun that refers to it
 CACHE_LIMIT = 500_000  # per-process word/sentence caches are cleared past this many entries
 _PUNCT = string.punctuation
 

@@ -24,7 +24,7 @@ from common.io import atomic_path, atomic_write_json, provenance
 NGRAM_MAX_TOKENS = 20_000_000  # fit on at most this many train tokens (full TinyStories: ~1.5 GB peak RAM)
 NGRAM_SAMPLE_SEED = 0  # which train stories make the capped sample (a seeded permutation)
 SCORE_BATCH_TOKENS = 2_000_000  # n-gram: tokens scored per vectorised call
-CKPT_BATCH = 32  # checkpoint scorer: sequences per forward pass
+CKPT_BATCH = 64  # checkpoint scorer: sequences per forward pass
 
 
 def _dataset_fingerprint(ds):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError, run_main
-from common.io import atomic_path, atomic_write_json, provenance, sha256_file
+from common.io import atomic_path, atomic_write_bytes, atomic_write_json, provenance, sha256_file
 from common.paths import require, tokenizer_model
 from modelling.checkpoints import load_model
 
@@ -83,14 +83,8 @@ def model_shape(model, state):
 
 
 def rope_tables(model, shape):
-    """RoPE cos/sin [max_seq_len, head_dim/2] as the model applies them (its own buffers when it keeps them)."""
-    head_dim, max_seq_len = shape["dim"] // shape["n_heads"], shape["max_seq_len"]
-    cos, sin = getattr(model, "freqs_cos", None), getattr(model, "freqs_sin", None)
-    if cos is None or sin is None or cos.shape[0] < max_seq_len:
-        freqs = 1.0 / shape["rope_theta"] ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        angles = torch.outer(torch.arange(max_seq_len).float(), freqs)
-        cos, sin = angles.cos(), angles.sin()
-    return cos[:max_seq_len].float(), sin[:max_seq_len].float()
+    """RoPE cos/sin [max_seq_len, head_dim/2]: the model's own buffers, i.e. exactly what its forward pass uses."""
+    return model.freqs_cos[:shape["max_seq_len"]].float(), model.freqs_sin[:shape["max_seq_len"]].float()
 
 
 def find_tokenizer(ckpt, ckpt_path, override=None):
@@ -123,7 +117,8 @@ def load_tokenizer(path, vocab_size):
 # llama2.c: model.bin (legacy version 0) and tokenizer.bin
 
 def tensor_bytes(t):
-    return t.detach().to(torch.float32).contiguous().numpy().tobytes()
+    """fp32, C order, as a buffer file.write takes without another copy."""
+    return t.detach().to(torch.float32).contiguous().numpy()
 
 
 def write_llama2c_model(state, shape, cos, sin, path):
@@ -152,7 +147,8 @@ def llama2c_tokenizer_bytes(sp, vocab_size):
     pieces, scores = [], []
     for i in range(vocab_size):
         if i >= sp.vocab_size():
-            pieces.append(b""), scores.append(0.0)
+            pieces.append(b"")
+            scores.append(0.0)
             continue
         piece = LLAMA2C_BOS if i == sp.bos_id() else LLAMA2C_EOS if i == sp.eos_id() else sp.id_to_piece(i)
         pieces.append(piece.replace("\u2581", " ").encode("utf-8"))
@@ -173,8 +169,7 @@ def export_llama2c(model, shape, sp, sp_file, out_path, dtype):
     cos, sin = rope_tables(model, shape)
     write_llama2c_model(state, shape, cos, sin, out_path)
     tokenizer_bin = out_path.parent / "tokenizer.bin"
-    with atomic_path(tokenizer_bin) as tmp:
-        tmp.write_bytes(llama2c_tokenizer_bytes(sp, shape["vocab_size"]))
+    atomic_write_bytes(tokenizer_bin, llama2c_tokenizer_bytes(sp, shape["vocab_size"]))
     return {"model.bin": out_path, "tokenizer.bin": tokenizer_bin}, {}
 
 
@@ -304,9 +299,13 @@ def export_checkpoint(ckpt_path, fmt, out_path=None, dtype="fp32", tokenizer=Non
     ckpt_sha = sha256_file(ckpt_path)
     manifest_file = manifest_path(fmt, out_path)
     if not force and manifest_file.exists():
-        old = json.loads(manifest_file.read_text())
-        if (old.get("checkpoint_sha256"), old.get("format"), old.get("dtype")) == (ckpt_sha, fmt, dtype) and all(
-                Path(p).exists() for p in old.get("files", {}).values()):
+        try:
+            old = json.loads(manifest_file.read_text())
+        except ValueError:
+            old = {}  # a damaged manifest: rebuild
+        same = (old.get("checkpoint_sha256"), old.get("format"), old.get("dtype")) == (ckpt_sha, fmt, dtype)
+        same_tokenizer = tokenizer is None or str(tokenizer) == old.get("tokenizer")
+        if same and same_tokenizer and all(Path(p).exists() for p in old.get("files", {}).values()):
             print(f"{out_path} is up to date with {ckpt_path} (skipping; --force rebuilds)")
             return out_path
 

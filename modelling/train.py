@@ -218,14 +218,16 @@ def checkpoint_steps(n_steps, eval_interval):
 
 def make_probes(ds, cfg, model_vocab):
     """The fixed probe set: the first n_probe_stories val stories (by id) with at least probe_len/2 tokens,
-    truncated to probe_len, plus BOS + a random token block repeated twice (induction heads copy it)."""
+    truncated to probe_len (at most max_seq_len + 1), plus BOS + a random token block repeated twice (induction
+    heads copy it)."""
+    probe_len = min(cfg["probe_len"], cfg["max_seq_len"] + 1)
     index = ds.index
-    val = index[(index["split"] == "val") & (index["n_tokens"] >= cfg["probe_len"] // 2)].sort_values("story_id")
+    val = index[(index["split"] == "val") & (index["n_tokens"] >= probe_len // 2)].sort_values("story_id")
     probes = []
     for sid in val["story_id"].to_numpy()[: cfg["n_probe_stories"]]:
-        tokens = np.asarray(ds.tokens(int(sid)))[: cfg["probe_len"]]
+        tokens = np.asarray(ds.tokens(int(sid)))[:probe_len]
         probes.append({"name": f"val_{int(sid)}", "story_id": int(sid), "tokens": [int(t) for t in tokens]})
-    half = (cfg["probe_len"] - 1) // 2
+    half = (probe_len - 1) // 2
     block = np.random.default_rng(INDUCTION_SEED).integers(3, model_vocab, size=half)  # skip unk/bos/eos
     probes.append({"name": "induction", "story_id": None, "tokens": [1] + [int(t) for t in block] * 2})
     return probes

@@ -3,6 +3,8 @@
 The llama2.c side is checked with a reader written here and a forward pass that follows run.c's arithmetic (its
 own RoPE, hard-coded eps, GQA head mapping, one token at a time with a KV cache) — run.c itself cannot be
 downloaded here. The HF side is checked with the real transformers library loading the exported folder offline.
+Two tokenizers: one trained here with llama2.c's train_vocab settings (SentencePiece collapses runs of spaces) and
+the project's own (tiny_run's, built by tokenization/pretokenize.py, which keeps them).
 """
 import json
 import math
@@ -18,7 +20,8 @@ import torch
 
 from common.errors import UserError
 from modelling.checkpoints import list_checkpoints, load_model
-from modelling.export import export_checkpoint, hf_state_dict, model_shape, write_llama2c_model
+from modelling.export import (export_checkpoint, hf_state_dict, llama2c_tokenizer_bytes, model_shape,
+                              write_llama2c_model)
 from modelling.model import ModelArgs, Transformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +229,11 @@ def test_llama2c_tokenizer_bin_round_trips_every_piece(ckpt, tokenizer_model, tm
         assert scores[i] == pytest.approx(sp.get_score(i), abs=1e-6)
     for text in story_lines(5, seed=9) + ["Ümlaut ☃ and 42."]:
         assert runc_decode(pieces, [sp.bos_id()] + sp.encode(text)) == sp.decode(sp.encode(text))
+    # a model with a padded embedding table: run.c reads vocab_size entries, the extra ones empty
+    padded = tmp_path / "padded.bin"
+    padded.write_bytes(llama2c_tokenizer_bytes(sp, VOCAB + 8))
+    _, padded_pieces, _ = read_llama2c_tokenizer(padded, VOCAB + 8)
+    assert padded_pieces[:VOCAB] == pieces and padded_pieces[VOCAB:] == [b""] * 8
 
 
 def test_llama2c_rejects_half_precision(ckpt, tmp_path):
@@ -397,7 +405,7 @@ def test_continue_pretraining_from_llama2c_pt_exporting_every_checkpoint(tok_dat
     for step, path in checkpoints:
         header, w = read_llama2c_model(run / "export" / "llama2c" / f"step_{step:06d}.bin")
         assert (header["dim"], header["n_layers"], header["vocab_size"]) == (48, 2, vocab)
-        np.testing.assert_array_equal(w["wq"][1], load_model(path)[0].layers[1].attention.wq.weight.numpy())
+        np.testing.assert_array_equal(w["wq"][1], load_model(path)[0].layers[1].attention.wq.weight.detach().numpy())
     assert (run / "export" / "llama2c" / "tokenizer.bin").exists()
     # training started from the llama2.c weights: one AdamW step at lr 1e-5 moves each weight by ~1e-5
     trained = load_model(checkpoints[0][1])[0].state_dict()

@@ -49,6 +49,9 @@ def test_round_trip_and_index_layout(in_workspace):
     decoded = ds.tokenizer.decode([t[1:].tolist() for t in token_lists])
     texts = [ds.text(i) for i in range(n)]
     assert decoded == texts
+    # the word-cache encoder gives exactly sentencepiece's own encoding
+    assert [t[1:].tolist() for t in token_lists] == ds.tokenizer.encode(texts)
+    assert ds.manifest["encoder"].startswith("distinct words")
     # the .bin files are exactly the stories back to back, ids in shard/record order
     for k, s in enumerate(ds.manifest["shards"]):
         rows = idx[idx["shard"] == k]
@@ -139,3 +142,15 @@ def test_bad_inputs(tmp_path, tok_dataset):
             TokenizedDataset("tiny", 300)
     finally:
         os.chdir(old)
+
+
+def test_story_encoder_matches_sentencepiece_on_odd_text(in_workspace):
+    from tokenization.pretokenize import StoryEncoder
+    sp = spm.SentencePieceProcessor(model_file=str(tok_folder(in_workspace) / "tokenizer.model"))
+    stories = ["Tom ran.  Then he sat.", "Lily  saw\na cat.\n\nThe end.", "", "x", "A b c", "Zoë's 42 crêpes 🍓.",
+               "Mia said, \"Hi!\"\tBen waved.", "one  two", "three four"] * 3
+    encoder = StoryEncoder(sp, threads=2, verify_stories=4)
+    flat, lengths = encoder.encode(stories)
+    expected = [[sp.bos_id()] + ids for ids in sp.encode(stories)]
+    assert encoder.use_words and lengths.tolist() == [len(e) for e in expected]
+    assert flat.tolist() == [t for e in expected for t in e]

@@ -125,7 +125,8 @@ def test_resume_after_kill_equals_uninterrupted(tiny_run, tok_dataset):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(ws / "out/killed/ckpt/resume.pt")["step"]
-    assert 10 <= killed_at < TINY_STEPS, "the run finished before it could be killed"
+    # killed right after step 10's checkpoint: resume.pt is at 8 or 10 (it is written after the checkpoint)
+    assert 8 <= killed_at < TINY_STEPS, "the run finished before it could be killed"
     run_stage(ws, "modelling/train.py", "--init_from=resume", "--out_dir=out/killed", env=ONE_THREAD)
     resumed, whole = ws / "out/killed", tiny_run
     assert json.loads((resumed / "config.json").read_text())["resumed_from_step"] == killed_at

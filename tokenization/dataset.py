@@ -19,6 +19,8 @@ import pandas as pd
 from common.errors import UserError
 from common.paths import raw_dir, tok_dir
 
+RAW_SHARDS_CACHED = 4  # raw JSON shards kept in memory by .text() (a TinyStories shard is ~40 MB)
+
 
 class TokenizedDataset:
     def __init__(self, dataset, vocab_size):
@@ -73,6 +75,8 @@ class TokenizedDataset:
         i = self._check(story_id)
         k = int(self._shard[i])
         if k not in self._raw:
+            if len(self._raw) >= RAW_SHARDS_CACHED:
+                self._raw.pop(next(iter(self._raw)))
             path = raw_dir(self.dataset) / self.manifest["shards"][k]["file"]
             try:
                 self._raw[k] = json.loads(path.read_text(encoding="utf-8"))
@@ -82,7 +86,7 @@ class TokenizedDataset:
 
     def record(self, story_id):
         """The story's full raw record (story plus any attributes, e.g. storyworld's ground truth)."""
-        self.text(story_id)
+        self.text(story_id)  # loads the shard
         i = self._check(story_id)
         return self._raw[int(self._shard[i])][self._record[i]]
 

@@ -182,18 +182,101 @@ def outputs_complete(out, manifest):
         return False
 
 
-def encode_shard(sp, stories, threads, bar):
+def _starts(lengths):
+    """Start offsets of consecutive segments with these lengths."""
+    out = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=out[1:])
+    return out
+
+
+class StoryEncoder:
+    """BOS + SentencePiece ids for batches of stories.
+
+    SentencePiece BPE splits text at spaces before merging (split_by_whitespace), so a story's ids are the
+    concatenation of its space-separated words' ids (each word with SentencePiece's leading "▁"). Story
+    corpora repeat their words constantly, so each distinct word is encoded once — batched and multi-threaded
+    with sp.encode(list, num_threads=…) — and kept in a flat cache; a batch is then one dictionary lookup per
+    word plus a numpy gather. The shortcut is checked against plain sp.encode on the first stories and dropped
+    if they differ (a tokenizer with other whitespace settings); stories with runs of spaces always take the
+    plain path."""
+
+    def __init__(self, sp, threads, verify_stories=256):
+        self.sp, self.threads, self.bos = sp, threads, sp.bos_id()
+        self.code = {}                                    # word -> row of the cache; row 0 is BOS
+        self.ids = np.array([self.bos], dtype=np.uint16)  # all cached words' ids back to back
+        self.start = np.zeros(1, dtype=np.int64)
+        self.n_ids = np.ones(1, dtype=np.int64)
+        self.use_words, self.verify_stories = None, verify_stories
+
+    def _cache(self, words):
+        encoded = self.sp.encode(words, num_threads=self.threads)
+        n_ids = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self.code.update(zip(words, range(len(self.n_ids), len(self.n_ids) + len(words))))
+        self.start = np.concatenate([self.start, len(self.ids) + _starts(n_ids)])
+        self.n_ids = np.concatenate([self.n_ids, n_ids])
+        self.ids = np.concatenate([self.ids, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.uint16,
+                                                         count=int(n_ids.sum()))])
+
+    def _by_words(self, stories):
+        n_words = np.fromiter((s.count(" ") + 1 for s in stories), dtype=np.int64, count=len(stories))
+        words = " ".join(stories).split(" ")
+        new = set(words).difference(self.code)
+        if new:
+            self._cache(sorted(new))
+        bos_at = _starts(n_words + 1)  # each story is BOS followed by its words
+        codes = np.zeros(len(words) + len(stories), dtype=np.int64)
+        is_word = np.ones(len(codes), dtype=bool)
+        is_word[bos_at] = False
+        codes[is_word] = np.fromiter(map(self.code.__getitem__, words), dtype=np.int64, count=len(words))
+        n_ids = self.n_ids[codes]
+        out_start = _starts(n_ids)
+        gather = np.repeat(self.start[codes] - out_start, n_ids) + np.arange(int(n_ids.sum()))
+        return self.ids[gather], np.add.reduceat(n_ids, bos_at)
+
+    def _plain(self, stories):
+        seqs = self.sp.encode(stories, num_threads=self.threads)
+        lengths = np.fromiter((len(ids) + 1 for ids in seqs), dtype=np.int64, count=len(seqs))
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain((self.bos,), ids) for ids in seqs),
+                           dtype=np.uint16, count=int(lengths.sum()))
+        return flat, lengths
+
+    def _shortcut_is_exact(self, sample):
+        sample = [s for s in sample if "  " not in s]
+        if not sample:
+            return False
+        (a, a_len), (b, b_len) = self._by_words(sample), self._plain(sample)
+        return np.array_equal(a_len, b_len) and np.array_equal(a, b)
+
+    def encode(self, stories):
+        """(flat uint16 tokens with BOS before every story, per-story lengths including BOS)"""
+        if not stories:
+            return np.zeros(0, np.uint16), np.zeros(0, np.int64)
+        if self.use_words is None:
+            self.use_words = self._shortcut_is_exact(stories[:self.verify_stories])
+        if not self.use_words:
+            return self._plain(stories)
+        parts = []
+        for spaced, group in itertools.groupby(stories, key=lambda s: "  " in s):
+            parts.append((self._plain if spaced else self._by_words)(list(group)))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    @property
+    def method(self):
+        return ("distinct words encoded once with sentencepiece (verified equal to sp.encode on the first "
+                f"{self.verify_stories} stories)" if self.use_words else "sentencepiece encode(list, num_threads)")
+
+
+def encode_shard(encoder, stories, bar):
     """BOS + tokens for every story of a shard → (flat uint16 tokens, per-story lengths)."""
-    bos = sp.bos_id()
-    lengths, pieces = [], []
+    pieces, lengths = [], []
     for start in range(0, len(stories), ENCODE_BATCH):
-        batch = sp.encode(stories[start:start + ENCODE_BATCH], num_threads=threads)
-        lengths += [len(ids) + 1 for ids in batch]
-        pieces.append(np.fromiter(itertools.chain.from_iterable([bos, *ids] for ids in batch),
-                                  dtype=np.uint16, count=sum(len(ids) + 1 for ids in batch)))
-        bar.update(len(batch))
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
-    return tokens, np.asarray(lengths, dtype=np.int64)
+        flat, n = encoder.encode(stories[start:start + ENCODE_BATCH])
+        pieces.append(flat)
+        lengths.append(n)
+        bar.update(len(n))
+    if not pieces:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int64)
+    return np.concatenate(pieces), np.concatenate(lengths)
 
 
 def cmd_pretokenize(args):
@@ -227,11 +310,11 @@ def cmd_pretokenize(args):
 
     total = 0
     index_parts, shard_rows, first_id = [], [], 0
-    threads = args.threads or os.cpu_count()
+    encoder = StoryEncoder(sp, args.threads or os.cpu_count())
     with tqdm(total=None, desc="encode stories", unit="story") as bar:
         for k, path in enumerate(shards):
             stories = load_stories(path)
-            tokens, lengths = encode_shard(sp, stories, threads, bar)
+            tokens, lengths = encode_shard(encoder, stories, bar)
             bin_name = path.stem + ".bin"
             with atomic_path(out / bin_name) as tmp:
                 tokens.astype("<u2").tofile(tmp)
@@ -260,6 +343,7 @@ def cmd_pretokenize(args):
         "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id(), "dtype": "uint16 little-endian",
         "shards": shard_rows, "n_stories": len(index), "n_train": len(index) - n_val, "n_val": n_val,
         "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
+        "encoder": encoder.method,
     })
     print(f"wrote {len(shards)} token shards, {len(index)} stories ({len(index) - n_val} train, {n_val} val), "
           f"{total} tokens to {out}")

@@ -2,10 +2,10 @@
 training run captured in its real forward pass), a click on a head enlarges it, and per-head statistics
 across steps (tables/attn_stats.csv from visualize_attn.py)."""
 import numpy as np
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing
-from dash_llama.ui import GRAPH_CONFIG, figure_or_message, guard, message, notes, slider_marks
+from dash_llama.ui import GRAPH_CONFIG, figure_or_message, guard, message, notes, slider_marks, triggered_id
 
 GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
 HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
@@ -19,7 +19,7 @@ def layout():
         html.Div(className="controls", children=[
             html.Label(["Probe", dcc.Dropdown(id="attn-probe", clearable=False)], className="grow"),
             html.Label(["Checkpoint", dcc.Slider(id="attn-step", min=0, max=0, step=1, value=0,
-                                                 updatemode="mouseup")], className="slider wide"),
+                                                 updatemode="mouseup", allow_direct_input=False)], className="slider wide"),
         ]),
         html.Div(id="attn-msg"),
         dcc.Graph(id="attn-grid", config=GRAPH_CONFIG),
@@ -161,7 +161,7 @@ def register(app, store):
             raise Missing(f"{run} has no checkpoints yet — they appear here as training writes them")
         last = len(steps) - 1
         # follow the newest checkpoint while the slider sits at the end; otherwise keep the user's choice
-        if ctx.triggered_id != "run" and index is not None and index < (old_max or 0):
+        if triggered_id() != "run" and index is not None and index < (old_max or 0):
             new_index = min(index, last)
         else:
             new_index = last

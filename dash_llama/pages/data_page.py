@@ -6,12 +6,15 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing
+from metadata.metrics import METRICS
+from modelling.batch_viewer import step_table
 from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, smooth_ema, table,
                            table_data)
 
 HIST_BINS = 60
 MAX_STEP_POINTS = 2000   # batch-composition points drawn; longer runs are averaged over step bins (with a note)
 TEXT_CHARS = 400         # story text shown per row in the batch viewer
+DEFAULT_METRIC = "flesch_ease"
 
 
 def layout():
@@ -39,9 +42,10 @@ def layout():
     ])
 
 
-def metric_names(store, name):
+def metric_options(store, name):
+    """Dropdown options for the metadata metrics present, in the metrics module's order, described."""
     meta = store.metadata(name)
-    return [c for c in meta.columns if meta[c].dtype.kind in "fiub"]
+    return [{"label": f"{m.name} — {m.what}", "value": m.name} for m in METRICS if m.name in meta.columns]
 
 
 def _metric(store, name, metric):
@@ -55,10 +59,8 @@ def histogram_figure(store, name, metric):
     """Histogram of `metric` over all stories, train and val split overlaid (binned here, so any corpus size
     costs the browser the same)."""
     values = _metric(store, name, metric)
-    try:
-        split = store.dataset(name).index.set_index("story_id")["split"].reindex(values.index)
-    except Missing:
-        split = pd.Series("all", index=values.index)
+    meta = store.metadata(name)
+    split = meta["split"] if "split" in meta.columns else pd.Series("all", index=values.index)
     finite = values[np.isfinite(values.astype(float))]
     if finite.empty:
         raise Missing(f"{metric} has no finite values (NaN means not scorable)")
@@ -116,22 +118,18 @@ def composition_figure(store, name, metric, smoothing=0.9):
 
 
 def batch_rows(store, name, step, metrics=()):
-    """(columns, records) of step `step`: position, story id, split, the chosen metrics, the story text."""
+    """(columns, records) of step `step` as the batch viewer shows it (modelling/batch_viewer.step_table:
+    position, story id, metric columns) plus split and the story text."""
     log = store.batch_log(name)
     if step is None or not 1 <= int(step) <= len(log):
         raise Missing(f"step {step} is not in the batch log of {name} (steps 1..{len(log)})")
-    ids = log.step(int(step))
-    frame = pd.DataFrame({"position": np.arange(len(ids)), "story_id": ids})
-    try:
-        meta = store.metadata(name)
-        for m in metrics:
-            if m in meta.columns:
-                frame[m] = meta[m].reindex(ids).to_numpy()
-    except Missing:
-        pass
+    # the batch viewer's own table: ids in training order + metric columns (when metadata exists)
+    frame = step_table(store.run(name), int(step), [m for m in metrics if m])
     dataset = store.dataset(name)
-    frame["split"] = dataset.index.set_index("story_id")["split"].reindex(ids).to_numpy()
-    texts = [dataset.text(int(i)) for i in ids]
+    index = dataset.index.set_index("story_id")
+    frame["split"] = index["split"].reindex(frame["story_id"]).to_numpy()
+    frame["n_tokens"] = index["n_tokens"].reindex(frame["story_id"]).to_numpy()
+    texts = [dataset.text(int(i)) for i in frame["story_id"]]
     frame["text"] = [t if len(t) <= TEXT_CHARS else t[:TEXT_CHARS] + " …" for t in texts]
     return table_data(frame)
 
@@ -141,14 +139,17 @@ def register(app, store):
                   Input("run", "value"), State("data-metric", "value"))
     @guard(lambda text, kind: ([], None, message(text, kind)))
     def update_metrics(run, current):
-        metrics = metric_names(store, run)
-        value = current if current in metrics else (metrics[0] if metrics else None)
-        return [{"label": m, "value": m} for m in metrics], value, None
+        options = metric_options(store, run)
+        metrics = [o["value"] for o in options]
+        value = current if current in metrics else (DEFAULT_METRIC if DEFAULT_METRIC in metrics else
+                                                    (metrics[0] if metrics else None))
+        return options, value, None
 
     @app.callback(Output("data-hist", "figure"), Output("data-hist-msg", "children"),
                   Input("run", "value"), Input("data-metric", "value"))
     @guard(figure_or_message())
     def update_hist(run, metric):
+        store.metadata(run)  # an unknown run or missing metadata says so first
         if not metric:
             raise Missing("no metadata metric to show")
         return histogram_figure(store, run, metric), None
@@ -157,6 +158,7 @@ def register(app, store):
                   Input("run", "value"), Input("data-metric", "value"), Input("refresh", "n_intervals"))
     @guard(figure_or_message())
     def update_composition(run, metric, _n):
+        store.metadata(run)  # an unknown run or missing metadata says so first
         if not metric:
             raise Missing("no metadata metric to show")
         figure, note_lines = composition_figure(store, run, metric)

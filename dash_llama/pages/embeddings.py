@@ -17,7 +17,8 @@ def layout():
     return html.Div([
         html.H2("Embeddings"),
         html.Div(className="controls", children=[
-            html.Label(["Step", dcc.Slider(id="embd-step", min=0, max=0, step=1, value=0, updatemode="mouseup")],
+            html.Label(["Step", dcc.Slider(id="embd-step", min=0, max=0, step=1, value=0, updatemode="mouseup",
+                                           allow_direct_input=False)],
                        className="slider wide"),
             html.Label(["Find tokens (comma-separated)", dcc.Input(id="embd-search", type="text", debounce=True,
                                                                    placeholder="e.g. she, he, doctor",

@@ -11,9 +11,10 @@ from dash import Input, Output, State, dcc, html
 from experiments.durability.experiment_durability import BASELINE
 from experiments.durability.stats import curve_band
 
-from dash_llama.data import Missing
+from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, table, table_data
 
+FIGURE_ROUTE = "/experiment-figures"
 RUN_NAME = re.compile(r"^(?P<condition>.+)_s(?P<seed>\d+)$")  # runs/<condition>_s<seed>
 
 
@@ -31,6 +32,9 @@ def layout():
         html.H3("End points (results.csv)"),
         html.Div(id="exp-table-msg"),
         table("exp-table", page_size=12),
+        html.H3("Final-model divergence (divergence.csv)"),
+        html.Div(id="exp-div-msg"),
+        table("exp-div", page_size=8),
         html.H3("Report"),
         html.Div(id="exp-report-msg"),
         dcc.Markdown(id="exp-report", className="report"),
@@ -138,10 +142,25 @@ def status_line(store, name):
 
 
 def report_markdown(store, name):
-    return store.experiment_file(name, "report.md").read_text()
+    """report.md with its figures/ links pointing at the app's figure route (served by serve_figure)."""
+    text = store.experiment_file(name, "report.md").read_text()
+    return text.replace("](figures/", f"]({FIGURE_ROUTE}/{name}/")
+
+
+def serve_figure(store, name, filename):
+    """A PNG from the experiment's figures/ folder; unknown experiment or a path leaving figures/ → 404."""
+    from flask import abort, send_from_directory
+    try:
+        folder = store.experiment_dir(name) / "figures"
+    except UnknownName:
+        abort(404)
+    return send_from_directory(folder, filename)  # safe_join: refuses '..' and absolute paths
 
 
 def register(app, store):
+    app.server.add_url_rule(f"{FIGURE_ROUTE}/<name>/<path:filename>", "experiment_figure",
+                            lambda name, filename: serve_figure(store, name, filename))
+
     @app.callback(Output("exp-name", "options"), Output("exp-name", "value"), Output("exp-msg", "children"),
                   Input("refresh", "n_intervals"), Input("url", "pathname"), State("exp-name", "value"))
     def update_names(_n, _path, current):
@@ -179,6 +198,15 @@ def register(app, store):
         columns, data = table_data(store.experiment_table(name, "results"))
         return columns, data, None
 
+    @app.callback(Output("exp-div", "columns"), Output("exp-div", "data"), Output("exp-div-msg", "children"),
+                  Input("exp-name", "value"))
+    @guard(lambda text, kind: ([], [], message(text, kind)))
+    def update_divergence(name):
+        if not name:
+            raise Missing("pick an experiment")
+        columns, data = table_data(store.experiment_table(name, "divergence"))
+        return columns, data, None
+
     @app.callback(Output("exp-report", "children"), Output("exp-report-msg", "children"), Input("exp-name", "value"))
     @guard(lambda text, kind: ("", message(text, kind)))
     def update_report(name):
@@ -186,4 +214,4 @@ def register(app, store):
             raise Missing("pick an experiment")
         return report_markdown(store, name), None
 
-    return update_names, update_metrics, update_curves, update_table, update_report
+    return update_names, update_metrics, update_curves, update_table, update_divergence, update_report

@@ -16,7 +16,7 @@ def layout():
         html.H2("Generations"),
         html.Div(className="controls", children=[
             html.Label(["Checkpoint", dcc.Slider(id="gen-step", min=0, max=0, step=1, value=0,
-                                                 updatemode="mouseup")], className="slider wide"),
+                                                 updatemode="mouseup", allow_direct_input=False)], className="slider wide"),
             html.Label(["Prompts", dcc.RadioItems(id="gen-kind", options=[{"label": v, "value": k}
                                                                           for k, v in KINDS.items()],
                                                   value="all", inline=True)]),

@@ -1,12 +1,14 @@
 """Saturation page: for one metric, what went in (mean over the stories of each interval between checkpoints,
 and cumulatively) beside what came out (mean over each checkpoint's generations), with the plateau steps of
-tables/saturation.csv marked; other runs can be overlaid."""
+tables/saturation.csv marked (the saturation module detects them on the cumulative input and the output
+curves); other runs can be overlaid. Metrics are paired by visualize_sat_curves.curve_columns."""
 import math
 
 from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, table, table_data
+from visualize_sat_curves import curve_columns
 
 SIDES = {"in": "input (interval)", "cum": "input (cumulative)", "out": "output (generations)"}
 X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen"}
@@ -24,7 +26,7 @@ def layout():
                                                  value="step", inline=True)]),
             html.Label(["Curves", dcc.Checklist(id="sat-sides", options=[{"label": v, "value": k}
                                                                          for k, v in SIDES.items()],
-                                                value=["in", "out"], inline=True)]),
+                                                value=["in", "cum", "out"], inline=True)]),
         ]),
         html.Div(id="sat-msg"),
         dcc.Graph(id="sat-fig", config=GRAPH_CONFIG),
@@ -34,34 +36,36 @@ def layout():
     ])
 
 
+def panels(store, name):
+    """{metric: {side: summary column}} from the saturation module's own pairing (visualize_sat_curves):
+    paired metrics have in_/cum_/out_ columns, output-only ones (val_loss, probes) just an output."""
+    found = {}
+    for title, out_col, in_col, cum_col in curve_columns(store.table(name, "summary")):
+        found[title] = {side: col for side, col in (("in", in_col), ("cum", cum_col), ("out", out_col)) if col}
+    return found
+
+
 def summary_metrics(store, name):
-    """Metric names that have an input or output column in the run's summary.csv (in_/cum_/out_ prefixes)."""
-    summary = store.table(name, "summary")
-    metrics = []
-    for column in summary.columns:
-        prefix, _, metric = column.partition("_")
-        if prefix in SIDES and metric and metric not in metrics:
-            metrics.append(metric)
-    return metrics
+    return list(panels(store, name))
 
 
-def _plateaus(store, name, metric):
-    """{side: (plateau_step, plateau_tokens, saturated)} for a metric, {} when saturation.csv is absent."""
+def _plateaus(store, name):
+    """{summary column: (plateau_step, plateau_tokens, saturated)} from tables/saturation.csv ({} if absent)."""
     try:
         sat = store.table(name, "saturation")
     except Missing:
         return {}
-    found = {}
-    for row in sat.to_dict("records"):
-        if str(row.get("metric")) in (metric, f"in_{metric}", f"out_{metric}"):
-            found[str(row.get("side"))] = (row.get("plateau_step"), row.get("plateau_tokens"),
-                                           bool(row.get("saturated")))
-    return found
+    return {str(row["column"]): (row.get("plateau_step"), row.get("plateau_tokens"), bool(row.get("saturated")))
+            for row in sat.to_dict("records") if "column" in row}
 
 
-def saturation_figure(store, names, metric, x="step", sides=("in", "out")):
-    """Side-by-side panels (input | output) of `metric` against x for each run, plateau steps as dotted lines.
-    Returns (figure, notes)."""
+def _finite(value):
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")):
+    """Side-by-side panels (input | output) of `metric` against x for each run; plateau steps from
+    saturation.csv as dotted lines and an x on the curve. Returns (figure, notes)."""
     if x not in X_AXES:
         raise UnknownName(f"unknown x axis {x!r}: use one of {list(X_AXES)}")
     if not names:
@@ -71,51 +75,49 @@ def saturation_figure(store, names, metric, x="step", sides=("in", "out")):
     sides = [s for s in SIDES if s in (sides or [])]
     if not sides:
         raise Missing("tick at least one of the curves")
-    panels = ["input" if s != "out" else "output" for s in sides]
-    panels = list(dict.fromkeys(panels))
+    panel_of = {"in": "input", "cum": "input", "out": "output"}
+    shown_panels = list(dict.fromkeys(panel_of[s] for s in sides))
     traces, shapes, note_lines = [], [], []
     for i, name in enumerate(names):
         color = PALETTE[i % len(PALETTE)]
         summary = store.table(name, "summary").sort_values("step")
-        if x not in summary.columns:
-            note_lines.append(f"{name}: summary.csv has no {x} column")
+        columns = panels(store, name).get(metric)
+        if columns is None:
+            note_lines.append(f"{name}: no {metric} in summary.csv")
             continue
-        plateaus = _plateaus(store, name, metric)
+        plateaus = _plateaus(store, name)
         for side in sides:
-            column = f"{side}_{metric}"
-            if column not in summary.columns:
-                note_lines.append(f"{name}: no {column} column in summary.csv")
+            column = columns.get(side)
+            if column is None:
                 continue
-            panel = panels.index("output" if side == "out" else "input") + 1
-            axis = "" if panel == 1 else str(panel)
+            k = shown_panels.index(panel_of[side]) + 1
+            axis = "" if k == 1 else str(k)
             traces.append({"type": "scatter", "mode": "lines+markers", "x": summary[x].tolist(),
                            "y": summary[column].tolist(), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
                            "name": f"{name} · {SIDES[side]}", "legendgroup": name,
-                           "line": {"color": color, "dash": "dash" if side == "cum" else "solid"},
-                           "marker": {"size": 5}})
-            plateau_side = "output" if side == "out" else "input"
-            if side == "cum" or plateau_side not in plateaus:
+                           "line": {"color": color, "dash": "dash" if side == "cum" else "solid",
+                                    "width": 1.2 if side == "in" else 2}, "marker": {"size": 4}})
+            if column not in plateaus:
                 continue
-            p_step, p_tokens, saturated = plateaus[plateau_side]
+            p_step, p_tokens, saturated = plateaus[column]
             at = p_step if x == "step" else p_tokens
-            if saturated and at is not None and not (isinstance(at, float) and math.isnan(at)):
-                shapes.append({"type": "line", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": at,
-                               "x1": at, "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 2}})
-                traces.append({"type": "scatter", "mode": "markers", "x": [at],
-                               "y": [summary.loc[summary["step"] >= p_step, column].head(1).squeeze()
-                                     if p_step is not None else None],
-                               "xaxis": f"x{axis}", "yaxis": f"y{axis}", "legendgroup": name,
-                               "marker": {"symbol": "x", "size": 12, "color": color},
-                               "name": f"{name} · {plateau_side} plateau @ step {int(p_step)}"})
-            else:
-                note_lines.append(f"{name}: {plateau_side} side of {metric} not saturated yet")
+            if not (saturated and _finite(at)):
+                note_lines.append(f"{name}: {column} not saturated")
+                continue
+            shapes.append({"type": "line", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": at, "x1": at,
+                           "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 2}})
+            y_at = summary.loc[summary["step"] >= p_step, column].head(1)
+            traces.append({"type": "scatter", "mode": "markers", "x": [at], "y": y_at.tolist(),
+                           "xaxis": f"x{axis}", "yaxis": f"y{axis}", "legendgroup": name,
+                           "marker": {"symbol": "x", "size": 12, "color": color, "line": {"width": 2}},
+                           "name": f"{name} · {column} plateau @ step {int(p_step)}"})
     if not traces:
         raise Missing("; ".join(note_lines) or f"no curves for {metric}")
-    n = len(panels)
-    layout = {"height": 440, "margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "legend": {"orientation": "h",
-                                                                                        "y": -0.25},
-              "shapes": shapes, "annotations": [], "uirevision": f"{metric}{x}"}
-    for k, panel in enumerate(panels, start=1):
+    n = len(shown_panels)
+    layout = {"height": 440, "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+              "legend": {"orientation": "h", "y": -0.25}, "shapes": shapes, "annotations": [],
+              "uirevision": f"{metric}{x}"}
+    for k, panel in enumerate(shown_panels, start=1):
         axis = "" if k == 1 else str(k)
         lo, hi = (k - 1) / n + (0.04 if k > 1 else 0), k / n - (0.04 if k < n else 0)
         layout[f"xaxis{axis}"] = {"domain": [lo, hi], "title": {"text": X_AXES[x]}, "anchor": f"y{axis}"}
@@ -145,7 +147,7 @@ def register(app, store):
                   Input("sat-x", "value"), Input("sat-sides", "value"), Input("refresh", "n_intervals"))
     @guard(figure_or_message())
     def update_figure(run, compare, metric, x, sides, _n):
-        store.run_dir(run)  # refuse an unknown run before anything else
+        store.table(run, "summary")  # an unknown run or a missing summary says so before "pick a metric"
         figure, note_lines = saturation_figure(store, [run] + [c for c in (compare or []) if c != run],
                                                metric, x, sides)
         return figure, notes(*note_lines)

@@ -17,10 +17,13 @@ before one), and eval.py only evaluates checkpoints it has not seen.
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -38,24 +41,24 @@ EVAL_SCRIPT = REPO_ROOT / "eval.py"
 BASELINE = "random"
 DEFAULT_METRICS = ["flesch_ease", "sentiment"]  # a readability metric and sentiment
 
-# Size presets. `train` = train.py overrides shared by every run (the sampler keys are set per condition);
-# `eval` = eval.py options. smoke: seconds per run, for tests/CI. demo: the embedded corpus in < 30 min on a
-# 2-core CPU. full: a GPU-size study (llama2.c's 15M shape, the whole train split).
+# Size presets. `train` = train.py overrides shared by every run (the sampler keys are set per condition;
+# batch_size is moved to the nearest divisor of the train split, see pin_selection); `eval` = eval.py options.
+# smoke: seconds per run, for tests/CI. demo: a 4,000-story storyworld corpus in < 30 min on a shared 2-core
+# CPU (stories truncated to 128 tokens). full: a GPU-size study (llama2.c's 15M shape, 5 seeds).
 PRESETS = {
-    "smoke": dict(n_stories=96, metrics=DEFAULT_METRICS[:1], init_seeds=[0, 1], data_seeds=[0, 1],
-                  train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=64,
-                             batch_size=8, gradient_accumulation_steps=1, learning_rate=3e-3, warmup_iters=2,
-                             eval_interval=6, eval_iters=2, compile=False),
-                  eval=dict(n_prompts=2, max_new_tokens=16)),
-    "demo": dict(n_stories=3072, metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2], data_seeds=[0, 1, 2],
-                 train=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=128,
-                            batch_size=32, gradient_accumulation_steps=1, learning_rate=2e-3, warmup_iters=10,
-                            eval_interval=16, eval_iters=4),
-                 eval=dict(n_prompts=8, max_new_tokens=64)),
-    "full": dict(n_stories=0, metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2, 3, 4], data_seeds=[0, 1, 2, 3, 4],
-                 train=dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, multiple_of=32, max_seq_len=256,
-                            batch_size=64, gradient_accumulation_steps=1, learning_rate=5e-4, warmup_iters=100,
-                            eval_interval=200, eval_iters=20),
+    "smoke": dict(metrics=DEFAULT_METRICS[:1], init_seeds=[0, 1], data_seeds=[0, 1],
+                  train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=16,
+                             batch_size=128, learning_rate=1e-2, warmup_iters=2, eval_interval=1000,
+                             eval_iters=1, n_probe_stories=2, probe_len=16, dtype="float32"),
+                  eval=dict(n_prompts=2, max_new_tokens=8)),
+    "demo": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2], data_seeds=[0, 1, 2],
+                 train=dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=128,
+                            batch_size=16, learning_rate=3e-3, warmup_iters=10, eval_interval=50, eval_iters=4,
+                            n_probe_stories=8, probe_len=128, dtype="float32"),
+                 eval=dict(n_prompts=6, max_new_tokens=48)),
+    "full": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2, 3, 4], data_seeds=[0, 1, 2, 3, 4],
+                 train=dict(preset="15M", batch_size=64, learning_rate=5e-4, warmup_iters=100, eval_interval=200,
+                            eval_iters=20, n_probe_stories=8, probe_len=256),
                  eval=dict(n_prompts=16, max_new_tokens=200)),
 }
 # keys the experiment sets itself per run; a --set of one of these would break the design
@@ -184,7 +187,7 @@ def build_design(args):
     unknown = [m for m in metrics if m not in columns]
     if unknown:
         raise UserError(f"unknown metadata column(s) {', '.join(unknown)} — available: {', '.join(columns)}")
-    n_stories = preset["n_stories"] if args.n_stories is None else args.n_stories
+    n_stories = args.n_stories or 0
     if n_stories < 0:
         raise UserError(f"--n_stories {n_stories} must be >= 0 (0 = the whole train split)")
     train = {**preset["train"], **parse_set(args.set)}
@@ -243,41 +246,54 @@ def eval_command(design, run_dir):
     return cmd
 
 
-def training_state(run_dir):
-    """'done' | 'resume' (killed after a resume checkpoint) | 'restart' (killed before one) | 'new'."""
+def planned_steps(design):
+    return design["selection"]["steps_per_epoch"] * design["epochs"]
+
+
+def training_state(run_dir, n_steps):
+    """'done' | 'resume' (stopped after a resume checkpoint) | 'restart' (died before one) | 'new'."""
     if not run_dir.exists():
         return "new"
-    if training_finished(run_dir):
+    if training_finished(run_dir, n_steps):
         return "done"
     if (run_dir / "ckpt" / "resume.pt").exists() and (run_dir / "config.json").exists():
         return "resume"
     return "restart"
 
 
-def training_finished(run_dir):
-    """The batch log covers the run's n_steps (config.json) and that step's checkpoint exists."""
+def training_finished(run_dir, n_steps):
+    """The batch log covers the planned steps and the last checkpoint is at the last step."""
     from modelling.batch_log import BatchLog
     from modelling.checkpoints import list_checkpoints
     try:
-        n_steps = json.loads((run_dir / "config.json").read_text())["n_steps"]
         logged = len(BatchLog(run_dir))
-    except (OSError, ValueError, KeyError, UserError):
+    except UserError:
         return False
     checkpoints = list_checkpoints(run_dir)
     return logged >= n_steps and bool(checkpoints) and checkpoints[-1][0] == n_steps
 
 
-def run_stage(cmd, log_path, what):
+def child_env(jobs):
+    """Environment of the stage subprocesses: one BLAS/OpenMP pool per job sized to the CPU share, so
+    parallel runs (and other users of a shared CPU) do not oversubscribe the cores; a user's own
+    OMP_NUM_THREADS wins."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_stage(cmd, log_path, what, env):
     """Run one stage as a subprocess, its output appended to a log file; a failure names the log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
         reason = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        raise UserError(f"{what} failed (exit {proc.returncode}): {reason.strip()} — full log: {log_path}; "
+        raise UserError(f"{what} failed (exit {proc.returncode}): {reason.strip()[-300:]} — full log: {log_path}; "
                         f"fix it and re-run the same command to resume")
 
 
@@ -291,31 +307,55 @@ def eval_complete(run_dir):
         done = set(pd.read_csv(summary, usecols=["step"])["step"])
     except (ValueError, pd.errors.ParserError):
         return False
-    return all(step in done for step, _ in list_checkpoints(run_dir))
+    checkpoints = list_checkpoints(run_dir)
+    return bool(checkpoints) and all(step in done for step, _ in checkpoints)
 
 
-def run_one(design, run, exp_dir, experiment):
+def run_finished(run_dir, n_steps):
+    return training_finished(run_dir, n_steps) and eval_complete(run_dir)
+
+
+class Experiment:
+    """The experiment folder's state: experiment.json, updated after every stage (thread-safe for --jobs)."""
+
+    def __init__(self, exp_dir, design):
+        self.dir, self.design = exp_dir, design
+        self.state = load_or_create_experiment(exp_dir, design)
+        self.lock = threading.Lock()
+        self.save()
+
+    def save(self):
+        with self.lock:
+            save_experiment(self.dir, self.state)
+
+    def update(self, run_name, **fields):
+        with self.lock:
+            self.state["status"].setdefault(run_name, {}).update(fields)
+        self.save()
+
+
+def run_one(experiment, run, env):
+    """Train (fresh, resumed or restarted) and evaluate one condition × seed; returns what was done."""
+    design, exp_dir = experiment.design, experiment.dir
     run_dir = exp_dir / "runs" / run["name"]
     log_path = exp_dir / "logs" / f"{run['name']}.log"
-    status = experiment["status"].setdefault(run["name"], {})
-    state = training_state(run_dir)
+    state = training_state(run_dir, planned_steps(design))
     if state == "restart":  # died before its first resume checkpoint: nothing worth keeping
         shutil.rmtree(run_dir)
     if state != "done":
         t0 = time.time()
-        run_stage(train_command(design, run, run_dir, resume=state == "resume"), log_path, f"training {run['name']}")
-        status["train_s"] = round(status.get("train_s", 0) + time.time() - t0, 1)
-        status["train"] = "resumed" if state == "resume" else "trained"
-        save_experiment(exp_dir, experiment)
+        run_stage(train_command(design, run, run_dir, resume=state == "resume"), log_path,
+                  f"training {run['name']}", env)
+        experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
+                          train_s=round(time.time() - t0, 1))
     if not eval_complete(run_dir):
         t0 = time.time()
-        run_stage(eval_command(design, run_dir), log_path, f"eval of {run['name']}")
-        status["eval_s"] = round(status.get("eval_s", 0) + time.time() - t0, 1)
+        run_stage(eval_command(design, run_dir), log_path, f"eval of {run['name']}", env)
         if not eval_complete(run_dir):
             raise UserError(f"eval.py finished but {run_dir}/tables/summary.csv lacks some checkpoints — "
                             f"see {log_path}")
-    status["done"] = True
-    save_experiment(exp_dir, experiment)
+        experiment.update(run["name"], eval_s=round(time.time() - t0, 1))
+    experiment.update(run["name"], done=True)
     return state
 
 
@@ -331,13 +371,17 @@ def parse_args(argv=None):
                    help="size preset (smoke: tests; demo: embedded corpus, minutes; full: GPU)")
     p.add_argument("--metrics", help=f"comma-separated metadata columns to sort by (default "
                                      f"{','.join(DEFAULT_METRICS)}; smoke: the first)")
-    p.add_argument("--n_stories", type=int, help="size of the fixed selection of train stories (0 = all)")
+    p.add_argument("--n_stories", type=int, default=0,
+                   help="selection size; only 0 (the whole train split) until train.py separates the selection "
+                        "seed from the data-order seed")
     p.add_argument("--epochs", type=int, default=1, help="passes over the selection (same in every run)")
     p.add_argument("--init_seeds", help="weight-init seeds, comma-separated, the same for every condition")
     p.add_argument("--data_seeds", help="data-order seeds of the random baseline, one per init seed")
     p.add_argument("--max_new_tokens", type=int, help="tokens eval.py generates per prompt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="extra modelling/train.py override for every run (repeatable), e.g. --set dim=64")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained/evaluated in parallel (each gets "
+                                                         "cpu_count/jobs threads)")
     p.add_argument("--plan", action="store_true", help="print the runs and their commands, run nothing")
     return p.parse_args(argv)
 
@@ -346,33 +390,42 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise UserError(f"--name {args.name!r} must be a plain folder name, e.g. --name demo")
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be >= 1")
+    if args.epochs < 1 or args.jobs < 1:
+        raise UserError(f"--epochs {args.epochs} and --jobs {args.jobs} must be >= 1")
     design = build_design(args)
     exp_dir = EXPERIMENTS_DIR / args.name
     if args.plan:
         for run in design["runs"]:
             print(run["name"], " ".join(train_command(design, run, exp_dir / "runs" / run["name"], False)[1:]))
         return
-    require(TRAIN_SCRIPT, "training stage", "the modelling engineer's modelling/train.py is missing")
-    experiment = load_or_create_experiment(exp_dir, design)
-    save_experiment(exp_dir, experiment)
+    require(TRAIN_SCRIPT, "training stage", "modelling/train.py is missing from this checkout")
+    require(EVAL_SCRIPT, "eval stage", "eval.py is missing from this checkout")
+    experiment = Experiment(exp_dir, design)
     runs = design["runs"]
     print(f"durability experiment {args.name}: {len(runs)} runs "
-          f"({len(runs) // len(design['init_seeds'])} conditions × {len(design['init_seeds'])} seeds) → {exp_dir}")
-    skipped = []
-    for run in tqdm(runs, desc="runs", unit="run"):
-        if experiment["status"].get(run["name"], {}).get("done") and eval_complete(exp_dir / "runs" / run["name"]):
-            skipped.append(run["name"])
-            continue
-        run_one(design, run, exp_dir, experiment)
-    if skipped:
-        print(f"skipped {len(skipped)} finished run(s): {', '.join(skipped)}")
+          f"({len(runs) // len(design['init_seeds'])} conditions × {len(design['init_seeds'])} seeds), "
+          f"{design['selection']['n_stories']} stories × {design['epochs']} epoch(s) per run → {exp_dir}")
+    todo = [r for r in runs if not run_finished(exp_dir / "runs" / r["name"], planned_steps(design))]
+    if len(todo) < len(runs):
+        print(f"skipping {len(runs) - len(todo)} finished run(s): "
+              f"{', '.join(r['name'] for r in runs if r not in todo)}")
+    env = child_env(args.jobs)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool, \
+            tqdm(total=len(todo), desc="runs", unit="run") as bar:
+        futures = [pool.submit(run_one, experiment, run, env) for run in todo]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+        except BaseException:
+            for f in futures:  # stop scheduling; runs in flight finish or are resumed next time
+                f.cancel()
+            raise
 
     from experiments.durability.analysis import analyse
     def record(summary):
-        experiment["analysis"] = summary
-        save_experiment(exp_dir, experiment)
+        experiment.state["analysis"] = summary
+        experiment.save()
 
     summary = analyse(exp_dir, design, record)
     record(summary)

@@ -1,0 +1,115 @@
+"""Dashboard callback latency on a run with >= 50 checkpoints (target: < 300 ms each).
+
+Builds a run folder with the real stages in a temp workspace (storyworld corpus, tiny model, a checkpoint every
+2 steps so there are ~60), evaluates it with eval.py and the three visualizers, then times each main callback
+function of dash_llama/pages as Dash runs it: the function plus the JSON encoding Dash sends to the browser.
+`cold` = first call on a fresh Store (files read, checkpoint loaded); `warm` = median of repeated calls.
+
+    python -m bench.run_all dash            (or: python bench/bench_dash.py [--quick])
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import plotly.io  # noqa: E402
+
+PYTHON = sys.executable
+TARGET_MS = 300
+N_STORIES, VOCAB = 3000, 512
+TRAIN = dict(out_dir="out/b60", dataset="storyworld", vocab_size=VOCAB, max_iters=120, eval_interval=2,
+             eval_iters=1, batch_size=8, max_seq_len=128, dim=64, n_layers=4, n_heads=6, n_kv_heads=6,
+             multiple_of=32, probe_len=96, warmup_iters=10, dtype="float32")
+
+
+def stage(ws, script, *args):
+    cmd = [PYTHON, str(REPO / script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n{proc.stderr[-3000:]}")
+
+
+def build_run(ws, quick):
+    stage(ws, "download/download_datasets.py", "storyworld", "--n_stories", N_STORIES, "--seed", 0)
+    stage(ws, "tokenization/pretokenize.py", "train_vocab", "--dataset", "storyworld", "--vocab_size", VOCAB)
+    stage(ws, "tokenization/pretokenize.py", "pretokenize", "--dataset", "storyworld", "--vocab_size", VOCAB)
+    stage(ws, "metadata/batch_metadata.py", "compute_metadata", "--dataset", "storyworld", "--vocab_size", VOCAB)
+    stage(ws, "modelling/train.py", *[f"--{k}={v}" for k, v in TRAIN.items()])
+    run = TRAIN["out_dir"]
+    stage(ws, "eval.py", "--out_dir", run, "--n_prompts", 2, "--max_new_tokens", 8 if quick else 24)
+    stage(ws, "visualize_attn.py", "--out_dir", run)
+    stage(ws, "visualize_embd.py", "--out_dir", run)
+    stage(ws, "visualize_sat_curves.py", "--out_dir", run)
+
+
+def timed(fn, repeats):
+    """(cold ms, warm median ms) of fn() + Dash's JSON encoding of its result."""
+    def once():
+        t0 = time.perf_counter()
+        plotly.io.json.to_json_plotly(fn())
+        return (time.perf_counter() - t0) * 1000
+    cold = once()
+    return cold, statistics.median(once() for _ in range(repeats))
+
+
+def callbacks(store, run):
+    from dash_llama.pages import attention, data_page, embeddings, generations, runs, saturation
+    steps = store.checkpoint_steps(run)
+    probe = attention.probe_names(store, run)[0]
+    pca_steps = embeddings.pca_steps(store, run)
+    gen_steps = generations.generation_steps(store, run)
+    metric = saturation.summary_metrics(store, run)[0]
+    return steps, {
+        "runs: table": lambda: runs.runs_table(store).to_dict("records"),
+        "runs: loss curves": lambda: runs.loss_figure(store, [run], "tokens_seen", 0.6),
+        "saturation: curves": lambda: saturation.saturation_figure(store, [run], metric, "step", ["in", "cum", "out"]),
+        "attention: layer x head grid": lambda: attention.grid_figure(store, run, steps[len(steps) // 2], probe),
+        "attention: enlarged head": lambda: attention.head_figure(store, run, steps[-1], probe, 1, 1),
+        "attention: per-head stats": lambda: attention.stats_figure(store, run, "induction", steps[-1], (1, 1)),
+        "embeddings: scatter + search": lambda: embeddings.scatter_figure(store, run, pca_steps[-1], "she, he"),
+        "embeddings: trajectories": lambda: embeddings.trajectory_figure(store, run, "she, he", pca_steps[-1]),
+        "generations: table": lambda: generations.generations_table(store, run, gen_steps[-1]),
+        "generations: scores": lambda: generations.scores_figure(store, run, gen_steps[-1]),
+        "data: histogram": lambda: data_page.histogram_figure(store, run, "flesch_ease"),
+        "data: batch composition": lambda: data_page.composition_figure(store, run, "flesch_ease"),
+        "data: batch viewer": lambda: data_page.batch_rows(store, run, 7, ["flesch_ease"]),
+    }
+
+
+def run(quick=False):
+    from dash_llama.data import Store
+    repeats = 3 if quick else 7
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_dash_") as ws:
+        t0 = time.time()
+        build_run(ws, quick)
+        build_s = time.time() - t0
+        cwd = os.getcwd()
+        os.chdir(ws)  # data/ resolves relative to the working directory, as for the app
+        try:
+            store = Store(Path(ws) / "out")
+            steps, fns = callbacks(store, "b60")
+            for name, fn in fns.items():
+                cold, warm = timed(fn, repeats)
+                ok = "ok" if max(cold, warm) < TARGET_MS else "OVER TARGET"
+                rows.append({"bench": "dash", "metric": f"{name} (warm)", "value": round(warm, 1), "unit": "ms",
+                             "note": f"median of {repeats}; target < {TARGET_MS} ms: {ok}"})
+                rows.append({"bench": "dash", "metric": f"{name} (cold)", "value": round(cold, 1), "unit": "ms",
+                             "note": "first call on a fresh Store: files read, checkpoint loaded"})
+        finally:
+            os.chdir(cwd)
+        rows.append({"bench": "dash", "metric": "checkpoints in the bench run", "value": len(steps), "unit": "count",
+                     "note": f"dim {TRAIN['dim']}, {TRAIN['n_layers']}x{TRAIN['n_heads']} heads, probe "
+                             f"{TRAIN['probe_len']} tokens; building it took {build_s:.0f} s"})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick="--quick" in sys.argv):
+        print(f"{row['metric']:<42} {row['value']:>9.1f} {row['unit']:<6} {row['note']}")
