@@ -195,11 +195,12 @@ _FEMALE_PRONOUNS = frozenset(wordlists.FEMALE_PRONOUNS)
 _MALE_PRONOUNS = frozenset(wordlists.MALE_PRONOUNS)
 
 
-def text_metrics(text):
-    """All text-only metrics of one text as a dict (TEXT_COLUMNS + nan_reason); NaN + reason if unscorable."""
-    if not isinstance(text, str):
-        return nan_row(f"not text ({type(text).__name__})")
-    st = _init()
+Parsed = namedtuple("Parsed", "text sentences sentence_words lower counts")
+
+
+def parse(text):
+    """Split a text once for every family: sentences (with a word), their words, lowercased words and the
+    word counts (per-type work below runs once per distinct word). None when there is no word."""
     sentences, sentence_words = [], []
     for s in SENT_RE.findall(text):
         ws = WORD_RE.findall(s)
@@ -207,61 +208,84 @@ def text_metrics(text):
             sentences.append(s.strip())
             sentence_words.append(ws)
     if not sentences:
-        return nan_row("empty text" if not text.strip() else "no words")
+        return None
     lower = [w.lower() for ws in sentence_words for w in ws]
     if "\u2019" in text:
         lower = [w.replace("\u2019", "'") for w in lower]
-    n_words = len(lower)
-    counts = Counter(lower)  # per-type work below (lists, dictionaries) runs once per distinct word
-    types = counts.keys()
+    return Parsed(text, sentences, sentence_words, lower, Counter(lower))
 
+
+def size_family(p):
+    n_words = len(p.lower)
+    return {"n_words": n_words, "n_sentences": len(p.sentences), "mean_sentence_len": n_words / len(p.sentences),
+            "opener": float(p.text.lstrip().lower().startswith(wordlists.STORY_OPENER))}
+
+
+def diversity_family(p):
+    return {"ttr": len(p.counts) / len(p.lower), "mtld": mtld(p.lower),
+            "distinct2": distinct_n(p.lower, 2), "distinct3": distinct_n(p.lower, 3)}
+
+
+def readability_family(p):
+    # textstat's whole-text functions re-split and re-look-up every word on each call; its per-word syllable
+    # counter behind a per-word cache gives the same syllables several times faster (bench/bench_metadata.py)
+    syllable_cache = _state["syllables"]
+    syllables = sum(syllable_cache[w] * c for w, c in p.counts.items())
+    words_per_sentence, syllables_per_word = len(p.lower) / len(p.sentences), syllables / len(p.lower)
+    return {"flesch_ease": 206.835 - 1.015 * words_per_sentence - 84.6 * syllables_per_word,
+            "fk_grade": 0.39 * words_per_sentence + 11.8 * syllables_per_word - 15.59}
+
+
+def sentiment_family(p):
+    compound = _state["compound"]
+    compounds = [compound[s] for s in p.sentences]
+    ending = compounds[-ENDING_SENTENCES:]
+    return {"sentiment": sum(compounds) / len(compounds), "sentiment_end": sum(ending) / len(ending)}
+
+
+def toxicity_family(p):
+    toxic = toxic_count(p.lower, _state["toxic_first"], p.counts.keys())
+    return {"toxic_count": toxic, "toxicity": toxic / len(p.lower)}
+
+
+def spelling_family(p):
     # proper nouns: words written capitalised anywhere but a sentence's first word; not spell-checked
-    proper = {w.lower() for ws in sentence_words for w in ws[1:] if w[0].isupper()}
+    proper = {w.lower() for ws in p.sentence_words for w in ws[1:] if w[0].isupper()}
     proper.add("i")
-    n_checked = n_words - sum(counts[w] for w in proper & types)
-    spell = st["spell"]
+    types, counts, spell = p.counts.keys(), p.counts, _state["spell"]
+    n_checked = len(p.lower) - sum(counts[w] for w in proper & types)
     unknown = sum(counts[w] for w in types if w not in spell and w not in proper)
+    return {"spelling_errors": unknown / n_checked if n_checked else math.nan}
 
+
+def gender_family(p):
+    types, counts = p.counts.keys(), p.counts
     female = sum(counts[w] for w in types & wordlists.FEMALE_TERMS)
     male = sum(counts[w] for w in types & wordlists.MALE_TERMS)
-    if types.isdisjoint(_OCC_HEADS):
-        mentions = she = he = stereo = anti = 0
-    else:
-        mentions, she, he, stereo, anti = occupation_refs(lower)
+    refs = (0, 0, 0, 0, 0) if types.isdisjoint(_OCC_HEADS) else occupation_refs(p.lower)
+    return {"female_terms": female, "male_terms": male,
+            "gender_balance": (female - male) / (female + male) if female + male else math.nan,
+            **dict(zip(("occ_mentions", "occ_she", "occ_he", "occ_stereo", "occ_anti"), refs))}
 
-    compounds = [st["compound"][s] for s in sentences]
-    toxic = toxic_count(lower, st["toxic_first"], types)
-    # textstat's whole-text functions re-split and re-look-up every word per call; its per-word syllable
-    # counter with a per-word cache gives the same syllables ~5x faster (bench/bench_metadata.py)
-    syllable_cache = st["syllables"]
-    syllables = sum(syllable_cache[w] * c for w, c in counts.items())
-    words_per_sentence, syllables_per_word = n_words / len(sentences), syllables / n_words
-    return {
-        "n_words": n_words,
-        "n_sentences": len(sentences),
-        "mean_sentence_len": words_per_sentence,
-        "ttr": len(counts) / n_words,
-        "mtld": mtld(lower),
-        "distinct2": distinct_n(lower, 2),
-        "distinct3": distinct_n(lower, 3),
-        "flesch_ease": 206.835 - 1.015 * words_per_sentence - 84.6 * syllables_per_word,
-        "fk_grade": 0.39 * words_per_sentence + 11.8 * syllables_per_word - 15.59,
-        "sentiment": sum(compounds) / len(compounds),
-        "sentiment_end": sum(compounds[-ENDING_SENTENCES:]) / len(compounds[-ENDING_SENTENCES:]),
-        "toxic_count": toxic,
-        "toxicity": toxic / n_words,
-        "spelling_errors": unknown / n_checked if n_checked else math.nan,
-        "female_terms": female,
-        "male_terms": male,
-        "gender_balance": (female - male) / (female + male) if female + male else math.nan,
-        "occ_mentions": mentions,
-        "occ_she": she,
-        "occ_he": he,
-        "occ_stereo": stereo,
-        "occ_anti": anti,
-        "opener": float(text.lstrip().lower().startswith(wordlists.STORY_OPENER)),
-        "nan_reason": "",
-    }
+
+FAMILIES = {"size": size_family, "diversity": diversity_family, "readability": readability_family,
+            "sentiment": sentiment_family, "toxicity": toxicity_family, "spelling": spelling_family,
+            "gender": gender_family}
+
+
+def text_metrics(text):
+    """All text-only metrics of one text as a dict (TEXT_COLUMNS + nan_reason); NaN + reason if unscorable."""
+    if not isinstance(text, str):
+        return nan_row(f"not text ({type(text).__name__})")
+    _init()
+    p = parse(text)
+    if p is None:
+        return nan_row("empty text" if not text.strip() else "no words")
+    row = {}
+    for family in FAMILIES.values():
+        row.update(family(p))
+    row["nan_reason"] = ""
+    return row
 
 
 def _metrics_chunk(texts):

@@ -17,18 +17,20 @@ FORMAT_VERSION = 1
 
 
 def _trigrams(sequences, bos_id):
-    """Flat context/target arrays (a, b, c) and the story index of each target, for BOS-led sequences."""
-    padded, owner = [], []
-    for i, seq in enumerate(sequences):
-        seq = np.asarray(seq, dtype=np.int64)
-        if len(seq) == 0 or seq[0] != bos_id:
-            seq = np.concatenate([[bos_id], seq])
-        padded.append(np.concatenate([[bos_id], seq]))
-        owner.append(np.full(len(seq) + 1, i, dtype=np.int64))
-    if not padded:
+    """Flat context/target arrays (a, b, c) and the story index of each target, for BOS-led sequences (a
+    BOS is put in front of a sequence that lacks one)."""
+    seqs = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+    if not seqs:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
-    flat, owner = np.concatenate(padded), np.concatenate(owner)
+    lengths = np.array([len(x) for x in seqs], dtype=np.int64)
+    flat = np.concatenate(seqs) if lengths.sum() else np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    first = np.where(lengths > 0, flat[np.minimum(starts, max(len(flat) - 1, 0))] if len(flat) else -1, -1)
+    # pad every story to [BOS, BOS, x1..xn]: one BOS before each, two where the story had none
+    pads = np.where(first == bos_id, 1, 2)
+    flat = np.insert(flat, np.repeat(starts, pads), bos_id)
+    owner = np.repeat(np.arange(len(seqs)), lengths + pads)
     target = np.flatnonzero(flat != bos_id)  # BOS only starts a story: everything else is predicted
     target = target[target >= 2]
     return flat[target - 2], flat[target - 1], flat[target], owner[target]

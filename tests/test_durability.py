@@ -2,6 +2,7 @@
 same-multiset check, and the `smoke` preset end to end through the real train.py and eval.py."""
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -126,3 +127,159 @@ def test_same_multiset_check_catches_a_single_swapped_story():
     check = check_same_multiset(runs + [{"name": "d", "story_ids": swapped}])
     assert not check["same_multiset"] and check["mismatched_runs"] == ["d"]
     assert multiset_hash(ids) == multiset_hash(rng.permutation(ids)) != multiset_hash(swapped)
+
+
+# ---- the smoke preset end to end (real train.py + eval.py) ----
+
+SCRIPT = "experiments/durability/experiment_durability.py"
+SMOKE_OPTIONS = ["--preset", "smoke", "--dataset", "storyworld", "--vocab_size", "512", "--jobs", "2"]
+SMOKE = ["--name", "smoke"] + SMOKE_OPTIONS
+
+
+@pytest.fixture(scope="session")
+def smoke_experiment(meta_dataset):
+    """The smoke preset run once in the shared workspace: 3 conditions × 2 seeds through the real stages."""
+    from tests.fixtures_data import run_stage
+    ws = meta_dataset["workspace"]
+    proc = run_stage(ws, SCRIPT, *SMOKE)
+    exp_dir = ws / "out" / "experiments" / "durability" / "smoke"
+    return {**meta_dataset, "exp_dir": exp_dir, "stdout": proc.stdout,
+            "experiment": json.loads((exp_dir / "experiment.json").read_text())}
+
+
+def test_smoke_writes_every_output(smoke_experiment):
+    import pandas as pd
+    exp_dir = smoke_experiment["exp_dir"]
+    experiment = smoke_experiment["experiment"]
+    assert experiment["analysis"]["same_multiset"] is True
+    runs = pd.read_csv(exp_dir / "runs.csv")
+    assert sorted(runs.run) == sorted(r["name"] for r in experiment["design"]["runs"]) and len(runs) == 6
+    assert runs.multiset_sha256.nunique() == 1
+    # each condition got the order it asked for (Spearman of stream position vs flesch_ease)
+    rho = runs.groupby("condition").rho_flesch_ease.mean()
+    assert rho["asc_flesch_ease"] > 0.95 and rho["desc_flesch_ease"] < -0.95 and abs(rho["random"]) < 0.1
+    results = pd.read_csv(exp_dir / "results.csv")
+    assert {"val_loss", "out_flesch_ease"} <= set(results.outcome)
+    assert set(results.condition) == {"random", "asc_flesch_ease", "desc_flesch_ease"}
+    val = results[results.outcome == "val_loss"].set_index("condition")
+    assert (val["mean"] < 6.0).all()  # trained below the uniform-guess loss ln(512) = 6.24
+    assert val.loc["random", "diff_vs_baseline"] == 0
+    assert val.loc["asc_flesch_ease", "diff_vs_baseline"] == pytest.approx(
+        val.loc["asc_flesch_ease", "mean"] - val.loc["random", "mean"])
+    divergence = pd.read_csv(exp_dir / "divergence.csv").set_index("condition")
+    assert (divergence.kl_within > 0).all() and (divergence.procrustes_within < 1).all()
+    curves = pd.read_csv(exp_dir / "curves.csv")
+    assert set(curves.column) >= {"val_loss", "in_flesch_ease"}
+    for png in ("curves", "input_order", "endpoint", "divergence"):
+        assert (exp_dir / "figures" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (exp_dir / "report.md").read_text()
+    assert "Same multiset of story ids in all 6 runs" in report and "**yes**" in report
+
+
+def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment):
+    """Independent of the experiment's own check: read each batch log with the shared reader."""
+    import pandas as pd
+    from modelling.batch_log import BatchLog
+    from tokenization.dataset import TokenizedDataset
+    ws = smoke_experiment["workspace"]
+    cwd = os.getcwd()
+    os.chdir(ws)  # the shared readers resolve data/ relative to the working directory
+    try:
+        train_ids = TokenizedDataset("storyworld", 512).story_ids("train")
+    finally:
+        os.chdir(cwd)
+    meta = pd.read_parquet(smoke_experiment["dir"] / "metadata.parquet").set_index("story_id")
+    for run in smoke_experiment["experiment"]["design"]["runs"]:
+        log = BatchLog(smoke_experiment["exp_dir"] / "runs" / run["name"])
+        ids = log.steps(1, len(log))
+        assert np.array_equal(np.sort(ids), np.sort(train_ids)), run["name"]
+        if run["sampler"] != "random":
+            values = meta.loc[ids, "flesch_ease"].to_numpy()
+            values = values if run["sampler"] == "sort_ascending" else -values
+            assert np.all(np.diff(values[np.isfinite(values)]) >= 0), run["name"]
+
+
+def test_rerun_skips_finished_runs(smoke_experiment):
+    from tests.fixtures_data import run_stage
+    ckpts = sorted(smoke_experiment["exp_dir"].glob("runs/*/ckpt/*.pt"))
+    before = {p: p.stat().st_mtime_ns for p in ckpts}
+    proc = run_stage(smoke_experiment["workspace"], SCRIPT, *SMOKE)
+    assert "skipping 6 finished run(s)" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == before
+
+
+def test_training_state_of_damaged_runs(smoke_experiment, tmp_path):
+    import shutil
+    from experiments.durability.experiment_durability import planned_steps, training_state
+    design = smoke_experiment["experiment"]["design"]
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_experiment["exp_dir"] / "runs" / "random_s0", run_dir)
+    n_steps = planned_steps(design)
+    assert training_state(run_dir, n_steps) == "done"
+    (run_dir / "ckpt" / f"step_{n_steps:06d}.pt").unlink()  # killed before the last checkpoint
+    assert training_state(run_dir, n_steps) == "resume"
+    (run_dir / "ckpt" / "resume.pt").unlink()  # killed before any resume state
+    assert training_state(run_dir, n_steps) == "restart"
+    assert training_state(tmp_path / "absent", n_steps) == "new"
+
+
+def test_a_stopped_run_is_resumed_to_the_same_result(smoke_experiment):
+    """Stop one run half way (train.py's own max_iters), re-run the experiment: it resumes that run only and
+    ends with the ids and weights of the uninterrupted run."""
+    import shutil
+    import torch
+    from modelling.batch_log import BatchLog
+    from modelling.checkpoints import list_checkpoints, load_checkpoint
+    from tests.fixtures_data import run_stage
+    from experiments.durability.experiment_durability import train_command
+    ws, exp_dir = smoke_experiment["workspace"], smoke_experiment["exp_dir"]
+    design = smoke_experiment["experiment"]["design"]
+    run = next(r for r in design["runs"] if r["name"] == "desc_flesch_ease_s1")
+    run_dir = exp_dir / "runs" / run["name"]
+    ids_before = BatchLog(run_dir).steps(1, len(BatchLog(run_dir))).copy()
+    weights_before = load_checkpoint(list_checkpoints(run_dir)[-1][1])["model"]
+    shutil.rmtree(run_dir)
+    cmd = train_command(design, run, run_dir.relative_to(ws), resume=False)
+    stop_early = [a for a in cmd[2:] if not a.startswith("--max_iters=")] + ["--max_iters=16"]
+    run_stage(ws, "modelling/train.py", *stop_early)
+    assert list_checkpoints(run_dir)[-1][0] == 16
+    proc = run_stage(ws, SCRIPT, *SMOKE)
+    assert "skipping 5 finished run(s)" in proc.stdout
+    status = json.loads((exp_dir / "experiment.json").read_text())["status"][run["name"]]
+    assert status["train"] == "resumed"
+    log = BatchLog(run_dir)
+    assert np.array_equal(log.steps(1, len(log)), ids_before)
+    weights_after = load_checkpoint(list_checkpoints(run_dir)[-1][1])["model"]
+    assert all(torch.equal(weights_before[k], weights_after[k]) for k in weights_before)
+
+
+def test_bad_input_is_one_line_and_exit_2(smoke_experiment):
+    from tests.fixtures_data import run_stage
+    ws = smoke_experiment["workspace"]
+    proc = run_stage(ws, SCRIPT, *SMOKE, "--metrics", "no_such_metric", check=False)
+    assert proc.returncode == 2 and "unknown metadata column(s) no_such_metric" in proc.stderr
+    assert "flesch_ease" in proc.stderr  # lists the available columns
+    proc = run_stage(ws, SCRIPT, *SMOKE, "--init_seeds", "0,1,2", "--data_seeds", "0,1,2", check=False)
+    assert proc.returncode == 2 and "different design (differs in: init_seeds, data_seeds" in proc.stderr
+    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--n_stories", "100", check=False)
+    assert proc.returncode == 2 and "--n_stories 100" in proc.stderr
+    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--set", "seed=3", check=False)
+    assert proc.returncode == 2 and "chosen by the experiment" in proc.stderr
+    assert not (ws / "out" / "experiments" / "durability" / "x").exists()
+
+
+def test_a_run_with_other_stories_fails_the_check(smoke_experiment):
+    """Swap one story id in a copy of the experiment: the analysis refuses and records the evidence."""
+    import shutil
+    from tests.fixtures_data import run_stage
+    ws, exp_dir = smoke_experiment["workspace"], smoke_experiment["exp_dir"]
+    copy = exp_dir.parent / "tampered"
+    shutil.copytree(exp_dir, copy)
+    bin_path = copy / "runs" / "asc_flesch_ease_s0" / "batch_log.bin"
+    ids = np.fromfile(bin_path, dtype="<i8")
+    ids[5] = ids[6]  # one story seen twice, another never
+    ids.tofile(bin_path)
+    proc = run_stage(ws, SCRIPT, "--name", "tampered", *SMOKE_OPTIONS, check=False)
+    assert proc.returncode == 2 and "asc_flesch_ease_s0 trained on a different multiset" in proc.stderr
+    analysis = json.loads((copy / "experiment.json").read_text())["analysis"]
+    assert analysis["same_multiset"] is False and analysis["multiset"]["mismatched_runs"] == ["asc_flesch_ease_s0"]
