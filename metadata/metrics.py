@@ -7,6 +7,7 @@ and for generated text (eval.py) alike, so input and output curves are measured 
 Words are `WORD_RE` matches (letters with inner apostrophes), lowercased for every list lookup; sentences are
 `SENT_RE` spans ending in . ! or ? (plus closing quotes) that contain a word. METRICS documents each column.
 """
+import contextlib
 import math
 import multiprocessing as mp
 import re
@@ -109,9 +110,14 @@ def _init():
             return 0.0
         return vader.polarity_scores(sentence)["compound"]
 
-    _state.update(spell=SpellChecker().word_frequency.dictionary, toxic_first=toxic_first,
+    _state.update(spell=frozenset(SpellChecker().word_frequency.dictionary), toxic_first=toxic_first,
                   compound=_Cache(compound), syllables=_Cache(textstat.syllable_count))
     return _state
+
+
+def toxic_entries():
+    """The LDNOOBW entries counted as toxic (allow-list removed, WORD_RE-matchable), e.g. for eval's probes."""
+    return sorted(" ".join(phrase) for phrases in _init()["toxic_first"].values() for phrase in phrases)
 
 
 def nan_row(reason):
@@ -138,11 +144,13 @@ def mtld(words, threshold=MTLD_THRESHOLD):
     """Mean of forward and backward MTLD passes; NaN when neither completes a factor."""
     def one_pass(seq):
         factors, types, count = 0.0, set(), 0
+        add = types.add
         for w in seq:
-            types.add(w)
+            add(w)
             count += 1
             if len(types) <= threshold * count:  # TTR of the running segment fell to the threshold
                 factors, types, count = factors + 1, set(), 0
+                add = types.add
         if count:
             factors += (1 - len(types) / count) / (1 - threshold)
         return len(seq) / factors if factors > 0 else math.nan
@@ -154,10 +162,8 @@ def distinct_n(words, n):
     return len(set(zip(*(words[i:] for i in range(n))))) / total if total > 0 else math.nan
 
 
-def toxic_count(words_lower, toxic_first, types=None):
+def toxic_count(words_lower, toxic_first):
     """Count LDNOOBW words and phrases (longest match at each position, matches don't overlap)."""
-    if types is not None and types.isdisjoint(toxic_first):
-        return 0
     count, i, n = 0, 0, len(words_lower)
     while i < n:
         step = 1
@@ -244,7 +250,13 @@ def sentiment_family(p):
 
 
 def toxicity_family(p):
-    toxic = toxic_count(p.lower, _state["toxic_first"], p.counts.keys())
+    types, toxic_first = p.counts.keys(), _state["toxic_first"]
+    candidates = [phrase for w in types & toxic_first.keys() for phrase in toxic_first[w]
+                  if all(x in types for x in phrase[1:])]
+    if all(len(phrase) == 1 for phrase in candidates):  # only single words can match: count them directly
+        toxic = sum(p.counts[phrase[0]] for phrase in candidates)
+    else:
+        toxic = toxic_count(p.lower, toxic_first)
     return {"toxic_count": toxic, "toxicity": toxic / len(p.lower)}
 
 
@@ -254,7 +266,7 @@ def spelling_family(p):
     proper.add("i")
     types, counts, spell = p.counts.keys(), p.counts, _state["spell"]
     n_checked = len(p.lower) - sum(counts[w] for w in proper & types)
-    unknown = sum(counts[w] for w in types if w not in spell and w not in proper)
+    unknown = sum(counts[w] for w in types - spell - proper)
     return {"spelling_errors": unknown / n_checked if n_checked else math.nan}
 
 
@@ -296,13 +308,21 @@ def _chunks(seq, size):
     return [seq[i:i + size] for i in range(0, len(seq), size)]
 
 
-def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, desc="metrics", bar=None):
+def worker_pool(workers):
+    """A process pool for score_texts(pool=...): forked after the dictionaries are loaded, reusable across
+    calls so each worker keeps its sentence and syllable caches warm."""
+    _init()
+    return mp.get_context("fork").Pool(workers)
+
+
+def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, desc="metrics", bar=None,
+                pool=None):
     """Score texts -> DataFrame with one row per text and every column of COLUMNS.
 
     token_ids: optional per-text token id sequences (a leading BOS is not counted); without them n_tokens
     comes from scorer.encode when a scorer is given, else NaN. scorer: see metadata/scorers.py; gives ppl_ref.
-    workers > 1 spreads the text metrics over a process pool (fork). bar: a tqdm bar to advance instead of
-    this call's own (shown for 2,000 texts or more)."""
+    workers > 1 spreads the text metrics over a process pool (fork), or pass a worker_pool() as pool. bar: a
+    tqdm bar to advance instead of this call's own (shown for 2,000 texts or more)."""
     texts = list(texts)
     _init()  # load dictionaries before forking so every worker shares them
     chunks = _chunks(texts, chunk_size)
@@ -310,9 +330,9 @@ def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, d
     if own_bar:
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=len(texts) < 2000, mininterval=1.0)
     rows = []
-    if workers > 1 and len(chunks) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for part in pool.imap(_metrics_chunk, chunks):
+    if pool is not None or (workers > 1 and len(chunks) > 1):
+        with contextlib.nullcontext(pool) if pool is not None else worker_pool(workers) as active:
+            for part in active.imap(_metrics_chunk, chunks):
                 rows += part
                 bar.update(len(part))
     else:
@@ -332,6 +352,8 @@ def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, d
     else:
         df["n_tokens"] = math.nan
     df["ppl_ref"] = scorer.perplexity(token_ids) if scorer is not None else math.nan
+    names = [m.name for m in METRICS]
+    df[names] = df[names].astype(np.float64)  # one dtype whether or not a NaN row is present
     unscorable = df["nan_reason"] != ""
     df.loc[unscorable, ["n_tokens", "ppl_ref"]] = math.nan  # an empty text has no perplexity, not a fake one
     return df[COLUMNS]

@@ -94,6 +94,11 @@ def figure_data(page, graph_id, expr):
                          f"return d && d.data ? JSON.stringify({expr}) : null; }}")
 
 
+def wait_figure(page, graph_id, timeout_s=30):
+    page.wait_for_function(f"() => {{ const d = document.querySelector('#{graph_id} .js-plotly-plot'); "
+                           f"return d && d.data && d.data.length > 0; }}", timeout=timeout_s * 1000)
+
+
 def wait_change(page, graph_id, expr, before, timeout_s=20):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -124,6 +129,8 @@ def test_every_page_loads_cleanly_with_the_runs_data(server, page):
 
 def test_slider_and_head_click_change_the_attention_figures(server, page):
     visit(page, f"{server['url']}/attention?run=tiny")
+    wait_figure(page, "attn-grid")
+    wait_figure(page, "attn-head")
     cell = "d.data[3].z[6]"
     before = figure_data(page, "attn-grid", cell)
     assert before is not None

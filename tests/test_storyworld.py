@@ -117,7 +117,7 @@ def test_ground_truth_matches_text(biased):
     assert sum(bool(r["lookalike_words"]) for r in biased) > 0.3 * len(biased)
     # a realistic spread of lengths
     lengths = sorted(len(r["story"].split()) for r in biased)
-    assert lengths[len(lengths) // 10] < 90 and lengths[-len(lengths) // 10] > 170
+    assert lengths[len(lengths) // 10] < 100 and lengths[-len(lengths) // 10] > 170
 
 
 def test_facts_file_and_bad_knobs(tmp_path):

@@ -199,9 +199,11 @@ def final_model_outputs(runs):
 
 
 def divergence_tables(runs, outputs, baseline):
-    """Pairwise symmetric KL and Procrustes similarity between final models, then per condition: same-init
-    distance to the baseline (only the data order differs, plus the baseline's own order seed), mean distance
-    to all baseline runs, and within-condition distance (the seed-to-seed noise floor)."""
+    """Pairwise symmetric KL and Procrustes similarity between final models, summarised per condition:
+    same_init (run i vs baseline run i: the order differs, the init is shared — descriptive, the paired
+    design has no noise floor for it), cross_init (run i vs baseline run j, i != j: init and order differ) and
+    within (the condition's own seeds). The baseline's `within` pairs also differ in init and order, so it is
+    the noise floor for every condition's `cross_init`: a ratio above 1 is an order effect beyond seed noise."""
     names = [r["name"] for r in runs]
     n = len(names)
     kl = np.zeros((n, n))
@@ -219,17 +221,20 @@ def divergence_tables(runs, outputs, baseline):
     for condition, group in groups.items():
         row = {"condition": condition}
         for label, matrix in (("kl", kl), ("procrustes", sim)):
-            same_init = [matrix[index[r["name"]], index[b["name"]]] for r in group for b in base
-                         if b["init_seed"] == r["init_seed"] and b["name"] != r["name"]]
-            to_base = [matrix[index[r["name"]], index[b["name"]]] for r in group for b in base
-                       if b["name"] != r["name"]]
-            within = [matrix[index[a["name"]], index[b["name"]]] for a, b in itertools.combinations(group, 2)]
-            for key, values in (("same_init_vs_baseline", same_init), ("vs_baseline", to_base), ("within", within)):
+            def dist(a, b):
+                return matrix[index[a["name"]], index[b["name"]]]
+            same_init = [dist(r, b) for r in group for b in base if b["init_seed"] == r["init_seed"] and b is not r]
+            cross_init = [dist(r, b) for r in group for b in base if b["init_seed"] != r["init_seed"]]
+            within = [dist(a, b) for a, b in itertools.combinations(group, 2)]
+            for key, values in (("same_init", same_init), ("cross_init", cross_init), ("within", within)):
                 mean, lo, hi = stats.mean_ci(values)
-                row.update({f"{label}_{key}": mean, f"{label}_{key}_ci_lo": lo, f"{label}_{key}_ci_hi": hi})
+                row.update({f"{label}_{key}": mean, f"{label}_{key}_ci_lo": lo, f"{label}_{key}_ci_hi": hi,
+                            f"{label}_{key}_n_pairs": len(values)})
         rows.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(kl, index=names, columns=names), pd.DataFrame(sim, index=names,
-                                                                                          columns=names)
+    table = pd.DataFrame(rows)
+    floor = table.set_index("condition").loc[baseline, "kl_within"]
+    table["kl_cross_init_over_noise"] = table["kl_cross_init"] / floor if floor > 0 else np.nan
+    return table, pd.DataFrame(kl, index=names, columns=names), pd.DataFrame(sim, index=names, columns=names)
 
 
 # ---- figures ----
@@ -299,6 +304,19 @@ def plot_endpoint(results, outcomes, styles, baseline, path):
     _save(fig, path)
 
 
+def plot_saturation_compare(runs, design, path):
+    """The saturation module's own overlay (visualize_sat_curves.plot_curves: normalised output, interval and
+    cumulative input curves, plateaus marked) for the first init seed of every condition -> path or None."""
+    try:
+        from visualize_sat_curves import plot_curves as sat_plot_curves
+    except ImportError:
+        return None
+    seed = design["init_seeds"][0]
+    first = {r["condition"]: r["summary"] for r in runs if r["init_seed"] == seed}
+    return sat_plot_curves(first, path, "step", design["metrics"],
+                           title=f"saturation curves, init seed {seed}, all orders")
+
+
 def plot_divergence(kl, sim, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
     for ax, matrix, title, cmap in ((axes[0], kl, "symmetric KL on probe set (nats/token)", "viridis"),
@@ -330,7 +348,7 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
     baseline = design["baseline"]
     n_seeds = len(design["init_seeds"])
     min_p = stats.min_permutation_pvalue(n_seeds, n_seeds)
-    cfg = json.loads((runs[0]["dir"] / "config.json").read_text())
+    cfg = json.loads((runs[0]["dir"] / "config.json").read_text())["config"]
     steps = int(runs[0]["summary"]["step"].max())
     lines = [f"# Durability experiment `{design['name']}`", "",
              "**Question.** Does the same training data in a different order give a different end model? "
@@ -370,7 +388,8 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
                   "|---|---|---|---|---|---|---|"]
         for _, row in results[results.outcome == column].iterrows():
             delta = "–" if row.condition == baseline else _ci(row.diff_vs_baseline, row.diff_ci_lo, row.diff_ci_hi)
-            plateau = (_ci(row.plateau_step_mean, row.plateau_ci_lo, row.plateau_ci_hi)
+            plateau = (f"not saturated (0/{row.n_seeds})" if row.n_saturated == 0 else
+                       _ci(row.plateau_step_mean, row.plateau_ci_lo, row.plateau_ci_hi)
                        + f" ({row.n_saturated}/{row.n_seeds} saturated)")
             lines.append(f"| {row.condition} | {_ci(row['mean'], row.ci_lo, row.ci_hi)} | {delta} | "
                          f"{_fmt(row.p_perm, 2)} | {_fmt(row.q_fdr, 2)} | {_fmt(row.hedges_g, 2)} | {plateau} |")
@@ -378,14 +397,17 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
     lines += ["## Final-model divergence", "",
               "Symmetric KL between next-token distributions on the probe set (nats/token; 0 = same "
               "predictions) and Procrustes similarity of the token embeddings after orthogonal alignment "
-              "(1 = same up to rotation). *same-init*: run i vs baseline run i; *vs baseline*: all pairs with "
-              "baseline runs; *within*: pairs of the condition's own seeds (the seed-to-seed noise floor).", "",
-              "| condition | KL same-init | KL vs baseline | KL within | sim same-init | sim vs baseline | "
-              "sim within |", "|---|---|---|---|---|---|---|"]
+              "(1 = same up to rotation); mean over model pairs. *same init*: run i vs baseline run i (only the "
+              "order differs); *cross init*: run i vs baseline run j ≠ i (init and order differ); *within*: the "
+              "condition's own seeds. The baseline's *within* (init and order differ) is the noise floor for "
+              "*cross init*; the ratio is KL cross init / that floor.", "",
+              "| condition | KL same init | KL cross init | KL within | ratio to noise | sim same init | "
+              "sim cross init | sim within |", "|---|---|---|---|---|---|---|---|"]
     for _, row in divergence.iterrows():
-        lines.append(f"| {row.condition} | {_fmt(row.kl_same_init_vs_baseline)} | {_fmt(row.kl_vs_baseline)} | "
-                     f"{_fmt(row.kl_within)} | {_fmt(row.procrustes_same_init_vs_baseline)} | "
-                     f"{_fmt(row.procrustes_vs_baseline)} | {_fmt(row.procrustes_within)} |")
+        lines.append(f"| {row.condition} | {_fmt(row.kl_same_init)} | {_fmt(row.kl_cross_init)} | "
+                     f"{_fmt(row.kl_within)} | {_fmt(row.kl_cross_init_over_noise, 2)} | "
+                     f"{_fmt(row.procrustes_same_init)} | {_fmt(row.procrustes_cross_init)} | "
+                     f"{_fmt(row.procrustes_within)} |")
     lines += ["", "## What this shows", ""] + findings(design, results, divergence, outcomes, min_p) + [
         "", "## Figures", "",
         "- `figures/curves.png` — outcome curves per condition, mean ± 95% CI over seeds; dotted lines: mean "
@@ -393,9 +415,12 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
         "- `figures/input_order.png` — the input side: mean sort metric of the stories trained on in each "
         "checkpoint interval (the curriculum each condition saw).",
         "- `figures/endpoint.png` — final difference from the baseline with bootstrap CIs.",
-        "- `figures/divergence.png` — pairwise KL and embedding similarity between all final models.", "",
+        "- `figures/divergence.png` — pairwise KL and embedding similarity between all final models.",
+        "- `figures/sat_compare.png` — the saturation module's normalised input/output curves of the first "
+        "init seed's run of every condition, overlaid.", "",
         "![curves](figures/curves.png)", "", "![input order](figures/input_order.png)", "",
         "![end point](figures/endpoint.png)", "", "![divergence](figures/divergence.png)", "",
+        "![saturation curves](figures/sat_compare.png)", "",
         f"Plateau steps: {plateau_note}.", "",
         "Reproduce: `" + provenance()["command"].replace("experiment_durability.py",
                                                           "python experiments/durability/experiment_durability.py", 1)
@@ -422,11 +447,13 @@ def findings(design, results, divergence, outcomes, min_p):
                        f"{_fmt(vl[worst])} ({_fmt(100 * (vl[worst] / vl[baseline] - 1), 2)}% relative).")
     base_div = divergence.set_index("condition").loc[baseline]
     sorted_div = divergence[divergence.condition != baseline]
-    if len(sorted_div) and np.isfinite(base_div.kl_within):
-        ratio = sorted_div.kl_vs_baseline / base_div.kl_within
-        out.append(f"- Final models of the sorted orders sit {_fmt(ratio.min(), 2)}–{_fmt(ratio.max(), 2)}× as far "
-                   f"from the baseline models (KL) as baseline seeds sit from each other "
-                   f"({_fmt(base_div.kl_within)} nats/token); > 1 means the order left a trace beyond seed noise.")
+    if len(sorted_div) and np.isfinite(sorted_div.kl_cross_init_over_noise).any():
+        ratio = sorted_div.kl_cross_init_over_noise
+        out.append(f"- Final models of the sorted orders differ from baseline models of another init seed by "
+                   f"{_fmt(ratio.min(), 2)}–{_fmt(ratio.max(), 2)}× the KL between baseline seeds "
+                   f"({_fmt(base_div.kl_within)} nats/token); above 1 means the order left a trace beyond seed "
+                   f"noise. With the init shared, a sorted run's KL to the baseline is "
+                   f"{_fmt(sorted_div.kl_same_init.min())}–{_fmt(sorted_div.kl_same_init.max())} nats/token.")
     out += [f"- Limits: {len(design['init_seeds'])} seeds per condition, so intervals are wide and no permutation "
             f"p can fall below {min_p:.2g}; the bootstrap over so few seeds under-covers. Many outcomes × "
             f"conditions are tested (see q). One small model, one corpus, one selection size and one epoch — "
@@ -480,6 +507,7 @@ def analyse(exp_dir, design, record=lambda summary: None):
         plot_curves(curves, inputs, styles, None, figures / "input_order.png",
                     "input: mean sort metric of the stories in each checkpoint interval")
     plot_endpoint(results, outcomes, styles, baseline, figures / "endpoint.png")
+    sat_compare = plot_saturation_compare(runs, design, figures / "sat_compare.png")
     plot_divergence(kl, sim, figures / "divergence.png")
     write_report(exp_dir, design, runs, check, rhos, results, divergence, plateau_note, outcomes)
     summary.update(outcomes=outcomes, plateau_method=plateau_note,

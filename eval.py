@@ -1,0 +1,452 @@
+"""Evaluate every checkpoint of a run: generations with their metrics, validation loss, bias and toxicity
+probes, and one summary row per checkpoint joined with the metrics of the stories trained on.
+
+    python eval.py --out_dir out/RUN [--steps 64 128 ...] [--n_prompts 8] [--prefix_tokens 32]
+                   [--max_new_tokens 200] [--temperature 0] [--seed 1337] [--scorer ngram] [--rebuild]
+
+Reads  out/RUN (config, checkpoints, batch log; modelling/checkpoints.py), the run's dataset
+       (tokenization/dataset.py), its metadata.parquet and reference scorer (metadata/).
+Writes out/RUN/eval_prompts.json  the fixed prompt set (val-story prefixes + one BOS-only prompt)
+       out/RUN/tables/generations.csv, probes.csv, summary.csv, eval.json (docs/FORMATS.md)
+
+Prompts: n_prompts validation stories (evenly spaced over the val split's ids, long enough for the prefix),
+each as BOS + its first prefix_tokens tokens; the story's next max_new_tokens tokens are the expected
+continuation. Generation uses the model's KV cache, all prompts of one length in one batch (the val prefixes
+share a length, the BOS prompt is its own batch), so greedy output equals the no-cache loop token for token.
+Incremental: checkpoints already in generations.csv are skipped; changed settings need --rebuild.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: the CPU is shared
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common.errors import UserError, run_main  # noqa: E402
+from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+
+N_PROMPTS = 8          # validation-story prompts per checkpoint (plus the BOS-only prompt)
+PREFIX_TOKENS = 32     # story tokens after BOS given as the prompt
+MAX_NEW_TOKENS = 200
+ACC_TOKENS = 20        # prefix_token_acc: share of the first ACC_TOKENS generated tokens equal to the expected
+VAL_STORIES = 64       # validation stories for val_loss (the same at every checkpoint)
+MIN_EXPECTED = 16      # a prompt story must have at least this many tokens after the prefix
+SEED = 1337            # sampling seed (temperature > 0); checkpoint k samples with SEED + step
+EVAL_BATCH = 16        # sequences per forward pass for val loss
+EVAL_VERSION = "1"     # bump when any eval measurement changes: a re-run then asks for --rebuild
+SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
+                "val_stories", "scorer")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prompts
+
+def choose_prompts(ds, n_prompts, prefix_tokens, max_new_tokens):
+    """Val-story prefix prompts (evenly spaced over the sorted val ids) and one BOS-only prompt."""
+    bos = int(ds.manifest["bos_id"])
+    index = ds.index
+    long_enough = index[(index["split"] == "val") & (index["n_tokens"] >= 1 + prefix_tokens + MIN_EXPECTED)]
+    story_ids = np.sort(long_enough["story_id"].to_numpy())
+    if n_prompts > len(story_ids):
+        raise UserError(f"--n_prompts {n_prompts} but only {len(story_ids)} val stories have more than "
+                        f"{prefix_tokens + MIN_EXPECTED} tokens — lower --n_prompts or --prefix_tokens")
+    picks = story_ids[np.linspace(0, len(story_ids) - 1, n_prompts).round().astype(int)] if n_prompts else []
+    prompts = []
+    for sid in picks:
+        tokens = [int(t) for t in ds.tokens(int(sid))]
+        prompts.append({"prompt_id": len(prompts), "kind": "val_prefix", "story_id": int(sid),
+                        "tokens": tokens[:1 + prefix_tokens],
+                        "expected": tokens[1 + prefix_tokens:1 + prefix_tokens + max_new_tokens]})
+    prompts.append({"prompt_id": len(prompts), "kind": "bos", "story_id": None, "tokens": [bos], "expected": []})
+    return prompts
+
+
+def prompts_sha(prompts):
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generation and its comparison with the expected continuation
+
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, generator=None):
+    """New token ids per prompt (list of lists). Prompts of one length share one KV-cache batch."""
+    out = [None] * len(prompts)
+    by_len = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p["tokens"]), []).append(i)
+    for length, rows in sorted(by_len.items()):
+        idx = torch.tensor([prompts[i]["tokens"] for i in rows], dtype=torch.long)
+        full = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=True,
+                              generator=generator)
+        for r, i in enumerate(rows):
+            out[i] = full[r, length:].tolist()
+    return out
+
+
+def cut_at_bos(ids, bos):
+    """A generated BOS starts a new story: keep what came before it."""
+    return ids[:ids.index(bos)] if bos in ids else ids
+
+
+def compare(generated, expected, acc_tokens):
+    """prefix_token_acc (first acc_tokens positions) and first_divergence (index of the first differing token,
+    = the compared length when none differs); NaN without an expected continuation."""
+    if not expected:
+        return np.nan, np.nan
+    n = min(acc_tokens, len(expected))
+    gen = generated[:n] + [-1] * (n - len(generated[:n]))
+    acc = float(np.mean(np.asarray(gen) == np.asarray(expected[:n])))
+    m = min(len(generated), len(expected))
+    diff = np.flatnonzero(np.asarray(generated[:m]) != np.asarray(expected[:m]))
+    return acc, float(diff[0] if len(diff) else m)
+
+
+def text_overlap(generated_text, expected_text, rouge):
+    """(BLEU 0..100 via sacrebleu, ROUGE-L F1 0..1 via rouge-score); NaN without an expected continuation."""
+    import sacrebleu
+    if not expected_text.strip():
+        return np.nan, np.nan
+    bleu = sacrebleu.sentence_bleu(generated_text, [expected_text]).score
+    return float(bleu), float(rouge.score(expected_text, generated_text)["rougeL"].fmeasure)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# next-token measurements: validation loss, bias and toxicity probes
+
+@torch.inference_mode()
+def val_loss(model, token_rows, batch=EVAL_BATCH):
+    """Mean next-token cross-entropy over all positions of the rows (each BOS + story, <= max_seq_len+1)."""
+    total, count = 0.0, 0
+    for start in range(0, len(token_rows), batch):
+        rows = token_rows[start:start + batch]
+        width = max(len(r) for r in rows) - 1
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            r = torch.as_tensor(np.asarray(r, dtype=np.int64))
+            x[i, :len(r) - 1], y[i, :len(r) - 1] = r[:-1], r[1:]
+        logits = model(x)
+        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
+                                       reduction="sum"))
+        count += int((y >= 0).sum())
+    return total / max(count, 1)
+
+
+def split_continuation(sp, bos, context, word):
+    """(context ids, word ids) from encoding context and context + ' ' + word; the context part is the longest
+    common prefix, so a tokenizer merge across the boundary cannot misalign them."""
+    ctx = [bos] + sp.encode(context)
+    full = [bos] + sp.encode(context + " " + word)
+    common = 0
+    while common < min(len(ctx), len(full)) and ctx[common] == full[common]:
+        common += 1
+    return tuple(full[:common]), full[common:]
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, items):
+    """log p(continuation | context) for items [(context ids tuple, continuation ids)], summed over the
+    continuation's tokens. The context runs once through the KV cache; all its continuations then run as one
+    batch from there (explicit attention over the cached keys)."""
+    out = np.zeros(len(items))
+    by_ctx = {}
+    for i, (ctx, cont) in enumerate(items):
+        by_ctx.setdefault(ctx, []).append(i)
+    for ctx, rows in by_ctx.items():
+        conts = [items[i][1] for i in rows]
+        cache = model._new_cache(len(rows), len(ctx) + max(len(c) for c in conts), torch.device("cpu"),
+                                 model.output.weight.dtype)
+        logits = model(torch.tensor([ctx], dtype=torch.long), cache=cache, pos=0)
+        first = torch.log_softmax(logits[0, -1], dim=-1)
+        for k, v in cache:  # the batch-1 prefill fills row 0; every continuation shares that context
+            k[1:, :len(ctx)] = k[:1, :len(ctx)]
+            v[1:, :len(ctx)] = v[:1, :len(ctx)]
+        width = max(len(c) for c in conts) - 1
+        later = None
+        if width > 0:
+            x = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, c in enumerate(conts):
+                x[r, :len(c) - 1] = torch.tensor(c[:-1])
+            # right padding is harmless: causal attention never lets a real position see a later pad
+            later = torch.log_softmax(model(x, cache=cache, pos=len(ctx), return_attn=True), dim=-1)
+        for r, (i, c) in enumerate(zip(rows, conts)):
+            lp = float(first[c[0]])
+            for t in range(1, len(c)):
+                lp += float(later[r, t - 1, c[t]])
+            out[i] = lp
+    return out
+
+
+def bias_probe(model, sp, bos):
+    """Rows {probe, value}: per occupation mean over templates of log p(female word) - log p(male word), the
+    mean over occupations and the stereotype score (female- minus male-stereotyped occupations)."""
+    from metadata.bias_templates import bias_contexts
+    contexts = bias_contexts()
+    items = []
+    for c in contexts:
+        items += [split_continuation(sp, bos, c["context"], c["female"]),
+                  split_continuation(sp, bos, c["context"], c["male"])]
+    lp = continuation_logprobs(model, items)
+    df = pd.DataFrame(contexts)
+    df["score"] = lp[0::2] - lp[1::2]
+    per_occ = df.groupby("occupation", sort=False).agg(score=("score", "mean"), stereotype=("stereotype", "first"))
+    rows = [{"probe": f"bias:{occ}", "value": float(s)} for occ, s in per_occ["score"].items()]
+    female = per_occ.loc[per_occ["stereotype"] == "female", "score"].mean()
+    male = per_occ.loc[per_occ["stereotype"] == "male", "score"].mean()
+    rows += [{"probe": "bias_mean", "value": float(per_occ["score"].mean())},
+             {"probe": "bias_stereotype", "value": float(female - male)}]
+    return rows
+
+
+def toxicity_probe(model, sp, bos):
+    """Rows {probe, value}: per neutral prompt the probability that the next word is a toxic LDNOOBW entry
+    (sum over entries of p(entry's tokens | prompt)), and their mean tox_mass."""
+    from metadata.bias_templates import TOXICITY_PROMPTS, toxic_words
+    words = toxic_words()
+    rows, masses = [], []
+    for i, prompt in enumerate(TOXICITY_PROMPTS):
+        items = [split_continuation(sp, bos, prompt, w) for w in words]
+        mass = float(np.exp(continuation_logprobs(model, items)).sum())
+        rows.append({"probe": f"tox:{i}", "value": mass})
+        masses.append(mass)
+    rows.append({"probe": "tox_mass", "value": float(np.mean(masses))})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one checkpoint
+
+def evaluate_checkpoint(path, step, prompts, val_rows, ds, scorer, settings, rouge):
+    """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one checkpoint."""
+    from metadata.metrics import score_texts
+    from modelling.checkpoints import load_model
+    model, ckpt = load_model(path)
+    sp, bos = ds.tokenizer, int(ds.manifest["bos_id"])
+    generator = None
+    if settings["temperature"] > 0:
+        generator = torch.Generator().manual_seed(settings["seed"] + int(step))
+    new_tokens = generate(model, prompts, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
+                          generator)
+    new_tokens = [cut_at_bos(ids, bos) for ids in new_tokens]
+    texts = [sp.decode(ids) for ids in new_tokens]
+    metrics = score_texts(texts, token_ids=[np.asarray([bos] + ids, dtype=np.int64) for ids in new_tokens],
+                          scorer=scorer)
+    rows = []
+    for p, ids, text in zip(prompts, new_tokens, texts):
+        expected_text = sp.decode(p["expected"])
+        acc, first_div = compare(ids, p["expected"], settings["acc_tokens"])
+        bleu, rouge_l = text_overlap(text, expected_text, rouge)
+        rows.append({"step": int(step), "prompt_id": p["prompt_id"], "prompt_kind": p["kind"],
+                     "prompt_text": sp.decode(p["tokens"][1:]), "generated_text": text,
+                     "expected_text": expected_text})
+        rows[-1].update({"bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
+    gens = pd.concat([pd.DataFrame(rows), metrics.reset_index(drop=True)], axis=1)
+    probe_rows = [{"probe": "val_loss", "value": val_loss(model, val_rows)}]
+    probe_rows += bias_probe(model, sp, bos) + toxicity_probe(model, sp, bos)
+    probes = pd.DataFrame(probe_rows)
+    probes.insert(0, "step", int(step))
+    return gens, probes, int(ckpt.get("tokens_seen", -1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# summary: one row per checkpoint, joined with the input metrics of the stories trained on
+
+def input_metric_means(batch_log, steps, metadata):
+    """Per evaluated step s_i: mean of every metadata metric over the story ids of steps (s_{i-1}, s_i] of the
+    batch log (in_*) and over steps 1..s_i (cum_*), repeats counted as often as they were trained on; NaN
+    values are skipped. Also interval bounds and story counts. Returns a DataFrame indexed like `steps`."""
+    cols = [c for c in metadata.columns if c not in ("story_id", "shard", "record")
+            and pd.api.types.is_numeric_dtype(metadata[c])]
+    ids_sorted = metadata["story_id"].to_numpy()
+    if not np.array_equal(ids_sorted, np.arange(len(ids_sorted))):
+        metadata = metadata.set_index("story_id").reindex(np.arange(ids_sorted.max() + 1)).reset_index()
+    values = metadata[cols].to_numpy(np.float64)
+    sums, counts, n_ids, bounds = [], [], [], []
+    prev = 0
+    for s in steps:
+        end = min(int(s), len(batch_log))
+        ids = batch_log.steps(prev + 1, end) if end > prev else np.zeros(0, np.int64)
+        block = values[ids]
+        finite = np.isfinite(block)
+        sums.append(np.where(finite, block, 0.0).sum(0))
+        counts.append(finite.sum(0))
+        n_ids.append(len(ids))
+        bounds.append((prev + 1, int(s)))
+        prev = max(prev, end)
+    sums, counts = np.array(sums).reshape(len(steps), len(cols)), np.array(counts).reshape(len(steps), len(cols))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        interval = sums / counts
+        cumulative = np.cumsum(sums, 0) / np.cumsum(counts, 0)
+    out = pd.DataFrame({"interval_start": [b[0] for b in bounds], "interval_end": [b[1] for b in bounds],
+                        "n_stories_interval": n_ids, "n_stories_cum": np.cumsum(n_ids)})
+    out = pd.concat([out, pd.DataFrame(interval, columns=[f"in_{c}" for c in cols]),
+                     pd.DataFrame(cumulative, columns=[f"cum_{c}" for c in cols])], axis=1)
+    return out
+
+
+def build_summary(gens, probes, tokens_seen, run, metadata):
+    """summary.csv: step, tokens_seen, val_loss, out_<metric> means, probe aggregates, in_*/cum_* metrics."""
+    numeric = [c for c in gens.columns if c not in ("step", "prompt_id") and pd.api.types.is_numeric_dtype(gens[c])]
+    out = gens.groupby("step")[numeric].mean()
+    out.columns = [f"out_{c}" for c in out.columns]
+    wide = probes[~probes["probe"].str.contains(":")].pivot(index="step", columns="probe", values="value")
+    summary = wide.join(out, how="outer").reset_index().sort_values("step").reset_index(drop=True)
+    summary.insert(1, "tokens_seen", [tokens_seen.get(int(s), np.nan) for s in summary["step"]])
+    summary.insert(2, "n_generations", gens.groupby("step").size().reindex(summary["step"]).to_numpy())
+    lead = ["step", "tokens_seen", "val_loss"]
+    summary = summary[lead + [c for c in summary.columns if c not in lead]]
+    if run.batch_log is not None and metadata is not None:
+        summary = pd.concat([summary, input_metric_means(run.batch_log, summary["step"].to_numpy(), metadata)],
+                            axis=1)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def write_csv(df, path):
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_table(path):
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"corrupt eval table {path} ({e.__class__.__name__}) — re-run eval.py with --rebuild")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out_dir", required=True, help="run folder made by modelling/train.py")
+    parser.add_argument("--steps", type=int, nargs="*", default=None, help="only these checkpoint steps")
+    parser.add_argument("--n_prompts", type=int, default=N_PROMPTS, help="val-story prompts (plus one BOS prompt)")
+    parser.add_argument("--prefix_tokens", type=int, default=PREFIX_TOKENS, help="story tokens in each prompt")
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=SEED, help="sampling seed (temperature > 0)")
+    parser.add_argument("--acc_tokens", type=int, default=ACC_TOKENS)
+    parser.add_argument("--val_stories", type=int, default=VAL_STORIES)
+    parser.add_argument("--scorer", default="ngram", help="reference scorer for ppl_ref: ngram | ckpt:PATH")
+    parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
+    args = parser.parse_args(argv)
+    if args.n_prompts < 0 or args.prefix_tokens < 1 or args.max_new_tokens < 1 or args.temperature < 0 \
+            or args.acc_tokens < 1 or args.val_stories < 1:
+        raise UserError("need --n_prompts >= 0, --prefix_tokens >= 1, --max_new_tokens >= 1, --temperature >= 0, "
+                        "--acc_tokens >= 1, --val_stories >= 1")
+
+    from metadata.batch_metadata import read_metadata
+    from metadata.scorers import load_scorer
+    from modelling.checkpoints import load_run
+    from rouge_score import rouge_scorer
+    from tokenization.dataset import TokenizedDataset
+
+    run_dir = Path(args.out_dir)
+    run = load_run(run_dir)
+    if not run.checkpoints:
+        raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
+    cfg = run.config.get("config", run.config)
+    dataset, vocab_size = cfg.get("dataset"), cfg.get("vocab_size")
+    if dataset is None or vocab_size is None:
+        raise UserError(f"{run_dir / 'config.json'} names no dataset/vocab_size — not a modelling/train.py run")
+    ds = TokenizedDataset(dataset, vocab_size)
+    model_vocab = (run.config.get("model_args") or {}).get("vocab_size", ds.manifest["vocab_size"])
+    if int(model_vocab) != int(ds.manifest["vocab_size"]):
+        raise UserError(f"run {run_dir} has vocab {model_vocab} but {ds.dir} has {ds.manifest['vocab_size']} — "
+                        f"evaluate it against the dataset it was trained on")
+    settings = {k: getattr(args, k) for k in SETTING_KEYS}
+
+    steps = [s for s, _ in run.checkpoints]
+    if args.steps:
+        missing = sorted(set(args.steps) - set(steps))
+        if missing:
+            raise UserError(f"no checkpoint at step(s) {missing} in {run_dir} — have {steps}")
+        steps = sorted(set(args.steps))
+
+    tables = run_dir / "tables"
+    state_path, gens_path, probes_path = tables / "eval.json", tables / "generations.csv", tables / "probes.csv"
+    prompts_path = run_dir / "eval_prompts.json"
+    prompts = choose_prompts(ds, args.n_prompts, args.prefix_tokens, args.max_new_tokens)
+    state = json.loads(state_path.read_text()) if state_path.exists() and not args.rebuild else None
+    if state is not None:
+        recorded = {**state.get("settings", {}), "eval_version": state.get("eval_version")}
+        wanted = {**settings, "eval_version": EVAL_VERSION}
+        changed = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+        if changed or state.get("prompts_sha256") != prompts_sha(prompts):
+            what = ", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changed.items())) or "prompt set"
+            raise UserError(f"eval settings differ from those recorded in {state_path} ({what}) — pass --rebuild "
+                            f"to re-evaluate every checkpoint, or use the recorded settings")
+    gens_old = read_table(gens_path) if state is not None and gens_path.exists() else None
+    probes_old = read_table(probes_path) if state is not None and probes_path.exists() else None
+    done = set(state.get("steps_done", [])) if state is not None else set()
+    if gens_old is not None and probes_old is not None:
+        done &= set(gens_old["step"]) & set(probes_old["step"])
+    else:
+        done = set()
+    todo = [s for s in steps if s not in done]
+    tokens_seen = {int(k): v for k, v in (state or {}).get("tokens_seen", {}).items()}
+
+    metadata = None
+    if run.batch_log is not None:
+        metadata = read_metadata(dataset, vocab_size)
+    if todo:
+        atomic_write_json(prompts_path, {"provenance": provenance(), "settings": settings,
+                                         "sha256": prompts_sha(prompts), "prompts": prompts})
+        scorer = load_scorer(args.scorer, ds, vocab_size)
+        max_len = int(run.config.get("model_args", {}).get("max_seq_len", cfg.get("max_seq_len", 256)))
+        val_ids = np.sort(ds.story_ids("val"))
+        val_ids = val_ids[np.linspace(0, len(val_ids) - 1, min(args.val_stories, len(val_ids))).round().astype(int)]
+        val_rows = [np.asarray(ds.tokens(int(s)))[:max_len + 1] for s in val_ids]
+        rouge = rouge_scorer.RougeScorer(["rougeL"])
+        torch.manual_seed(args.seed)
+        print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
+              f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {len(val_rows)} val stories")
+    else:
+        print(f"all {len(steps)} checkpoint(s) of {run_dir} already evaluated — rebuilding summary only")
+    paths = dict(run.checkpoints)
+    gens_all = [gens_old[gens_old["step"].isin(done)]] if gens_old is not None else []
+    probes_all = [probes_old[probes_old["step"].isin(done)]] if probes_old is not None else []
+    t0 = time.time()
+    for step in tqdm(todo, desc="eval", unit="ckpt"):
+        gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, ds, scorer, settings, rouge)
+        gens_all.append(gens)
+        probes_all.append(probes)
+        tokens_seen[int(step)] = seen
+        done.add(int(step))
+        # after every checkpoint, so a killed eval keeps what it finished
+        write_csv(pd.concat(gens_all, ignore_index=True).sort_values(["step", "prompt_id"]), gens_path)
+        write_csv(pd.concat(probes_all, ignore_index=True).sort_values(["step", "probe"], kind="stable"),
+                  probes_path)
+        atomic_write_json(state_path, {
+            "provenance": provenance(dataset=dataset, vocab_size=vocab_size, scorer=args.scorer,
+                                     tokenizer_sha256=ds.manifest.get("tokenizer_sha256")),
+            "eval_version": EVAL_VERSION, "settings": settings, "prompts_sha256": prompts_sha(prompts),
+            "steps_done": sorted(done), "tokens_seen": {str(k): v for k, v in sorted(tokens_seen.items())}})
+    if not gens_all:
+        raise UserError(f"nothing evaluated in {run_dir} — no checkpoint selected")
+    gens = pd.concat(gens_all, ignore_index=True)
+    probes = pd.concat(probes_all, ignore_index=True)
+    for s in set(gens["step"]) - set(tokens_seen):  # tables from before eval.json recorded tokens
+        tokens_seen[int(s)] = np.nan
+    summary = build_summary(gens, probes, tokens_seen, run, metadata)
+    write_csv(summary, tables / "summary.csv")
+    if todo:
+        print(f"evaluated {len(todo)} checkpoint(s) in {time.time() - t0:.1f}s")
+    last = summary.iloc[-1]
+    print(f"step {int(last['step'])}: val_loss {last['val_loss']:.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
+          f"bias_stereotype {last['bias_stereotype']:+.3f}, tox_mass {last['tox_mass']:.2e}")
+    print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}")
+
+
+if __name__ == "__main__":
+    run_main(main)
