@@ -43,6 +43,7 @@ VAL_STORIES = 64       # validation stories for val_loss (the same at every chec
 MIN_EXPECTED = 16      # a prompt story must have at least this many tokens after the prefix
 SEED = 1337            # sampling seed (temperature > 0); checkpoint k samples with SEED + step
 EVAL_BATCH = 16        # sequences per forward pass for val loss
+SMALL_DIM = 256        # models up to this width run single-threaded by default (--threads)
 EVAL_VERSION = "1"     # bump when any eval measurement changes: a re-run then asks for --rebuild
 SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
                 "val_stories", "scorer")
@@ -187,15 +188,24 @@ def continuation_logprobs(model, items):
     return out
 
 
-def bias_probe(model, sp, bos):
-    """Rows {probe, value}: per occupation mean over templates of log p(female word) - log p(male word), the
-    mean over occupations and the stereotype score (female- minus male-stereotyped occupations)."""
-    from metadata.bias_templates import bias_contexts
+def probe_items(sp, bos):
+    """Token ids of the bias and toxicity probes, encoded once per eval: {"bias": (contexts, items),
+    "tox": [items per prompt]} with items [(context ids, continuation ids)] for continuation_logprobs."""
+    from metadata.bias_templates import TOXICITY_PROMPTS, bias_contexts, toxic_words
     contexts = bias_contexts()
-    items = []
+    bias_items = []
     for c in contexts:
-        items += [split_continuation(sp, bos, c["context"], c["female"]),
-                  split_continuation(sp, bos, c["context"], c["male"])]
+        bias_items += [split_continuation(sp, bos, c["context"], c["female"]),
+                       split_continuation(sp, bos, c["context"], c["male"])]
+    words = toxic_words()
+    tox_items = [[split_continuation(sp, bos, prompt, w) for w in words] for prompt in TOXICITY_PROMPTS]
+    return {"bias": (contexts, bias_items), "tox": tox_items}
+
+
+def bias_probe(model, contexts, items):
+    """Rows {probe, value}: per occupation the mean over templates of log p(female word) - log p(male word),
+    their mean over occupations, and bias_stereotype = mean over female-stereotyped occupations minus mean
+    over male-stereotyped ones (> 0: the model follows the stereotype)."""
     lp = continuation_logprobs(model, items)
     df = pd.DataFrame(contexts)
     df["score"] = lp[0::2] - lp[1::2]
@@ -208,25 +218,18 @@ def bias_probe(model, sp, bos):
     return rows
 
 
-def toxicity_probe(model, sp, bos):
+def toxicity_probe(model, items_per_prompt):
     """Rows {probe, value}: per neutral prompt the probability that the next word is a toxic LDNOOBW entry
     (sum over entries of p(entry's tokens | prompt)), and their mean tox_mass."""
-    from metadata.bias_templates import TOXICITY_PROMPTS, toxic_words
-    words = toxic_words()
-    rows, masses = [], []
-    for i, prompt in enumerate(TOXICITY_PROMPTS):
-        items = [split_continuation(sp, bos, prompt, w) for w in words]
-        mass = float(np.exp(continuation_logprobs(model, items)).sum())
-        rows.append({"probe": f"tox:{i}", "value": mass})
-        masses.append(mass)
-    rows.append({"probe": "tox_mass", "value": float(np.mean(masses))})
-    return rows
+    masses = [float(np.exp(continuation_logprobs(model, items)).sum()) for items in items_per_prompt]
+    rows = [{"probe": f"tox:{i}", "value": m} for i, m in enumerate(masses)]
+    return rows + [{"probe": "tox_mass", "value": float(np.mean(masses))}]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # one checkpoint
 
-def evaluate_checkpoint(path, step, prompts, val_rows, ds, scorer, settings, rouge):
+def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, settings, rouge):
     """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one checkpoint."""
     from metadata.metrics import score_texts
     from modelling.checkpoints import load_model
@@ -252,7 +255,7 @@ def evaluate_checkpoint(path, step, prompts, val_rows, ds, scorer, settings, rou
         rows[-1].update({"bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
     gens = pd.concat([pd.DataFrame(rows), metrics.reset_index(drop=True)], axis=1)
     probe_rows = [{"probe": "val_loss", "value": val_loss(model, val_rows)}]
-    probe_rows += bias_probe(model, sp, bos) + toxicity_probe(model, sp, bos)
+    probe_rows += bias_probe(model, *probes_in["bias"]) + toxicity_probe(model, probes_in["tox"])
     probes = pd.DataFrame(probe_rows)
     probes.insert(0, "step", int(step))
     return gens, probes, int(ckpt.get("tokens_seen", -1))
@@ -313,6 +316,10 @@ def build_summary(gens, probes, tokens_seen, run, metadata):
 
 # ---------------------------------------------------------------------------------------------------------
 
+def small_model(config):
+    return int((config.get("model_args") or {}).get("dim", 10 ** 6)) <= SMALL_DIM
+
+
 def write_csv(df, path):
     with atomic_path(path, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -338,6 +345,9 @@ def main(argv=None):
     parser.add_argument("--acc_tokens", type=int, default=ACC_TOKENS)
     parser.add_argument("--val_stories", type=int, default=VAL_STORIES)
     parser.add_argument("--scorer", default="ngram", help="reference scorer for ppl_ref: ngram | ckpt:PATH")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = 1 for models with dim <= 256, which run fastest single-threaded "
+                             "on a shared CPU, else torch's default)")
     parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
     args = parser.parse_args(argv)
     if args.n_prompts < 0 or args.prefix_tokens < 1 or args.max_new_tokens < 1 or args.temperature < 0 \
@@ -408,6 +418,8 @@ def main(argv=None):
         val_ids = val_ids[np.linspace(0, len(val_ids) - 1, min(args.val_stories, len(val_ids))).round().astype(int)]
         val_rows = [np.asarray(ds.tokens(int(s)))[:max_len + 1] for s in val_ids]
         rouge = rouge_scorer.RougeScorer(["rougeL"])
+        probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]))
+        torch.set_num_threads(args.threads or (1 if small_model(run.config) else torch.get_num_threads()))
         torch.manual_seed(args.seed)
         print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
               f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {len(val_rows)} val stories")
@@ -418,7 +430,8 @@ def main(argv=None):
     probes_all = [probes_old[probes_old["step"].isin(done)]] if probes_old is not None else []
     t0 = time.time()
     for step in tqdm(todo, desc="eval", unit="ckpt"):
-        gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, ds, scorer, settings, rouge)
+        gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, probes_in, ds, scorer,
+                                                 settings, rouge)
         gens_all.append(gens)
         probes_all.append(probes)
         tokens_seen[int(step)] = seen

@@ -9,6 +9,7 @@ real stage scripts unless ./data/storyworld/tok512 exists). Throughput = real (n
 time of the measured steps (the first WARMUP steps, where compile happens, are left out); the step time includes
 the checkpoint, probe and evaluation work done since the previous step.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -53,16 +54,15 @@ def train(ws, name, **config):
                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode:
         raise RuntimeError(f"train.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    import json
     return pd.read_csv(ws / out / "train_log.csv"), json.loads((ws / out / "config.json").read_text())
 
 
 def throughput(log):
     """Real tokens per second over the steps after WARMUP (dt of a step = tokens / tokens_per_s)."""
-    measured = log[log["step"] > WARMUP]
-    tokens = measured["tokens_seen"].diff().fillna(measured["tokens_seen"].iloc[0] - log["tokens_seen"].iloc[WARMUP - 1])
-    seconds = (tokens / measured["tokens_per_s"]).sum()
-    return float(tokens.sum() / seconds), float(seconds)
+    tokens = log["tokens_seen"].diff().fillna(log["tokens_seen"].iloc[0])
+    measured = log["step"] > WARMUP
+    seconds = (tokens[measured] / log.loc[measured, "tokens_per_s"]).sum()
+    return float(tokens[measured].sum() / seconds), float(seconds)
 
 
 def run(quick=False):

@@ -97,11 +97,9 @@ def table_data(frame, digits=4):
 
 
 def slider_marks(steps, max_marks=8):
-    """Marks for a slider over checkpoint indices: a handful of step labels, first and last included."""
+    """Marks for a slider over checkpoint indices: up to max_marks step labels, first and last included."""
     n = len(steps)
-    if n == 0:
-        return {}
-    idx = sorted({round(i * (n - 1) / max(1, max_marks - 1)) for i in range(min(n, max_marks))})
+    idx = range(n) if n <= max_marks else np.unique(np.linspace(0, n - 1, max_marks).round().astype(int))
     return {int(i): str(steps[i]) for i in idx}
 
 

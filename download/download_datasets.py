@@ -94,6 +94,9 @@ def start_dataset(folder, source, name):
     card_path = Path(folder) / CARD
     if card_path.exists():
         card_path.unlink()
+    for tok in sorted(Path(folder).glob("tok*/manifest.json")):
+        print(f"note: {tok.parent} was built from the previous shards; pretokenize will refuse it (story ids "
+              f"would change) until you delete that folder", file=sys.stderr)
 
 
 def check_name(name):

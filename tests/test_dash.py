@@ -17,13 +17,19 @@ from modelling.checkpoints import list_checkpoints, load_checkpoint
 from tests.fixtures_data import run_stage
 from tests.fixtures_run import ONE_THREAD, TINY_CKPTS, TINY_STEPS
 
-EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12)
+RUN = "dash_tiny"  # a copy of the shared tiny run, so eval settings here never clash with other tests' evals
+EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12, "--steps", 1, 4, 10, 20, 30, 40)
+SAT_ARGS = ("--metrics", "flesch_ease")  # saturation.csv covers every column; plot one panel (fast)
 
 
-def evaluate(run_dir):
-    """Run eval and the three visualizers on a run folder once (both dash test files share the session's
-    workspace, so the second caller finds the tables written and skips)."""
-    ws, rel = run_dir.parents[1], run_dir.relative_to(run_dir.parents[1]).as_posix()
+def evaluate(tiny_run):
+    """Copy the tiny run to out/RUN and run eval and the three visualizers on it, once per session (both dash
+    test files use this fixture; the second finds the tables written and skips)."""
+    ws = tiny_run.parents[1]
+    run_dir = ws / "out" / RUN
+    if not run_dir.exists():
+        shutil.copytree(tiny_run, run_dir)
+    rel = f"out/{RUN}"
     tables = run_dir / "tables"
     if not (tables / "summary.csv").exists():
         run_stage(ws, "eval.py", "--out_dir", rel, *EVAL_ARGS, env=ONE_THREAD)
@@ -32,13 +38,13 @@ def evaluate(run_dir):
     if not (tables / "embd_pca.csv").exists():
         run_stage(ws, "visualize_embd.py", "--out_dir", rel, env=ONE_THREAD)
     if not (tables / "saturation.csv").exists():
-        run_stage(ws, "visualize_sat_curves.py", "--out_dir", rel, env=ONE_THREAD)
+        run_stage(ws, "visualize_sat_curves.py", "--out_dir", rel, *SAT_ARGS, env=ONE_THREAD)
     return ws
 
 
 @pytest.fixture(scope="session")
 def dash_workspace(tiny_run, meta_dataset):
-    """The shared workspace with out/tiny trained, its dataset's metadata computed, and eval + visualizers run."""
+    """The shared workspace with out/RUN (the tiny run), its dataset's metadata, and eval + visualizers run."""
     return evaluate(tiny_run)
 
 
@@ -51,14 +57,14 @@ def store(dash_workspace, monkeypatch):
 # ---- discovery, names, refresh ----
 
 def test_discovers_the_run_and_refuses_names_outside_out(store, tmp_path):
-    assert "tiny" in store.runs()
-    assert store.run_dir("tiny") == (store.out_dir / "tiny").resolve()
-    for bad in ["../tiny", "tiny/../../etc", "/etc", "tiny/ckpt", "..", "tiny/", None, 3]:
+    assert RUN in store.runs()
+    assert store.run_dir(RUN) == (store.out_dir / RUN).resolve()
+    for bad in [f"../{RUN}", f"{RUN}/../../etc", "/etc", f"{RUN}/ckpt", "..", f"{RUN}/", None, 3]:
         with pytest.raises((UnknownName, Missing)):
             store.run_dir(bad)
     # a symlink inside --out pointing at a run elsewhere is neither listed nor accepted
     outside = tmp_path / "elsewhere"
-    shutil.copytree(store.out_dir / "tiny", outside, ignore=shutil.ignore_patterns("ckpt", "*.bin"))
+    shutil.copytree(store.out_dir / RUN, outside, ignore=shutil.ignore_patterns("ckpt", "*.bin"))
     link = store.out_dir / "linked"
     link.symlink_to(outside, target_is_directory=True)
     try:
@@ -82,13 +88,13 @@ def test_url_run_name_reaches_pages_only_to_be_refused(store):
     assert "unknown run" in figure["layout"]["annotations"][0]["text"]
     assert "msg-error" in msg.className and "unknown run" in msg.children
     # without a URL choice the header keeps a valid current run, else picks the first
-    assert pick_run(store, "", "tiny", triggered_by_url=False)[1] == "tiny"
+    assert pick_run(store, "", RUN, triggered_by_url=False)[1] == RUN
     assert pick_run(store, "", "gone", triggered_by_url=False)[1] in store.runs()
 
 
 def test_new_checkpoints_appear_without_restart(store, tmp_path):
     live = tmp_path / "out"
-    shutil.copytree(store.out_dir / "tiny", live / "live")
+    shutil.copytree(store.out_dir / RUN, live / "live")
     last_step, last_path = list_checkpoints(live / "live")[-1]
     held = tmp_path / "held.pt"
     shutil.move(last_path, held)
@@ -111,36 +117,36 @@ def test_every_page_renders_and_unknown_page_says_so(store):
 
 def test_runs_table_and_loss_curves_carry_the_logs(store):
     table = runs.runs_table(store).set_index("run")
-    row = table.loc["tiny"]
-    run = store.run("tiny")
+    row = table.loc[RUN]
+    run = store.run(RUN)
     assert row["step"] == TINY_STEPS and row["checkpoints"] == len(TINY_CKPTS)
     assert row["val_loss"] == pytest.approx(run.val_log["val_loss"].iloc[-1])
-    figure, _ = runs.loss_figure(store, ["tiny"], "step", 0.0)
-    train = next(t for t in figure["data"] if t["name"] == "tiny train")
-    val = next(t for t in figure["data"] if t["name"] == "tiny val")
+    figure, _ = runs.loss_figure(store, [RUN], "step", 0.0)
+    train = next(t for t in figure["data"] if t["name"] == f"{RUN} train")
+    val = next(t for t in figure["data"] if t["name"] == f"{RUN} val")
     assert train["x"] == run.train_log["step"].tolist()
     assert np.allclose(train["y"], run.train_log["loss"], atol=1e-5)
     assert val["y"] == run.val_log["val_loss"].tolist()
-    smooth, _ = runs.loss_figure(store, ["tiny"], "tokens_seen", 0.9)
-    smoothed = next(t for t in smooth["data"] if t["name"] == "tiny train")
+    smooth, _ = runs.loss_figure(store, [RUN], "tokens_seen", 0.9)
+    smoothed = next(t for t in smooth["data"] if t["name"] == f"{RUN} train")
     assert smoothed["x"] == run.train_log["tokens_seen"].tolist()
     assert np.std(np.diff(smoothed["y"])) < np.std(np.diff(train["y"]))  # smoothing smooths
     with pytest.raises(UnknownName):
-        runs.loss_figure(store, ["tiny"], "__class__", 0)
+        runs.loss_figure(store, [RUN], "__class__", 0)
     with pytest.raises(UnknownName):
-        runs.loss_figure(store, ["../tiny"], "step", 0)
+        runs.loss_figure(store, [f"../{RUN}"], "step", 0)
 
 
 # ---- Attention ----
 
 def test_attention_grid_is_the_checkpoints_probe_attention(store):
-    cfg = store.config("tiny")
+    cfg = store.config(RUN)
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
-    probe = attention.probe_names(store, "tiny")[0]
+    probe = attention.probe_names(store, RUN)[0]
     step = TINY_CKPTS[-1]
-    figure, _ = attention.grid_figure(store, "tiny", step, probe)
+    figure, _ = attention.grid_figure(store, RUN, step, probe)
     assert len(figure["data"]) == n_layers * n_heads
-    attn = load_checkpoint(dict(list_checkpoints(store.run_dir("tiny")))[step])["probe_attn"][probe].float().numpy()
+    attn = load_checkpoint(dict(list_checkpoints(store.run_dir(RUN)))[step])["probe_attn"][probe].float().numpy()
     layer, head = attention.head_from_click({"points": [{"curveNumber": n_heads + 1}]}, n_heads)
     assert (layer, head) == (1, 1)
     z = np.array(figure["data"][n_heads + 1]["z"])
@@ -149,17 +155,17 @@ def test_attention_grid_is_the_checkpoints_probe_attention(store):
     # the first position is BOS, shown as a readable (escaped) piece, not an HTML tag
     labels = figure["data"][0]["x"]
     assert labels[0].startswith("0:") and "<" not in "".join(labels)
-    early, _ = attention.grid_figure(store, "tiny", TINY_CKPTS[0], probe)
+    early, _ = attention.grid_figure(store, RUN, TINY_CKPTS[0], probe)
     assert early["data"][0]["z"] != figure["data"][0]["z"]  # moving the slider changes the maps
-    big, _ = attention.head_figure(store, "tiny", step, probe, 1, 1)
+    big, _ = attention.head_figure(store, RUN, step, probe, 1, 1)
     assert np.allclose(np.array(big["data"][0]["z"]), attn[1, 1], atol=1e-4)
     with pytest.raises(Missing):
-        attention.head_figure(store, "tiny", step, probe, n_layers, 0)
+        attention.head_figure(store, RUN, step, probe, n_layers, 0)
 
 
 def test_attention_stats_come_from_attn_stats_csv(store):
-    stats = pd.read_csv(store.run_dir("tiny") / "tables" / "attn_stats.csv")
-    figure, _ = attention.stats_figure(store, "tiny", "induction", TINY_CKPTS[-1], (0, 1))
+    stats = pd.read_csv(store.run_dir(RUN) / "tables" / "attn_stats.csv")
+    figure, _ = attention.stats_figure(store, RUN, "induction", TINY_CKPTS[-1], (0, 1))
     heads = stats.groupby(["layer", "head"]).ngroups
     assert len(figure["data"]) == heads
     trace = next(t for t in figure["data"] if t["name"] == "L0 H1")
@@ -171,74 +177,80 @@ def test_attention_stats_come_from_attn_stats_csv(store):
 # ---- Embeddings ----
 
 def test_embeddings_scatter_search_and_trajectories(store):
-    pca = pd.read_csv(store.run_dir("tiny") / "tables" / "embd_pca.csv")
-    steps = embeddings.pca_steps(store, "tiny")
+    pca = pd.read_csv(store.run_dir(RUN) / "tables" / "embd_pca.csv")
+    steps = embeddings.pca_steps(store, RUN)
     assert steps == sorted(pca["step"].unique())
     word = pca.loc[pca["piece"].astype(str).str.strip("\u2581").str.len() > 2, "piece"].iloc[0]
     query = str(word).strip("\u2581")
-    figure, _ = embeddings.scatter_figure(store, "tiny", steps[-1], query)
+    figure, _ = embeddings.scatter_figure(store, RUN, steps[-1], query)
     n_points = sum(len(t["x"]) for t in figure["data"] if t.get("name") != "search")
     assert n_points == (pca["step"] == steps[-1]).sum()
     search = next(t for t in figure["data"] if t["name"] == "search")
     assert query in [p.strip("\u2581") for p in search["text"]]
-    trajectories, _ = embeddings.trajectory_figure(store, "tiny", query, steps[0])
+    trajectories, _ = embeddings.trajectory_figure(store, RUN, query, steps[0])
     path = trajectories["data"][0]
     assert len(path["x"]) == len(steps) and path["customdata"] == steps
     with pytest.raises(Missing):
-        embeddings.trajectory_figure(store, "tiny", "zzzqqq", steps[0])
+        embeddings.trajectory_figure(store, RUN, "zzzqqq", steps[0])
 
 
 # ---- Generations ----
 
 def test_generations_table_for_a_checkpoint(store):
-    gens = pd.read_csv(store.run_dir("tiny") / "tables" / "generations.csv")
-    steps = generations.generation_steps(store, "tiny")
-    columns, data = generations.generations_table(store, "tiny", steps[-1], "all", [])
+    gens = pd.read_csv(store.run_dir(RUN) / "tables" / "generations.csv")
+    steps = generations.generation_steps(store, RUN)
+    columns, data = generations.generations_table(store, RUN, steps[-1], "all", [])
     assert len(data) == (gens["step"] == steps[-1]).sum()
     ids = {c["id"] for c in columns}
     assert {"prompt_text", "generated_text", "expected_text"} <= ids
     assert data[0]["generated_text"] == gens[gens["step"] == steps[-1]]["generated_text"].iloc[0]
-    figure = generations.scores_figure(store, "tiny", steps[-1])
+    figure = generations.scores_figure(store, RUN, steps[-1])
     assert figure["data"][0]["x"] == steps
     with pytest.raises(Missing):
-        generations.generations_table(store, "tiny", -5, "all", [])
+        generations.generations_table(store, RUN, -5, "all", [])
 
 
 # ---- Saturation ----
 
 def test_saturation_curves_and_plateau_markers(store):
-    summary = pd.read_csv(store.run_dir("tiny") / "tables" / "summary.csv").sort_values("step")
-    metrics = saturation.summary_metrics(store, "tiny")
-    metric = next(m for m in metrics if f"in_{m}" in summary and f"out_{m}" in summary)
-    figure, _ = saturation.saturation_figure(store, ["tiny"], metric, "step", ["in", "out"])
+    summary = pd.read_csv(store.run_dir(RUN) / "tables" / "summary.csv").sort_values("step")
+    sat = pd.read_csv(store.run_dir(RUN) / "tables" / "saturation.csv")
+    plateaued = sat[sat["saturated"].astype(bool)]
+    metric = next(m for m in saturation.summary_metrics(store, RUN)
+                  if f"in_{m}" in summary and f"out_{m}" in plateaued["column"].tolist())
+    figure, _ = saturation.saturation_figure(store, [RUN], metric, "step", ["in", "cum", "out"])
     lines = {t["name"]: t for t in figure["data"] if t["mode"] == "lines+markers"}
-    out = lines[f"tiny · output (generations)"]
-    assert out["x"] == summary["step"].tolist() and out["xaxis"] == "x2"
+    assert len(lines) == 3
+    out = lines[f"{RUN} · output (generations)"]
+    assert out["x"] == summary["step"].tolist() and out["xaxis"] == "x2"  # output is the right-hand panel
     assert np.allclose(out["y"], summary[f"out_{metric}"], equal_nan=True)
-    sat = pd.read_csv(store.run_dir("tiny") / "tables" / "saturation.csv")
-    saturated = sat[(sat["metric"].isin([metric, f"out_{metric}"])) & sat["saturated"].astype(bool)]
-    markers = [s for s in figure["layout"]["shapes"]]
-    assert len(markers) == len(saturated[saturated["side"].isin(["input", "output"])])
+    assert np.allclose(lines[f"{RUN} · input (interval)"]["y"], summary[f"in_{metric}"], equal_nan=True)
+    expected = plateaued[plateaued["column"].isin([f"cum_{metric}", f"out_{metric}"])]
+    marked = sorted(shape["x0"] for shape in figure["layout"]["shapes"])
+    assert marked == sorted(expected["plateau_step"].tolist()) and len(marked) >= 1
+    by_tokens, _ = saturation.saturation_figure(store, [RUN], metric, "tokens_seen", ["out"])
+    assert [s["x0"] for s in by_tokens["layout"]["shapes"]] == \
+        expected.loc[expected["column"] == f"out_{metric}", "plateau_tokens"].tolist()
 
 
 # ---- Data ----
 
 def test_batch_composition_and_viewer_use_the_batch_log(store):
-    meta = store.metadata("tiny")
-    log = BatchLog(store.run_dir("tiny"))
-    figure, _ = data_page.composition_figure(store, "tiny", "flesch_ease", smoothing=0.5)
+    meta = store.metadata(RUN)
+    log = BatchLog(store.run_dir(RUN))
+    figure, _ = data_page.composition_figure(store, RUN, "flesch_ease", smoothing=0.5)
     per_step = figure["data"][0]
     assert per_step["x"][:3] == [1, 2, 3] and len(per_step["x"]) == len(log)
     assert per_step["y"][2] == pytest.approx(np.nanmean(meta.loc[log.step(3), "flesch_ease"]), abs=1e-4)
-    hist = data_page.histogram_figure(store, "tiny", "flesch_ease")
+    hist = data_page.histogram_figure(store, RUN, "flesch_ease")
     assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
-    columns, rows = data_page.batch_rows(store, "tiny", 5, ["flesch_ease"])
+    columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
     assert [r["story_id"] for r in rows] == log.step(5).tolist()
-    assert rows[0]["text"][:40] == store.dataset("tiny").text(rows[0]["story_id"])[:40]
+    assert rows[0]["text"][:40] == store.dataset(RUN).text(rows[0]["story_id"])[:40]
     assert rows[0]["flesch_ease"] == pytest.approx(meta.loc[rows[0]["story_id"], "flesch_ease"], abs=1e-4)
     with pytest.raises(Missing):
-        data_page.batch_rows(store, "tiny", TINY_STEPS + 1, [])
+        data_page.batch_rows(store, RUN, TINY_STEPS + 1, [])
 
 
 # ---- Experiments ----
@@ -248,20 +260,20 @@ def test_experiment_curves_live_from_condition_runs(store, tmp_path):
     out = tmp_path / "out"
     exp = out / "experiments" / "durability" / "tiny_exp"
     for seed in (0, 1):
-        shutil.copytree(store.out_dir / "tiny", exp / "runs" / f"random_s{seed}", ignore=shutil.ignore_patterns("ckpt"))
+        shutil.copytree(store.out_dir / RUN, exp / "runs" / f"random_s{seed}", ignore=shutil.ignore_patterns("ckpt"))
     exp_store = Store(out)
     assert exp_store.experiments() == ["tiny_exp"]
     assert experiments.condition_runs(exp_store, "tiny_exp") == {
         "random": [f"experiments/durability/tiny_exp/runs/random_s{s}" for s in (0, 1)]}
     figure, notes = experiments.curves_figure(exp_store, "tiny_exp", "val_loss")
-    summary = pd.read_csv(store.run_dir("tiny") / "tables" / "summary.csv").sort_values("step")
+    summary = pd.read_csv(store.run_dir(RUN) / "tables" / "summary.csv").sort_values("step")
     mean = next(t for t in figure["data"] if t.get("name", "").startswith("random"))
     assert mean["name"] == "random (n=2)" and np.allclose(mean["y"], summary["val_loss"])
     assert "computed live" in notes[0]
     with pytest.raises(Missing, match="results.csv"):
         exp_store.experiment_table("tiny_exp", "results")
     with pytest.raises(UnknownName):
-        exp_store.experiment_dir("../../tiny")
+        exp_store.experiment_dir(f"../../{RUN}")
     # the report's figures are served from figures/ only
     (exp / "figures").mkdir()
     (exp / "figures" / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -279,7 +291,7 @@ def test_experiment_curves_live_from_condition_runs(store, tmp_path):
 
 def test_missing_and_corrupt_tables_become_messages(store, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(store.out_dir / "tiny", out / "bare", ignore=shutil.ignore_patterns("tables", "ckpt"))
+    shutil.copytree(store.out_dir / RUN, out / "bare", ignore=shutil.ignore_patterns("tables", "ckpt"))
     bare = Store(out)
     _, update_figure, _ = callbacks(saturation, bare)
     figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], 0)

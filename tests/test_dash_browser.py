@@ -112,7 +112,7 @@ def wait_change(page, graph_id, expr, before, timeout_s=20):
 def test_every_page_loads_cleanly_with_the_runs_data(server, page):
     SCREENS.mkdir(parents=True, exist_ok=True)
     for name in PAGES:
-        visit(page, f"{server['url']}/{name}?run=tiny")
+        visit(page, f"{server['url']}/{name}?run=dash_tiny")
         page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
         assert page.problems == [], f"/{name}: {page.problems}"
         errors = page.locator(".msg-error").all_inner_texts()
@@ -128,7 +128,7 @@ def test_every_page_loads_cleanly_with_the_runs_data(server, page):
 
 
 def test_slider_and_head_click_change_the_attention_figures(server, page):
-    visit(page, f"{server['url']}/attention?run=tiny")
+    visit(page, f"{server['url']}/attention?run=dash_tiny")
     wait_figure(page, "attn-grid")
     wait_figure(page, "attn-head")
     cell = "d.data[3].z[6]"

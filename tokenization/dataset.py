@@ -9,6 +9,8 @@ experiments and the dashboard.
     ds.story_ids("train")    # np.ndarray[int64]
     ds.tokenizer             # sentencepiece.SentencePieceProcessor
     ds.dir                   # Path of the tok<V> folder
+    ds.record(17)            # the full raw record (storyworld: the story's ground truth)
+    ds.decode(ds.tokens(17)) # text of tokens (a leading BOS dropped)
 """
 import json
 from functools import cached_property
@@ -37,7 +39,8 @@ class TokenizedDataset:
             raise UserError(f"{manifest_path} is corrupt — delete {self.dir} and re-run pretokenize")
         index_path = self.dir / "index.parquet"
         if not index_path.exists():
-            raise UserError(f"{index_path} is missing — re-run pretokenize --dataset {dataset} --vocab_size {vocab_size}")
+            raise UserError(f"{index_path} is missing — re-run pretokenize --dataset {dataset} "
+                            f"--vocab_size {vocab_size}")
         self.index = pd.read_parquet(index_path)
         if len(self.index) != self.manifest["n_stories"]:
             raise UserError(f"{index_path} has {len(self.index)} rows but the manifest says "

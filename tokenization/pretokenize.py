@@ -32,6 +32,7 @@ from common.paths import raw_dir, tok_dir  # noqa: E402
 MAX_VOCAB = 65535          # token ids are stored as uint16
 VAL_FRACTION = 0.02        # share of stories in the validation split
 ENCODE_BATCH = 2048        # stories per SentencePiece encode call (one progress-bar step)
+WORD_CACHE_MAX = 1_000_000  # distinct words kept by StoryEncoder before it starts a fresh cache (memory bound)
 SPLIT_RULE = ("val if int.from_bytes(blake2b(story.strip().encode('utf-8'), digest_size=8).digest(), 'big') "
               "/ 2**64 < val_fraction, else train (text-based: identical stories share a split)")
 # llama2.c's train_vocab settings, plus remove_extra_whitespaces=False (as in Llama 2's tokenizer) so that
@@ -45,7 +46,8 @@ SPM_SETTINGS = dict(model_type="bpe", input_format="text", character_coverage=1.
 
 def check_vocab_size(n, allow_zero=False):
     if n > MAX_VOCAB:
-        raise UserError(f"--vocab_size {n} is above {MAX_VOCAB}: token ids are stored as uint16 — use a smaller vocab")
+        raise UserError(f"--vocab_size {n} is above {MAX_VOCAB}: token ids are stored as uint16 — "
+                        f"use a smaller vocab")
     if n < 0 or (n == 0 and not allow_zero):
         raise UserError(f"--vocab_size {n} is invalid — give a positive size (0 only with pretokenize --tokenizer)")
 
@@ -202,11 +204,14 @@ class StoryEncoder:
 
     def __init__(self, sp, threads, verify_stories=256):
         self.sp, self.threads, self.bos = sp, threads, sp.bos_id()
+        self.use_words, self.verify_stories = None, verify_stories
+        self._reset()
+
+    def _reset(self):
         self.code = {}                                    # word -> row of the cache; row 0 is BOS
         self.ids = np.array([self.bos], dtype=np.uint16)  # all cached words' ids back to back
         self.start = np.zeros(1, dtype=np.int64)
         self.n_ids = np.ones(1, dtype=np.int64)
-        self.use_words, self.verify_stories = None, verify_stories
 
     def _cache(self, words):
         encoded = self.sp.encode(words, num_threads=self.threads)
@@ -220,6 +225,8 @@ class StoryEncoder:
     def _by_words(self, stories):
         n_words = np.fromiter((s.count(" ") + 1 for s in stories), dtype=np.int64, count=len(stories))
         words = " ".join(stories).split(" ")
+        if len(self.code) > WORD_CACHE_MAX:
+            self._reset()
         new = set(words).difference(self.code)
         if new:
             self._cache(sorted(new))
@@ -299,9 +306,11 @@ def cmd_pretokenize(args):
     model = install_tokenizer(args, out)
     sp = load_sp(model)
     if args.vocab_size and sp.vocab_size() != args.vocab_size:
-        raise UserError(f"{model} has {sp.vocab_size()} pieces, not --vocab_size {args.vocab_size} — re-run train_vocab")
+        raise UserError(f"{model} has {sp.vocab_size()} pieces, not --vocab_size {args.vocab_size} — "
+                        f"re-run train_vocab")
     if sp.vocab_size() > MAX_VOCAB:
-        raise UserError(f"{model} has {sp.vocab_size()} pieces, above {MAX_VOCAB} (uint16 storage) — use a smaller vocab")
+        raise UserError(f"{model} has {sp.vocab_size()} pieces, above {MAX_VOCAB} (uint16 storage) — "
+                        f"use a smaller vocab")
     tok_sha = sha256_file(model)
     if manifest and manifest.get("tokenizer_sha256") == tok_sha and manifest.get("val_fraction") == args.val_fraction \
             and outputs_complete(out, manifest):

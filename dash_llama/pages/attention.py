@@ -138,7 +138,7 @@ def stats_figure(store, name, stat, step=None, selected=None):
                        "y": rows[stat].round(4).tolist(), "name": f"L{layer} H{head}",
                        "line": {"width": 4 if is_selected else 1.2}, "opacity": 1 if is_selected else 0.6})
     layout = {"height": 520, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
-              "xaxis": {"title": {"text": "step"}, "type": "log"}, "yaxis": {"title": {"text": STATS.get(stat, stat)}},
+              "xaxis": {"title": {"text": "step (log)"}, "type": "log", "dtick": "D2"}, "yaxis": {"title": {"text": STATS.get(stat, stat)}},
               "showlegend": len(traces) <= 24}
     if step is not None:
         layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": step, "x1": step, "y0": 0,

@@ -67,7 +67,7 @@ def scores_figure(store, name, step=None):
                "y": means[c].round(4).tolist(), "name": c, "line": {"color": PALETTE[i]},
                "yaxis": "y2" if c == "bleu" else "y"} for i, c in enumerate(scores)]
     layout = {"height": 360, "margin": {"l": 60, "r": 60, "t": 20, "b": 50},
-              "xaxis": {"title": {"text": "step"}, "type": "log"},
+              "xaxis": {"title": {"text": "step"}},
               "yaxis": {"title": {"text": "ROUGE-L / token accuracy"}},
               "yaxis2": {"title": {"text": "BLEU"}, "overlaying": "y", "side": "right"},
               "legend": {"orientation": "h", "y": -0.25}}

@@ -12,6 +12,7 @@ from visualize_sat_curves import curve_columns
 
 SIDES = {"in": "input (interval)", "cum": "input (cumulative)", "out": "output (generations)"}
 X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen"}
+DEFAULT_METRIC = "flesch_ease"
 
 
 def layout():
@@ -139,7 +140,8 @@ def register(app, store):
     def update_metrics(run, _n, current):
         metrics = summary_metrics(store, run)
         others = [{"label": r, "value": r} for r in store.runs() if r != run]
-        value = current if current in metrics else (metrics[0] if metrics else None)
+        value = current if current in metrics else (DEFAULT_METRIC if DEFAULT_METRIC in metrics else
+                                                    (metrics[0] if metrics else None))
         return [{"label": m, "value": m} for m in metrics], value, others
 
     @app.callback(Output("sat-fig", "figure"), Output("sat-msg", "children"),

@@ -47,13 +47,13 @@ DEFAULT_METRICS = ["flesch_ease", "sentiment"]  # a readability metric and senti
 # CPU (stories truncated to 128 tokens). full: a GPU-size study (llama2.c's 15M shape, 5 seeds).
 PRESETS = {
     "smoke": dict(metrics=DEFAULT_METRICS[:1], init_seeds=[0, 1], data_seeds=[0, 1],
-                  train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=16,
+                  train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=48,
                              batch_size=128, learning_rate=1e-2, warmup_iters=2, eval_interval=1000,
                              eval_iters=1, n_probe_stories=2, probe_len=16, dtype="float32"),
-                  eval=dict(n_prompts=2, max_new_tokens=8)),
+                  eval=dict(n_prompts=2, prefix_tokens=4, max_new_tokens=8)),
     "demo": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2], data_seeds=[0, 1, 2],
                  train=dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=128,
-                            batch_size=16, learning_rate=3e-3, warmup_iters=10, eval_interval=50, eval_iters=4,
+                            batch_size=16, learning_rate=3e-3, warmup_iters=10, eval_interval=50, eval_iters=2,
                             n_probe_stories=8, probe_len=128, dtype="float32"),
                  eval=dict(n_prompts=6, max_new_tokens=48)),
     "full": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2, 3, 4], data_seeds=[0, 1, 2, 3, 4],
@@ -129,18 +129,17 @@ def nearest_divisor(n, target, lo, hi):
 
 
 def pin_selection(design):
-    """Make every run train on one selection, and measure val loss on one validation set.
+    """Make every run train on one selection.
 
-    train.py draws a budgeted selection (n_stories) and trims it to whole steps with the *data-order* seed,
-    and samples its fixed validation subset with it too (modelling/samplers.py, train.py). So the random
-    baseline's seeds would see different stories unless (1) the selection is the whole train split and (2)
-    it fills whole steps, and (3) eval_iters * batch_size covers the whole val split. This picks the batch
-    size (nearest divisor of the train split's size) and eval_iters, then checks with train.py's own
-    select_stories that every planned data seed gives the identical selection."""
+    train.py draws a budgeted selection (n_stories) and trims it to whole steps with the *data-order* seed
+    (modelling/samplers.py), so the random baseline's seeds would see different stories unless the selection
+    is the whole train split and fills whole steps. This picks the batch size (the nearest divisor of the
+    train split's size), then checks with train.py's own select_stories that every planned data seed gives the
+    identical selection. (Validation loss comes from eval.py, on val stories that do not depend on seeds.)"""
     from modelling.samplers import select_stories
     from tokenization.dataset import TokenizedDataset
     ds = TokenizedDataset(design["dataset"], design["vocab_size"])
-    train_ids, val_ids = ds.story_ids("train"), ds.story_ids("val")
+    train_ids = ds.story_ids("train")
     n_train = len(train_ids)
     train = design["train"]
     if 0 < design["n_stories"] < n_train:
@@ -157,7 +156,6 @@ def pin_selection(design):
                             f"[{batch // 2}, {2 * batch}] (× gradient_accumulation_steps {accum}); train.py would "
                             f"trim them with the data-order seed — pick --set batch_size=B with B dividing {n_train}")
         train["batch_size"] = batch = fitted
-    train["eval_iters"] = max(int(train.get("eval_iters", 1)), -(-len(val_ids) // batch))
     stories_per_step = batch * accum
     selections = {seed: select_stories(train_ids, stories_per_step, seed, n_stories=0)
                   for seed in sorted(set(design["data_seeds"]))}
@@ -167,8 +165,7 @@ def pin_selection(design):
                         "the orders would not be comparable; use one dataset with a whole-step train split")
     design["selection"] = {"n_stories": int(len(first)), "stories_per_step": stories_per_step,
                            "steps_per_epoch": int(len(first)) // stories_per_step,
-                           "sha256": hashlib.sha256(first.astype("<i8").tobytes()).hexdigest(),
-                           "n_val": int(len(val_ids))}
+                           "sha256": hashlib.sha256(first.astype("<i8").tobytes()).hexdigest()}
     return design
 
 
