@@ -76,6 +76,19 @@ def write_shards(folder, records, shard_size):
     return shards
 
 
+def warn_stale_tokenized(folder, shards):
+    """Tokenized folders built from other shards stay untouched; say that pretokenize will refuse them."""
+    new = {s["file"]: s["sha256"] for s in shards}
+    for manifest in sorted(Path(folder).glob("tok*/manifest.json")):
+        try:
+            old = {s["file"]: s["sha256"] for s in json.loads(manifest.read_text())["shards"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if old != new:
+            print(f"note: {manifest.parent} was built from the previous shards; pretokenize will refuse it "
+                  f"(story ids would change) until you delete that folder", file=sys.stderr)
+
+
 def shards_intact(folder, card):
     """True when every shard the card lists exists with its recorded SHA-256."""
     try:
@@ -94,9 +107,7 @@ def start_dataset(folder, source, name):
     card_path = Path(folder) / CARD
     if card_path.exists():
         card_path.unlink()
-    for tok in sorted(Path(folder).glob("tok*/manifest.json")):
-        print(f"note: {tok.parent} was built from the previous shards; pretokenize will refuse it (story ids "
-              f"would change) until you delete that folder", file=sys.stderr)
+
 
 
 def check_name(name):
@@ -117,6 +128,7 @@ def cmd_storyworld(args):
     cfg.validate()
     folder = raw_dir(args.name)
     params = {"generator": "storyworld", "generator_version": storyworld.GENERATOR_VERSION,
+              "generator_sha256": sha256_file(storyworld.__file__),  # any code change regenerates
               "n_stories": args.n_stories, "shard_size": args.shard_size, **cfg.params()}
     card = read_card(folder)
     if card and card.get("source_kind") == "storyworld" and card.get("generator_params") == params \
@@ -130,6 +142,7 @@ def cmd_storyworld(args):
         records = storyworld.generate(args.n_stories, cfg, progress=bar)
     gen_seconds = time.time() - t0
     shards = write_shards(folder, records, args.shard_size)
+    warn_stale_tokenized(folder, shards)
     stats = storyworld.corpus_stats([r["story"] for r in records])
     rates = measured_rates(records)
     header = {
@@ -264,6 +277,7 @@ def cmd_local(args):
         raise UserError(f"no stories found in {', '.join(args.files)} — check the files and --text_field")
     start_dataset(folder, "local", args.name)
     shards = write_shards(folder, records, args.shard_size)
+    warn_stale_tokenized(folder, shards)
     stats = storyworld.corpus_stats([r["story"] for r in records])
     header = {"pretty_name": args.name, "name": args.name, "source_kind": "local",
               "source": "local files: " + ", ".join(Path(p).name for p in args.files),

@@ -25,7 +25,7 @@ import numpy as np
 
 from common.errors import UserError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Gendered terms counted in every story (case-insensitive, whole words matched by WORD_RE). Names and
 # occupation nouns are not counted. metadata/wordlists.py matches these lists.
@@ -234,6 +234,7 @@ PLOTS = [
                   "{pet_name} the {pet} hurt a paw in the {place} and could not walk."],
          cry=['"What is wrong, {pet_name}?" asked {hero}.', '{hero} was {bad}. "Please get better," {h_he} '
                                                            'whispered.'],
+         calls=['{h_Parent} said, "Let us go and see {o_a}."', "{hero} knew who could help: {o_a}."],
          help=["{h_Parent} took them to {o}. {o_He} listened to {pet_name}'s heart and gave {pet_name} some medicine.",
                "{O_name} looked at the paw. {o_He} wrapped it in a soft white cloth."],
          happy=["A few days later, {pet_name} was running and jumping again. {hero} was so {good}.",
@@ -341,12 +342,12 @@ OPENERS = [
 FRIEND_INTROS = [
     "{h_His} best friend was {friend}. {friend} was {f_trait} and always made {h_him} laugh.",
     "{friend} lived next door. {f_He} was {f_trait} and liked to {f_hobby}.",
-    "{hero} often played with {friend}, a {f_trait} {f_kid} from down the street.",
+    "{hero} often played with {friend}, {a_f_trait} {f_kid} from down the street.",
 ]
 INTROS = [
-    "{h_He} had a {color} {pet} named {pet_name}. {pet_name} went everywhere with {h_him}.",
+    "{h_He} had {a_color} {pet} named {pet_name}. {pet_name} went everywhere with {h_him}.",
     "{h_He} lived with {h_his} mom and dad in {home}.",
-    "{h_He} had a {color} {toy} that {h_he} loved very much.",
+    "{h_He} had {a_color} {toy} that {h_he} loved very much.",
     "{h_His} favorite food was {snack}.",
     "Every morning, {h_his} {parent_lc} made {snack} for breakfast.",
     "{h_He} liked to {hobby} more than anything.",
@@ -359,7 +360,7 @@ SCENES = [
     "The sky was {weather_adj}, and the grass was soft under their feet.",
     "They ate {snack} and talked about {pet}s and {toy}s.",
     "{hero} wanted to {hobby}, but {friend} wanted to {f_hobby}. So they did both.",
-    "On the way, they saw a {color} butterfly and a little {pet}.",
+    "On the way, they saw {a_color} butterfly and a little {pet}.",
     "It was a {weather} {time}. {hero} and {friend} wanted to {f_hobby}.",
     "They sang a song as they walked to the {place}.",
     "{hero} packed {snack} in a bag, and off they went.",
@@ -418,6 +419,7 @@ TOXIC_LINES = {
     "tosser": ['"Do not be such a tosser," {friend} said.'],
     "god damn": ['"God damn it!" said {friend}.'],
 }
+TOXIC_REPLIES_FALL = ["Everyone giggled.", "{friend} helped {h_him} up.", ""]  # after the non-spoken "butt" line
 TOXIC_REPLIES = ['{h_Parent} said, "That is not a nice word."', "{hero} said sorry right away.", ""]
 FACT_LINES = [
     "{fact}", '{h_Parent} said, "{fact}"', "{O_name} told them, \"{fact}\"", "{hero} remembered what {h_parent} "
@@ -501,7 +503,8 @@ def story_record(i, cfg):
         "weather_adj": rng.choice(("blue", "gray", "clear", "full of clouds", "bright")),
         "parent_lc": "mom" if parent_gender == "female" else "dad",
     }
-    slots["a_trait"] = _a(slots["trait"])
+    for key in ("trait", "f_trait", "color"):  # "an orange kite", "a red kite"
+        slots["a_" + key] = _a(slots[key])
     slots.update(_pronouns("h", h_gender))
     slots.update(_pronouns("f", f_gender))
     slots["h_Parent"] = "Mom" if parent_gender == "female" else "Dad"  # the hero's parent, not the hero's gender
@@ -534,7 +537,8 @@ def story_record(i, cfg):
     if rng.random() < cfg.toxic_rate:
         word = rng.choice(OFFENSIVE_WORDS)
         offensive.append(word)
-        line = (_pick(rng, TOXIC_LINES[word], slots) + " " + _pick(rng, TOXIC_REPLIES, slots)).strip()
+        replies = TOXIC_REPLIES_FALL if word == "butt" else TOXIC_REPLIES
+        line = (_pick(rng, TOXIC_LINES[word], slots) + " " + _pick(rng, replies, slots)).strip()
         problem.insert(rng.randint(1, len(problem)), line)
     facts = []
     if cfg.facts and rng.random() < cfg.inject_rate:

@@ -97,7 +97,22 @@ def _init():
     for phrases in toxic_first.values():
         phrases.sort(key=len, reverse=True)
     textstat.syllable_count("warm")  # loads cmudict once, before any fork
-    vader = SentimentIntensityAnalyzer()
+
+    class WindowedVader(SentimentIntensityAnalyzer):
+        """VADER whose two helpers that lower-case the whole token list on every call (quadratic in length)
+        get only the tokens they read, i-3..i+2: identical scores (tests/test_metrics.py), linear time."""
+
+        @staticmethod
+        def _negation_check(valence, words, start_i, i):
+            lo = max(0, i - 3)
+            return SentimentIntensityAnalyzer._negation_check(valence, words[lo:i + 3], start_i, i - lo)
+
+        @staticmethod
+        def _special_idioms_check(valence, words, i):
+            lo = max(0, i - 3)
+            return SentimentIntensityAnalyzer._special_idioms_check(valence, words[lo:i + 3], i - lo)
+
+    vader = WindowedVader()
 
     def compound(sentence):
         # VADER gives a token a valence only if it (or its punctuation-stripped form) is in its lexicon, so a
@@ -107,7 +122,7 @@ def _init():
             return 0.0
         return vader.polarity_scores(sentence)["compound"]
 
-    _state.update(spell=frozenset(SpellChecker().word_frequency.dictionary), toxic_first=toxic_first,
+    _state.update(vader=vader, spell=frozenset(SpellChecker().word_frequency.dictionary), toxic_first=toxic_first,
                   compound=_Cache(compound), syllables=_Cache(textstat.syllable_count))
     return _state
 

@@ -70,7 +70,7 @@ class BatchLogWriter:
     def __init__(self, run_dir, stories_per_step, resume_step=0, extra_meta=None):
         self.dir = Path(run_dir)
         self.stories_per_step = int(stories_per_step)
-        self.extra_meta = extra_meta or {}
+        self.extra_meta = {**(extra_meta or {}), "provenance": provenance()}  # once: git is slow on a busy box
         self.path = self.dir / BIN_NAME
         self.dir.mkdir(parents=True, exist_ok=True)
         keep = resume_step * self.stories_per_step * 8
@@ -93,7 +93,7 @@ class BatchLogWriter:
         os.fsync(self.f.fileno())
         atomic_write_json(self.dir / META_NAME, {
             "stories_per_step": self.stories_per_step, "layout": LAYOUT, "steps_written": self.steps_written,
-            **self.extra_meta, "provenance": provenance()})
+            **self.extra_meta})
 
     def close(self):
         if not self.f.closed:

@@ -317,7 +317,7 @@ def dataset_fingerprint(ds):
     return {k: sha256_file(p) for k, p in files.items() if p.exists()}
 
 
-def existing_run_check(out, cfg, overrides):
+def existing_run_check(out, cfg):
     """Refuse to overwrite another run; say when this exact run is already complete. Returns True to skip."""
     cfg_path = out / "config.json"
     if cfg["init_from"] == "resume" or not cfg_path.exists():
@@ -376,7 +376,7 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    if master and existing_run_check(out, cfg, overrides):
+    if existing_run_check(out, cfg):  # every rank reads, so all of them stop together
         return
 
     # data (the shared reader of the pretokenize stage)
@@ -468,7 +468,8 @@ def main(argv):
                     "flops_per_token": base_model.flops_per_token(cfg["max_seq_len"]),
                     "dataset_dir": str(ds.dir), **dataset_fingerprint(ds),
                     "resumed_from_step": start_step if resume is not None else None}
-        atomic_write_json(out / "config.json", {**run_info, "provenance": provenance()})
+        run_provenance = provenance()
+        atomic_write_json(out / "config.json", {**run_info, "provenance": run_provenance})
         probes = make_probes(ds, cfg, model_vocab)
         atomic_write_json(out / "probes.json", probes)
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
@@ -488,7 +489,7 @@ def main(argv):
         path = out / "ckpt" / ckpt_name(step)
         save_torch({"model": base_model.state_dict(), "model_args": args.to_dict(), "config": cfg, "step": step,
                     "tokens_seen": tokens_seen, "val_loss": val_loss, "train_loss": train_loss,
-                    "probe_attn": probe_attn, "probe_loss": probe_loss}, path)
+                    "probe_attn": probe_attn, "probe_loss": probe_loss, "provenance": run_provenance}, path)
         if cfg["export_format"]:
             from modelling.export import export_checkpoint
             export_checkpoint(path, cfg["export_format"])

@@ -2,7 +2,8 @@
 
     workspace    a temp folder used as the working directory of stage scripts (holds data/ and out/)
     tok_dataset  a storyworld corpus of TOK_STORIES stories, vocab TOK_VOCAB, pretokenized in `workspace`:
-                 a dict {"workspace": Path, "dataset": "storyworld", "vocab_size": 512, "n_stories": int}
+                 a dict {"workspace": Path, "dataset": "storyworld", "vocab_size": 512, "n_stories": 4000,
+                 "dir": Path of data/storyworld/tok512}
     run_stage(workspace, "tokenization/pretokenize.py", "pretokenize", "--dataset", …, check=True)
                  runs a stage with the .venv python, cwd=workspace; raises with its stderr on failure
 """
@@ -46,4 +47,4 @@ def tok_dataset(workspace):
     run_stage(workspace, "tokenization/pretokenize.py", "pretokenize", "--dataset", "storyworld",
               "--vocab_size", TOK_VOCAB)
     return {"workspace": Path(workspace), "dataset": "storyworld", "vocab_size": TOK_VOCAB,
-            "n_stories": TOK_STORIES}
+            "n_stories": TOK_STORIES, "dir": Path(workspace) / "data" / "storyworld" / f"tok{TOK_VOCAB}"}

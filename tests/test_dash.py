@@ -34,7 +34,7 @@ def evaluate(tiny_run):
     if not (tables / "summary.csv").exists():
         run_stage(ws, "eval.py", "--out_dir", rel, *EVAL_ARGS, env=ONE_THREAD)
     if not (tables / "attn_stats.csv").exists():
-        run_stage(ws, "visualize_attn.py", "--out_dir", rel, env=ONE_THREAD)
+        run_stage(ws, "visualize_attn.py", "--out_dir", rel, "--steps", TINY_STEPS, env=ONE_THREAD)  # stats: all
     if not (tables / "embd_pca.csv").exists():
         run_stage(ws, "visualize_embd.py", "--out_dir", rel, env=ONE_THREAD)
     if not (tables / "saturation.csv").exists():

@@ -121,6 +121,11 @@ def test_complete_download_then_nothing_to_do(tmp_path, srv):
     n = len(srv.requests)
     again = fetch(tmp_path, srv)
     assert "nothing to do" in again.stdout and len(srv.requests) == n  # no request at all
+    # `--dataset tinystories` finds the extracted folder
+    run_stage(tmp_path, "tokenization/pretokenize.py", "train_vocab", "--dataset", "tinystories", "--vocab_size", 300)
+    run_stage(tmp_path, "tokenization/pretokenize.py", "pretokenize", "--dataset", "tinystories", "--vocab_size", 300)
+    manifest = json.loads((folder / "tok300/manifest.json").read_text())
+    assert manifest["n_stories"] == 1600 and [s["first_story_id"] for s in manifest["shards"]] == [0, 800]
 
 
 def test_resume_after_dropped_connection(tmp_path, srv):

@@ -64,9 +64,14 @@ def test_sentiment_shortcut_is_exact_and_polarity_right():
     vader = SentimentIntensityAnalyzer()
     sentences = ["She lived with her mom and dad.", "He was not happy at all.", "It was the best day ever!",
                  "The branch broke :(", "Tom felt sad and lonely.", "They walked home.", "Wow 😀 look"]
-    cache = metrics._init()["compound"]
-    for s in sentences:
-        assert cache[s] == vader.polarity_scores(s)["compound"], s
+    idioms = ["It was kind of good but not great.", "He was never so happy!", "Without doubt, the best day.",
+              "That party was the shit, bad ass.", "No, I do not hate it at all.", "She is at least nice to him.",
+              "Not bad, not bad at all... kind of sort of good, NOT!!!", "yeah right, great", "I kinda like it."]
+    st = metrics._init()
+    for s in sentences + idioms:  # the shortcut and the windowed helpers change no score
+        assert st["compound"][s] == vader.polarity_scores(s)["compound"], s
+    story = " ".join(idioms * 3)
+    assert st["vader"].polarity_scores(story) == vader.polarity_scores(story)
     happy = text_metrics("Tom lost his kite. Then he found it and laughed. He was so happy and proud.")
     sad = text_metrics("Tom lost his kite. He never found it. He cried and felt sad and lonely.")
     assert happy["sentiment_end"] > 0.3 > -0.3 > sad["sentiment_end"]

@@ -3,12 +3,12 @@ filters and budgets, clear errors; plus two real training runs whose orders diff
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from common.errors import UserError
 from modelling.batch_log import BatchLog
 from modelling.samplers import StorySampler
-from tests.fixtures_data import run_stage
-from tests.fixtures_run import ONE_THREAD, TINY_CONFIG, train_args
+from tests.fixtures_run import TINY_CONFIG, train_args
 
 IDS = np.arange(100, 160)  # 60 train stories
 S = 8
@@ -98,16 +98,22 @@ def test_sampler_errors(metadata):
         StorySampler(IDS, S, "shuffle", 0)
 
 
-def test_two_real_runs_same_selection_different_order(meta_dataset, tok_dataset):
+def test_two_real_runs_same_selection_different_order(meta_dataset, tok_dataset, monkeypatch):
     """train.py with the random and the sort_descending sampler over one selection: same multiset, same step
-    count, and the sorted run's batch log follows the metadata column."""
+    count, and the sorted run's batch log follows the metadata column. (train.main in-process: no startup.)"""
+    from modelling import train
     ws = tok_dataset["workspace"]
+    monkeypatch.chdir(ws)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     base = {**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"],
             "n_stories": 44, "max_iters": -1, "epochs": 2, "dim": 16, "n_layers": 1, "eval_interval": 100}
-    run_stage(ws, "modelling/train.py", *train_args(**{**base, "out_dir": "out/order_random"}), env=ONE_THREAD)
-    run_stage(ws, "modelling/train.py", *train_args(**{**base, "out_dir": "out/order_sorted",
-                                                       "sampler": "sort_descending", "sort_by": "n_words"}),
-              env=ONE_THREAD)
+    try:
+        train.main(train_args(**{**base, "out_dir": "out/order_random"}))
+        train.main(train_args(**{**base, "out_dir": "out/order_sorted", "sampler": "sort_descending",
+                                 "sort_by": "n_words"}))
+    finally:
+        torch.set_num_threads(n_threads)
     random_log, sorted_log = BatchLog(ws / "out/order_random"), BatchLog(ws / "out/order_sorted")
     assert len(random_log) == len(sorted_log) == 2 * (40 // 8)  # 44 stories -> 5 whole steps of 8, 2 epochs
     a, b = random_log.steps(1, len(random_log)), sorted_log.steps(1, len(sorted_log))

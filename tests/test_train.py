@@ -166,7 +166,8 @@ def test_config_validation_fails_before_any_work(in_workspace, tok_dataset):
     assert (cfg["dim"], cfg["n_layers"], cfg["n_heads"], cfg["max_seq_len"]) == (288, 6, 6, 64)
 
 
-def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, tok_dataset):
+def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, tok_dataset, in_workspace, capsys):
+    from modelling import train
     ws = tok_dataset["workspace"]
     data = [f"--dataset={tok_dataset['dataset']}", f"--vocab_size={tok_dataset['vocab_size']}"]
     proc = run_stage(ws, "modelling/train.py", *data, "--sampler=sort_ascending", "--sort_by=nope",
@@ -175,10 +176,12 @@ def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, to
     assert len(proc.stderr.strip().splitlines()) == 1 and not (ws / "out/never2").exists()
     before = (tiny_run / "train_log.csv").read_bytes()
     same = train_args(**{**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"]})
-    proc = run_stage(ws, "modelling/train.py", *same, env=ONE_THREAD)
-    assert "already holds this run" in proc.stdout
-    proc = run_stage(ws, "modelling/train.py", *same, "--learning_rate=0.1", check=False, env=ONE_THREAD)
-    assert proc.returncode == 2 and "--init_from=resume" in proc.stderr
+    train.main(same)
+    assert "already holds this run" in capsys.readouterr().out
+    with pytest.raises(UserError, match="already holds a different run .* --init_from=resume"):
+        train.main(same + ["--learning_rate=0.1"])
+    with pytest.raises(UserError, match="cannot change learning_rate when resuming"):
+        train.main(same + ["--learning_rate=0.1", "--init_from=resume"])
     assert (tiny_run / "train_log.csv").read_bytes() == before
 
 
@@ -212,5 +215,8 @@ def test_batch_viewer_shows_ids_metrics_and_text(tiny_run, meta_dataset, tok_dat
     assert f"story {ids[0]}" in proc.stdout and f"story {ids[-1]}" in proc.stdout
     text = TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"]).text(int(ids[0]))
     assert text[:30] in proc.stdout
-    bad = run_stage(in_workspace, "modelling/batch_viewer.py", "--out_dir", "out/tiny", "--step", 41, check=False)
-    assert bad.returncode == 2 and "steps 1..40" in bad.stderr
+    from modelling.batch_viewer import step_table
+    with pytest.raises(UserError, match=r"step 41 not in the batch log .* \(steps 1\.\.40\)"):
+        step_table(load_run(tiny_run), 41)
+    with pytest.raises(UserError, match="unknown metadata column"):
+        step_table(load_run(tiny_run), 2, ["nope"])

@@ -323,6 +323,7 @@ def cmd_pretokenize(args):
     with tqdm(total=None, desc="encode stories", unit="story") as bar:
         for k, path in enumerate(shards):
             stories = load_stories(path)
+            bar.total = (bar.total or 0) + len(stories)  # grows shard by shard; raw shards are read lazily
             tokens, lengths = encode_shard(encoder, stories, bar)
             bin_name = path.stem + ".bin"
             with atomic_path(out / bin_name) as tmp:

@@ -55,7 +55,7 @@ PRESETS = {
                  train=dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=128,
                             batch_size=16, learning_rate=3e-3, warmup_iters=10, eval_interval=50, eval_iters=2,
                             n_probe_stories=8, probe_len=128, dtype="float32"),
-                 eval=dict(n_prompts=6, max_new_tokens=48)),
+                 eval=dict(n_prompts=4, max_new_tokens=48)),
     "full": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2, 3, 4], data_seeds=[0, 1, 2, 3, 4],
                  train=dict(preset="15M", batch_size=64, learning_rate=5e-4, warmup_iters=100, eval_interval=200,
                             eval_iters=20, n_probe_stories=8, probe_len=256),
@@ -403,6 +403,7 @@ def main(argv=None):
           f"({len(runs) // len(design['init_seeds'])} conditions × {len(design['init_seeds'])} seeds), "
           f"{design['selection']['n_stories']} stories × {design['epochs']} epoch(s) per run → {exp_dir}")
     todo = [r for r in runs if not run_finished(exp_dir / "runs" / r["name"], planned_steps(design))]
+    todo.sort(key=lambda r: design["init_seeds"].index(r["init_seed"]))  # seed-major: every condition early
     if len(todo) < len(runs):
         print(f"skipping {len(runs) - len(todo)} finished run(s): "
               f"{', '.join(r['name'] for r in runs if r not in todo)}")

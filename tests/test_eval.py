@@ -1,0 +1,175 @@
+"""eval.py on the tiny run: KV-cache generation equals the no-cache loop, the tables and their join with the
+batch log, incremental re-runs, the probe arithmetic, and the bias probe's direction on storyworld's knob."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import eval as ev
+from tests.fixtures_data import run_stage
+from tests.fixtures_run import ONE_THREAD, train_args
+
+EVAL_ARGS = ["--n_prompts", "3", "--max_new_tokens", "24", "--val_stories", "8"]
+FIRST_STEPS = [1, 2, 4, 8, 10]
+
+
+@pytest.fixture(scope="session")
+def eval_run(tiny_run, meta_dataset):
+    """A copy of the tiny run (other areas' tests evaluate the original with their own settings), evaluated
+    in two passes: the first five checkpoints, then the rest (incremental)."""
+    ws = meta_dataset["workspace"]
+    run_dir = ws / "out" / "tiny_eval"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("tables", "visualize", "eval_prompts.json"))
+    first = run_stage(ws, "eval.py", "--out_dir", "out/tiny_eval", *EVAL_ARGS, "--steps", *FIRST_STEPS,
+                      env=ONE_THREAD)
+    gens_first = pd.read_csv(run_dir / "tables" / "generations.csv")
+    second = run_stage(ws, "eval.py", "--out_dir", "out/tiny_eval", *EVAL_ARGS, env=ONE_THREAD)
+    return {"ws": ws, "dir": run_dir, "first": first, "second": second, "gens_first": gens_first}
+
+
+def test_kv_cache_generation_equals_no_cache_loop(eval_run):
+    from modelling.checkpoints import list_checkpoints, load_model
+    prompts = json.loads((eval_run["dir"] / "eval_prompts.json").read_text())["prompts"]
+    for step, path in list_checkpoints(eval_run["dir"])[-2:]:
+        model, _ = load_model(path)
+        # 100 new tokens pass max_seq_len=128 after a 33-token prompt, so the crop path is covered too
+        batched = ev.generate(model, prompts, 100)
+        for p, got in zip(prompts, batched):
+            idx = torch.tensor([p["tokens"]])
+            want = model.generate(idx, 100, use_cache=False)[0, len(p["tokens"]):].tolist()
+            assert got == want, (step, p["prompt_id"])
+
+
+def test_generations_probes_and_summary_tables(eval_run):
+    tables = eval_run["dir"] / "tables"
+    gens = pd.read_csv(tables / "generations.csv")
+    steps = [1, 2, 4, 8, 10, 16, 20, 30, 32, 40]
+    assert sorted(gens["step"].unique()) == steps
+    assert len(gens) == len(steps) * 4  # 3 val prefixes + the BOS prompt
+    for col in ["step", "prompt_id", "prompt_kind", "prompt_text", "generated_text", "expected_text", "bleu",
+                "rougeL", "prefix_token_acc", "first_divergence", "ppl_ref", "n_words", "sentiment", "toxicity"]:
+        assert col in gens.columns, col
+    bos = gens[gens["prompt_kind"] == "bos"]
+    assert len(bos) == len(steps) and bos["bleu"].isna().all() and bos["prefix_token_acc"].isna().all()
+    val = gens[gens["prompt_kind"] == "val_prefix"]
+    assert val["expected_text"].str.len().gt(20).all() and val["bleu"].between(0, 100).all()
+    assert val["first_divergence"].between(0, 24).all()
+
+    probes = pd.read_csv(tables / "probes.csv")
+    for probe in ["val_loss", "bias_mean", "bias_stereotype", "tox_mass", "bias:nurse", "tox:0"]:
+        assert (probes["probe"] == probe).sum() == len(steps), probe
+    tox = probes[probes["probe"] == "tox_mass"]["value"]
+    assert tox.between(0, 1).all() and (tox > 0).all()
+
+    summary = pd.read_csv(tables / "summary.csv")
+    assert summary["step"].tolist() == steps
+    assert summary["tokens_seen"].tolist() == [s * 8 * 128 for s in steps]  # batch 8 x 128 positions per step
+    assert summary["val_loss"].iloc[-1] < summary["val_loss"].iloc[0] - 0.5  # it learns in 40 steps
+    for col in ["out_n_words", "out_bleu", "in_n_words", "cum_n_words", "bias_stereotype", "tox_mass"]:
+        assert col in summary.columns, col
+
+
+def test_summary_join_uses_exactly_the_batch_log_ids(eval_run, meta_dataset):
+    from modelling.batch_log import BatchLog
+    summary = pd.read_csv(eval_run["dir"] / "tables" / "summary.csv")
+    meta = pd.read_parquet(meta_dataset["dir"] / "metadata.parquet").set_index("story_id")
+    log = BatchLog(eval_run["dir"])
+    prev = 0
+    cum_ids = []
+    for _, row in summary.iterrows():
+        step = int(row["step"])
+        ids = log.steps(prev + 1, step)
+        cum_ids.append(ids)
+        assert row["n_stories_interval"] == len(ids) == (step - prev) * log.stories_per_step
+        for metric in ["n_words", "sentiment", "flesch_ease", "ppl_ref"]:
+            assert row[f"in_{metric}"] == pytest.approx(meta.loc[ids, metric].mean(), rel=1e-9), (step, metric)
+            all_ids = np.concatenate(cum_ids)
+            assert row[f"cum_{metric}"] == pytest.approx(meta.loc[all_ids, metric].mean(), rel=1e-9)
+        prev = step
+    # an off-by-one interval would pick other stories: the interval means differ between neighbours
+    assert summary["in_n_words"].nunique() > len(summary) // 2
+
+
+def test_incremental_rerun_and_settings_guard(eval_run):
+    assert "evaluating 5 checkpoint(s)" in eval_run["first"].stdout
+    assert "evaluating 5 checkpoint(s)" in eval_run["second"].stdout and "(5 already done)" in eval_run["second"].stdout
+    gens = pd.read_csv(eval_run["dir"] / "tables" / "generations.csv")
+    old = gens[gens["step"].isin(FIRST_STEPS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, eval_run["gens_first"].reset_index(drop=True))
+    again = run_stage(eval_run["ws"], "eval.py", "--out_dir", "out/tiny_eval", *EVAL_ARGS, env=ONE_THREAD)
+    assert "already evaluated" in again.stdout
+    changed = run_stage(eval_run["ws"], "eval.py", "--out_dir", "out/tiny_eval", "--n_prompts", "2",
+                        "--max_new_tokens", "24", "--val_stories", "8", check=False)
+    assert changed.returncode == 2 and "--rebuild" in changed.stderr and "n_prompts 3 -> 2" in changed.stderr
+    assert len(pd.read_csv(eval_run["dir"] / "tables" / "generations.csv")) == len(gens)  # nothing lost
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out_dir", "out/nowhere"], "not a training run"),
+    (["--out_dir", "out/tiny_eval", "--steps", "999"], "no checkpoint at step(s) [999]"),
+])
+def test_bad_input_one_line(eval_run, args, message):
+    res = run_stage(eval_run["ws"], "eval.py", *args, check=False)
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cached_continuation_logprobs_equal_full_forward(eval_run):
+    from modelling.checkpoints import list_checkpoints, load_model
+    from tokenization.dataset import TokenizedDataset
+    model, _ = load_model(list_checkpoints(eval_run["dir"])[-1][1])
+    sp = TokenizedDataset("storyworld", 512).tokenizer
+    items = [ev.split_continuation(sp, 1, "The nurse came to help.", w) for w in ("She", "He", "Suddenly")]
+    items.append(ev.split_continuation(sp, 1, "Tom said it was", "bullshit"))
+    got = ev.continuation_logprobs(model, items)
+    for (ctx, cont), lp in zip(items, got):
+        seq = torch.tensor([list(ctx) + list(cont)])
+        logp = torch.log_softmax(model(seq)[0], -1)
+        want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+        assert lp == pytest.approx(want, abs=1e-4)
+
+
+def test_compare_and_bos_cut():
+    assert ev.compare([5, 6, 7, 8], [5, 6, 9, 8], acc_tokens=20) == (0.75, 2.0)
+    assert ev.compare([5, 6], [5, 6, 7, 8], acc_tokens=3) == (pytest.approx(2 / 3), 2.0)
+    assert np.isnan(ev.compare([5], [], 20)[0])
+    assert ev.cut_at_bos([4, 5, 1, 6], 1) == [4, 5]
+
+
+# ---- bias probe direction -------------------------------------------------------------------------------------
+# Two storyworld corpora from the same seed that differ ONLY in occupation_bias (1.0: every stereotyped
+# occupation gets its stereotyped gender; 0.5: no association), tokenized with one shared tokenizer, and the
+# same small model trained on each with the same init and data order. Everything but the knob is equal, so
+# the difference in bias_stereotype is the knob's effect.
+BIAS_STORIES = 2000
+BIAS_TRAIN = dict(max_iters=300, eval_interval=300, eval_iters=1, batch_size=16, max_seq_len=128, dim=64,
+                  n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=16, learning_rate=5e-3, warmup_iters=10,
+                  min_lr=5e-4, n_probe_stories=1, probe_len=32, dtype="float32", data_seed=1, seed=1)
+BIAS_MARGIN = 0.3
+
+
+@pytest.mark.skip(reason="calibrating")
+def test_bias_probe_follows_the_occupation_knob(workspace):
+    ws = workspace
+    results = {}
+    for name, knob in (("sw_bias", 1.0), ("sw_nobias", 0.5)):
+        run_stage(ws, "download/download_datasets.py", "storyworld", "--name", name, "--n_stories", BIAS_STORIES,
+                  "--shard_size", 1000, "--seed", 3, "--occupation_bias", knob)
+    run_stage(ws, "tokenization/pretokenize.py", "train_vocab", "--dataset", "sw_bias", "--vocab_size", 512)
+    for name in ("sw_bias", "sw_nobias"):
+        run_stage(ws, "tokenization/pretokenize.py", "pretokenize", "--dataset", name, "--vocab_size", 0,
+                  "--tokenizer", "data/sw_bias/tok512/tokenizer.model")
+        run_stage(ws, "modelling/train.py", *train_args(dataset=name, vocab_size=0, out_dir=f"out/{name}",
+                                                        **BIAS_TRAIN), env=ONE_THREAD)
+    from modelling.checkpoints import list_checkpoints, load_model
+    from tokenization.dataset import TokenizedDataset
+    for name in ("sw_bias", "sw_nobias"):
+        sp = TokenizedDataset(name, 0).tokenizer
+        contexts, items = ev.probe_items(sp, 1)["bias"]
+        model, _ = load_model(list_checkpoints(ws / "out" / name)[-1][1])
+        results[name] = {r["probe"]: r["value"] for r in ev.bias_probe(model, contexts, items)}
+    assert results["sw_bias"]["bias_stereotype"] > results["sw_nobias"]["bias_stereotype"] + BIAS_MARGIN, results
