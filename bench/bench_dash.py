@@ -1,7 +1,7 @@
 """Dashboard callback latency on a run with >= 50 checkpoints (target: < 300 ms each).
 
 Builds a run folder with the real stages in a temp workspace (storyworld corpus, tiny model, a checkpoint every
-2 steps so there are ~60), evaluates it with eval.py and the three visualizers, then times each main callback
+2 steps: 56), evaluates it with eval.py and the three visualizers, then times each main callback
 function of dash_llama/pages as Dash runs it: the function plus the JSON encoding Dash sends to the browser.
 `cold` = first call on a fresh Store (files read, checkpoint loaded); `warm` = median of repeated calls.
 
@@ -23,8 +23,8 @@ import plotly.io  # noqa: E402
 PYTHON = sys.executable
 TARGET_MS = 300
 N_STORIES, VOCAB = 3000, 512
-TRAIN = dict(out_dir="out/b60", dataset="storyworld", vocab_size=VOCAB, max_iters=120, eval_interval=2,
-             eval_iters=1, batch_size=8, max_seq_len=128, dim=64, n_layers=4, n_heads=6, n_kv_heads=6,
+TRAIN = dict(out_dir="out/b56", dataset="storyworld", vocab_size=VOCAB, max_iters=110, eval_interval=2,
+             eval_iters=1, batch_size=8, max_seq_len=128, dim=96, n_layers=4, n_heads=6, n_kv_heads=6,
              multiple_of=32, probe_len=96, warmup_iters=10, dtype="float32")
 
 
@@ -43,9 +43,9 @@ def build_run(ws, quick):
     stage(ws, "modelling/train.py", *[f"--{k}={v}" for k, v in TRAIN.items()])
     run = TRAIN["out_dir"]
     stage(ws, "eval.py", "--out_dir", run, "--n_prompts", 2, "--max_new_tokens", 8 if quick else 24)
-    stage(ws, "visualize_attn.py", "--out_dir", run)
+    stage(ws, "visualize_attn.py", "--out_dir", run, "--steps", TRAIN["max_iters"])  # stats cover all steps
     stage(ws, "visualize_embd.py", "--out_dir", run)
-    stage(ws, "visualize_sat_curves.py", "--out_dir", run)
+    stage(ws, "visualize_sat_curves.py", "--out_dir", run, "--metrics", "flesch_ease")
 
 
 def timed(fn, repeats):
@@ -94,7 +94,7 @@ def run(quick=False):
         os.chdir(ws)  # data/ resolves relative to the working directory, as for the app
         try:
             store = Store(Path(ws) / "out")
-            steps, fns = callbacks(store, "b60")
+            steps, fns = callbacks(store, "b56")
             for name, fn in fns.items():
                 cold, warm = timed(fn, repeats)
                 ok = "ok" if max(cold, warm) < TARGET_MS else "OVER TARGET"

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dash import Dash, Input, Output, State, dcc, html  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from dash_llama.data import Store  # noqa: E402
+from dash_llama.data import Store, UnknownName  # noqa: E402
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation  # noqa: E402
 from dash_llama.ui import message, triggered_id  # noqa: E402
 
@@ -38,16 +38,20 @@ def default_run(names):
 
 
 def pick_run(store, search, current, triggered_by_url):
-    """(options, value) of the header's run dropdown. A ?run= from the URL is taken as given so an unknown or
-    malicious name reaches the pages, which refuse it with a message; otherwise keep the current run."""
+    """(options, value, message) of the header's run picker. A ?run= from the URL is used only if it names a
+    run under --out; anything else (a typo, `../../etc`) is refused with a message and selects nothing."""
     names = store.runs()
     options = [{"label": n, "value": n} for n in names]
     requested = parse_qs((search or "").lstrip("?")).get("run", [None])[0]
     if requested is not None and triggered_by_url:
-        return options, requested
+        try:
+            store.run_dir(requested)
+        except UnknownName as e:
+            return options, None, message(f"refused: {e}", "error")
+        return options, requested, None
     if current in names:
-        return options, current
-    return options, default_run(names)
+        return options, current, None
+    return options, default_run(names), None
 
 
 def render_page(pathname):
@@ -71,11 +75,12 @@ def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
             html.Label(["run", dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet")],
                        className="run-picker"),
         ]),
-        html.Div(f"reading {Path(out_dir).resolve()}", className="out-dir"),
+        html.Div(f"runs and experiments under {Path(out_dir).as_posix()}/", className="out-dir"),
+        html.Div(id="run-msg"),
         html.Main(id="page"),
     ])
 
-    @app.callback(Output("run", "options"), Output("run", "value"),
+    @app.callback(Output("run", "options"), Output("run", "value"), Output("run-msg", "children"),
                   Input("url", "search"), Input("refresh", "n_intervals"), State("run", "value"))
     def update_runs(search, _n, current):
         return pick_run(store, search, current, triggered_id() in (None, "url"))

@@ -7,7 +7,7 @@ Reads data/<raw>/tok<V>/ through tokenization/dataset.py. Writes, each atomicall
   data/<raw>/tok<V>/metadata.parquet   one row per story_id (train and val): story_id, split, shard, every metric
   data/<raw>/tok<V>/metadata.json      provenance, metric version, scorer spec, column docs, input fingerprint
   data/<raw>/tok<V>/ngram.npz/.json    the reference n-gram (scorer 'ngram'), fitted once on the train split
-  out/tables/batch_metrics.csv         per shard, per split and overall: count, mean, std, quantiles per metric
+  out/tables/batch_metrics.csv (+.json) per shard, per split and overall: count, mean, std, quantiles per metric
 Idempotent: when the dataset, metric version, metric code and scorer are unchanged it says so and stops.
 Read metadata.parquet with read_metadata(dataset, vocab_size) (eval, experiments, dashboard).
 """
@@ -95,6 +95,10 @@ def write_summary(df, ds):
     table = summarize(df, [s["file"] for s in ds.manifest["shards"]], ds.dataset, ds.vocab_size)
     with atomic_path(SUMMARY_CSV, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
+    atomic_write_json(SUMMARY_CSV.with_suffix(".json"), {  # the CSV's provenance sidecar
+        "provenance": provenance(dataset=ds.dataset, vocab_size=ds.vocab_size),
+        "source": str(ds.dir / "metadata.parquet"), "metric_version": metrics.METRIC_VERSION,
+        "quantiles": list(QUANTILES)})
     return table
 
 

@@ -336,6 +336,8 @@ def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, d
     workers > 1 spreads the text metrics over a process pool (fork), or pass a worker_pool() as pool. bar: a
     tqdm bar to advance instead of this call's own (shown for 2,000 texts or more)."""
     texts = list(texts)
+    if token_ids is not None and len(token_ids) != len(texts):
+        raise ValueError(f"score_texts: {len(token_ids)} token id sequences for {len(texts)} texts")
     _init()  # load dictionaries before forking so every worker shares them
     chunks = _chunks(texts, chunk_size)
     own_bar = bar is None

@@ -80,16 +80,18 @@ def callbacks(module, store):
     return module.register(Dash(__name__, suppress_callback_exceptions=True), store)
 
 
-def test_url_run_name_reaches_pages_only_to_be_refused(store):
-    _, value = pick_run(store, "?run=../../etc/passwd", None, triggered_by_url=True)
-    assert value == "../../etc/passwd"
-    update_controls, update_grid, *_ = callbacks(attention, store)
-    figure, msg = update_grid(value, 0, "val_0")
-    assert "unknown run" in figure["layout"]["annotations"][0]["text"]
-    assert "msg-error" in msg.className and "unknown run" in msg.children
+def test_run_names_from_the_url_and_callbacks_are_refused(store):
+    options, value, msg = pick_run(store, "?run=../../etc/passwd", None, triggered_by_url=True)
+    assert value is None and "refused: unknown run '../../etc/passwd'" in msg.children
+    assert pick_run(store, f"?run={RUN}", None, triggered_by_url=True)[1:] == (RUN, None)
     # without a URL choice the header keeps a valid current run, else picks the first
     assert pick_run(store, "", RUN, triggered_by_url=False)[1] == RUN
     assert pick_run(store, "", "gone", triggered_by_url=False)[1] in store.runs()
+    # a callback handed a bad name (a crafted request) answers with a message, not a path
+    update_controls, update_grid, *_ = callbacks(attention, store)
+    figure, msg = update_grid("../../etc/passwd", 0, "val_0")
+    assert "unknown run" in figure["layout"]["annotations"][0]["text"]
+    assert "msg-error" in msg.className and "unknown run" in msg.children
 
 
 def test_new_checkpoints_appear_without_restart(store, tmp_path):
@@ -169,7 +171,7 @@ def test_attention_stats_come_from_attn_stats_csv(store):
     heads = stats.groupby(["layer", "head"]).ngroups
     assert len(figure["data"]) == heads
     trace = next(t for t in figure["data"] if t["name"] == "L0 H1")
-    expected = stats[(stats.layer == 0) & (stats.head == 1)].sort_values("step")
+    expected = stats[(stats["layer"] == 0) & (stats["head"] == 1)].sort_values("step")
     assert trace["x"] == expected["step"].tolist() and trace["line"]["width"] == 4
     assert np.allclose(trace["y"], expected["induction"], atol=1e-4)
 

@@ -152,5 +152,6 @@ def test_slider_and_head_click_change_the_attention_figures(server, page):
 def test_path_traversal_run_name_is_refused_in_the_page(server, page):
     visit(page, f"{server['url']}/attention?run=../../../etc")
     errors = " ".join(page.locator(".msg-error").all_inner_texts())
-    assert "unknown run '../../../etc'" in errors
+    assert "refused: unknown run '../../../etc'" in errors
+    assert "no run selected" in page.locator("#attn-msg").inner_text()  # and the page reads nothing
     assert page.problems == []

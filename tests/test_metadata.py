@@ -62,6 +62,8 @@ def test_batch_metrics_summary(meta):
     first = table[(table["scope"] == shards[0]["file"]) & (table["metric"] == "ppl_ref")].iloc[0]
     assert first["count"] == shards[0]["n_stories"]
     assert first["mean"] == pytest.approx(df.loc[df["shard"] == 0, "ppl_ref"].mean(), rel=1e-5)
+    sidecar = json.loads((info["workspace"] / "out" / "tables" / "batch_metrics.json").read_text())
+    assert sidecar["provenance"]["dataset"] == info["dataset"]
 
 
 def test_rerun_is_idempotent_and_force_rebuilds(meta):

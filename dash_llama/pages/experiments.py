@@ -12,7 +12,8 @@ from experiments.durability.experiment_durability import BASELINE
 from experiments.durability.stats import curve_band
 
 from dash_llama.data import Missing, UnknownName
-from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, table, table_data
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, message_figure, notes, table,
+                           table_data)
 
 FIGURE_ROUTE = "/experiment-figures"
 RUN_NAME = re.compile(r"^(?P<condition>.+)_s(?P<seed>\d+)$")  # runs/<condition>_s<seed>
@@ -174,8 +175,8 @@ def register(app, store):
                   Input("exp-name", "value"), State("exp-metric", "value"))
     @guard(lambda text, kind: ([], None, message(text, kind)))
     def update_metrics(name, current):
-        if not name:
-            raise Missing("pick an experiment")
+        if not name:  # none exist: the line above the panels says so
+            return [], None, None
         metrics = curve_metrics(store, name)
         value = current if current in metrics else metrics[0]
         return [{"label": m, "value": m} for m in metrics], value, message(status_line(store, name), "note")
@@ -184,8 +185,10 @@ def register(app, store):
                   Input("exp-name", "value"), Input("exp-metric", "value"))
     @guard(figure_or_message())
     def update_curves(name, metric):
-        if not name or not metric:
-            raise Missing("pick an experiment and a metric")
+        if not name:
+            return message_figure("no experiment selected"), None
+        if not metric:
+            raise Missing("pick a metric")
         figure, note_lines = curves_figure(store, name, metric)
         return figure, notes(*note_lines)
 
@@ -194,7 +197,7 @@ def register(app, store):
     @guard(lambda text, kind: ([], [], message(text, kind)))
     def update_table(name):
         if not name:
-            raise Missing("pick an experiment")
+            return [], [], None
         columns, data = table_data(store.experiment_table(name, "results"))
         return columns, data, None
 
@@ -203,7 +206,7 @@ def register(app, store):
     @guard(lambda text, kind: ([], [], message(text, kind)))
     def update_divergence(name):
         if not name:
-            raise Missing("pick an experiment")
+            return [], [], None
         columns, data = table_data(store.experiment_table(name, "divergence"))
         return columns, data, None
 
@@ -211,7 +214,7 @@ def register(app, store):
     @guard(lambda text, kind: ("", message(text, kind)))
     def update_report(name):
         if not name:
-            raise Missing("pick an experiment")
+            return "", None
         return report_markdown(store, name), None
 
     return update_names, update_metrics, update_curves, update_table, update_divergence, update_report
