@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dash import Dash, Input, Output, State, dcc, html  # noqa: E402
+from dash import Dash, Input, Output, State, dcc, html, no_update  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from dash_llama.data import Store, UnknownName  # noqa: E402
@@ -81,9 +81,13 @@ def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
     ])
 
     @app.callback(Output("run", "options"), Output("run", "value"), Output("run-msg", "children"),
-                  Input("url", "search"), Input("refresh", "n_intervals"), State("run", "value"))
-    def update_runs(search, _n, current):
-        return pick_run(store, search, current, triggered_id() in (None, "url"))
+                  Input("url", "search"), Input("refresh", "n_intervals"), State("run", "value"),
+                  State("run", "options"))
+    def update_runs(search, _n, current, current_options):
+        options, value, msg = pick_run(store, search, current, triggered_id() in (None, "url"))
+        # unchanged values are not re-sent: every page's callbacks listen to the run and would redraw
+        return (no_update if options == current_options else options,
+                no_update if value == current and current is not None else value, msg)
 
     app.callback(Output("page", "children"), Input("url", "pathname"))(render_page)
     for _, module in PAGES.values():

@@ -5,7 +5,7 @@ import traceback
 
 import numpy as np
 import pandas as pd
-from dash import ctx, dash_table, html
+from dash import ctx, dash_table, dcc, html, no_update
 from dash.exceptions import MissingCallbackContextException
 from scipy.signal import lfilter
 
@@ -94,6 +94,27 @@ def table_data(frame, digits=4):
     columns = [{"name": str(c), "id": str(c)} for c in frame.columns]
     frame.columns = [str(c) for c in frame.columns]
     return columns, frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def checkpoint_slider(id_):
+    """A slider over checkpoint indices (labelled with steps by slider_update); fires on release."""
+    return dcc.Slider(id=id_, min=0, max=0, step=1, value=0, updatemode="mouseup", allow_direct_input=False)
+
+
+def keep_unchanged(*pairs):
+    """(new, old) pairs -> the new values, no_update where nothing changed, so a periodic refresh does not
+    re-fire every figure that listens to a control (and keeps what the user is looking at)."""
+    return tuple(no_update if new == old else new for new, old in pairs)
+
+
+def slider_update(steps, index, old_max, old_marks, follow):
+    """(max, marks, value) of a checkpoint slider over `steps`, as keep_unchanged values. The slider follows
+    the newest checkpoint while it sits at the end (or when `follow`, e.g. a new run); otherwise it stays."""
+    last = len(steps) - 1
+    stays = not follow and index is not None and index < (old_max or 0)
+    value = min(index, last) if stays else last
+    marks = slider_marks(steps) if (last != old_max or not old_marks) else old_marks
+    return keep_unchanged((last, old_max), (marks, old_marks), (value, index))
 
 
 def slider_marks(steps, max_marks=8):

@@ -343,29 +343,28 @@ def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, d
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=len(texts) < 2000, mininterval=1.0)
+    pooled = pool is not None or (workers > 1 and len(chunks) > 1)
     rows = []
-    if pool is not None or (workers > 1 and len(chunks) > 1):
-        with contextlib.nullcontext(pool) if pool is not None else worker_pool(workers) as active:
-            for part in active.imap(_metrics_chunk, chunks):
-                rows += part
-                bar.update(len(part))
-    else:
-        for chunk in chunks:
-            rows += _metrics_chunk(chunk)
-            bar.update(len(chunk))
+    with (contextlib.nullcontext(pool) if pool is not None else worker_pool(workers)) if pooled \
+            else contextlib.nullcontext() as active:
+        pending = active.imap(_metrics_chunk, chunks) if pooled else map(_metrics_chunk, chunks)
+        # token counts and ppl_ref in this process while the pool scores the texts
+        if token_ids is None and scorer is not None:
+            token_ids = scorer.encode(texts)
+        n_tokens = ppl = np.full(len(texts), math.nan)
+        if token_ids is not None:
+            bos = getattr(scorer, "bos_id", 1)
+            n_tokens = np.array([len(ids) - (len(ids) > 0 and int(ids[0]) == bos) for ids in token_ids],
+                                dtype=np.float64)
+        if scorer is not None:
+            ppl = scorer.perplexity(token_ids)
+        for part in pending:
+            rows += part
+            bar.update(len(part))
     if own_bar:
         bar.close()
     df = pd.DataFrame(rows, columns=TEXT_COLUMNS + ["nan_reason"])
-
-    if token_ids is None and scorer is not None:
-        token_ids = scorer.encode(texts)
-    if token_ids is not None:
-        bos = getattr(scorer, "bos_id", 1)
-        n_tokens = [len(ids) - (len(ids) > 0 and int(ids[0]) == bos) for ids in token_ids]
-        df["n_tokens"] = np.asarray(n_tokens, dtype=np.float64)
-    else:
-        df["n_tokens"] = math.nan
-    df["ppl_ref"] = scorer.perplexity(token_ids) if scorer is not None else math.nan
+    df["n_tokens"], df["ppl_ref"] = n_tokens, ppl
     names = [m.name for m in METRICS]
     df[names] = df[names].astype(np.float64)  # one dtype whether or not a NaN row is present
     unscorable = df["nan_reason"] != ""

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from dash import Dash
+from dash import Dash, no_update
 
 from dash_llama.app import create_app, pick_run, render_page
 from dash_llama.data import Missing, Store, UnknownName
@@ -102,9 +102,17 @@ def test_new_checkpoints_appear_without_restart(store, tmp_path):
     shutil.move(last_path, held)
     live_store = Store(live)
     assert live_store.checkpoint_steps("live") == TINY_CKPTS[:-1]
+    update_controls, *_ = callbacks(attention, live_store)
+    options, probe, max_, marks, value, _ = update_controls("live", 0, None, None, 0, 0, None)
+    assert max_ == value == len(TINY_CKPTS) - 2 and marks[max_] == str(TINY_CKPTS[-2])
     shutil.move(held, last_path)  # training writes the next checkpoint
     assert live_store.checkpoint_steps("live") == TINY_CKPTS
     assert last_step == TINY_CKPTS[-1]
+    # a refresh: the slider sitting at the end follows the new checkpoint; probes unchanged are not re-sent
+    _, same_probe, max_, marks, value, _ = update_controls("live", 1, options, probe, value, max_, marks)
+    assert same_probe is no_update and max_ == value == len(TINY_CKPTS) - 1
+    # a slider moved back by the user stays where it is, and nothing is re-sent
+    assert update_controls("live", 2, options, probe, 3, max_, marks)[1:5] == (no_update,) * 4
 
 
 def test_every_page_renders_and_unknown_page_says_so(store):
@@ -182,13 +190,13 @@ def test_embeddings_scatter_search_and_trajectories(store):
     pca = pd.read_csv(store.run_dir(RUN) / "tables" / "embd_pca.csv")
     steps = embeddings.pca_steps(store, RUN)
     assert steps == sorted(pca["step"].unique())
-    word = pca.loc[pca["piece"].astype(str).str.strip("\u2581").str.len() > 2, "piece"].iloc[0]
-    query = str(word).strip("\u2581")
+    word = pca.loc[pca["piece"].astype(str).str.fullmatch("\u2581[a-z]{3,}"), "piece"].iloc[0]
+    query = word.strip("\u2581").upper()  # search is case-insensitive and ignores the word-start marker
     figure, _ = embeddings.scatter_figure(store, RUN, steps[-1], query)
     n_points = sum(len(t["x"]) for t in figure["data"] if t.get("name") != "search")
     assert n_points == (pca["step"] == steps[-1]).sum()
     search = next(t for t in figure["data"] if t["name"] == "search")
-    assert query in [p.strip("\u2581") for p in search["text"]]
+    assert word in search["text"] and {t.strip("\u2581").lower() for t in search["text"]} == {query.lower()}
     trajectories, _ = embeddings.trajectory_figure(store, RUN, query, steps[0])
     path = trajectories["data"][0]
     assert len(path["x"]) == len(steps) and path["customdata"] == steps
@@ -299,7 +307,7 @@ def test_missing_and_corrupt_tables_become_messages(store, tmp_path):
     figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], 0)
     assert "eval.py --out_dir" in figure["layout"]["annotations"][0]["text"] and "msg-info" in msg.className
     update_controls, *_ = callbacks(attention, bare)
-    *_, msg = update_controls("bare", 0, None, None, None)
+    *_, msg = update_controls("bare", 0, None, None, None, None, None)
     assert "no checkpoints yet" in msg.children
     (out / "bare" / "tables").mkdir()
     (out / "bare" / "tables" / "generations.csv").write_bytes(b'step,prompt_id\n1,"unterminated\n')

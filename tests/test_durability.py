@@ -23,16 +23,19 @@ def test_mean_ci_is_the_student_t_interval():
     assert stats.mean_ci([1.0, np.nan, 3.0])[0] == 2.0  # missing values ignored
 
 
-def test_mean_ci_covers_the_true_mean_95_percent_of_the_time():
+def test_curve_band_covers_the_true_mean_95_percent_of_the_time():
     rng = np.random.default_rng(0)
-    samples = rng.normal(loc=1.5, scale=2.0, size=(4000, 3))
-    covered = [lo <= 1.5 <= hi for _, lo, hi in map(stats.mean_ci, samples)]
-    assert np.mean(covered) == pytest.approx(0.95, abs=0.015)
+    seeds_by_step = rng.normal(loc=1.5, scale=2.0, size=(3, 20000))  # 3 seeds, 20000 independent "steps"
+    _, lo, hi = stats.curve_band(seeds_by_step)
+    assert np.mean((lo <= 1.5) & (1.5 <= hi)) == pytest.approx(0.95, abs=0.006)
 
 
-def test_curve_band_per_step():
-    mean, lo, hi = stats.curve_band([[1, 2, 3], [3, 4, np.nan]])
-    assert list(mean) == [2, 3, 3] and np.isnan(lo[2]) and lo[0] < 2 < hi[0]
+def test_curve_band_equals_mean_ci_per_step():
+    matrix = np.array([[1.0, 2.0, 3.0, 7.0], [3.0, 4.5, np.nan, np.nan], [2.0, 4.0, 5.0, np.nan]])
+    band = np.array(stats.curve_band(matrix)).T
+    for j in range(matrix.shape[1]):
+        assert band[j] == pytest.approx(np.array(stats.mean_ci(matrix[:, j])), nan_ok=True)
+    assert np.isnan(band[3, 1]) and band[3, 0] == 7.0
 
 
 def test_permutation_pvalue_matches_full_enumeration():

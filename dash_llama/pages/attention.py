@@ -5,7 +5,8 @@ import numpy as np
 from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing
-from dash_llama.ui import GRAPH_CONFIG, figure_or_message, guard, message, notes, slider_marks, triggered_id
+from dash_llama.ui import (GRAPH_CONFIG, checkpoint_slider, figure_or_message, guard, keep_unchanged, message, notes,
+                           slider_update, triggered_id)
 
 GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
 HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
@@ -18,8 +19,7 @@ def layout():
         html.H2("Attention"),
         html.Div(className="controls", children=[
             html.Label(["Probe", dcc.Dropdown(id="attn-probe", clearable=False)], className="grow"),
-            html.Label(["Checkpoint", dcc.Slider(id="attn-step", min=0, max=0, step=1, value=0,
-                                                 updatemode="mouseup", allow_direct_input=False)], className="slider wide"),
+            html.Label(["Checkpoint", checkpoint_slider("attn-step")], className="slider wide"),
         ]),
         html.Div(id="attn-msg"),
         dcc.Graph(id="attn-grid", config=GRAPH_CONFIG),
@@ -138,7 +138,8 @@ def stats_figure(store, name, stat, step=None, selected=None):
                        "y": rows[stat].round(4).tolist(), "name": f"L{layer} H{head}",
                        "line": {"width": 4 if is_selected else 1.2}, "opacity": 1 if is_selected else 0.6})
     layout = {"height": 520, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
-              "xaxis": {"title": {"text": "step (log)"}, "type": "log", "dtick": "D2"}, "yaxis": {"title": {"text": STATS.get(stat, stat)}},
+              "xaxis": {"title": {"text": "step (log)"}, "type": "log", "dtick": "D2"},
+              "yaxis": {"title": {"text": STATS.get(stat, stat)}},
               "showlegend": len(traces) <= 24}
     if step is not None:
         layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": step, "x1": step, "y0": 0,
@@ -151,22 +152,18 @@ def register(app, store):
                   Output("attn-step", "max"), Output("attn-step", "marks"), Output("attn-step", "value"),
                   Output("attn-msg", "children", allow_duplicate=True),
                   Input("run", "value"), Input("refresh", "n_intervals"),
-                  State("attn-probe", "value"), State("attn-step", "value"), State("attn-step", "max"),
-                  prevent_initial_call="initial_duplicate")
+                  State("attn-probe", "options"), State("attn-probe", "value"), State("attn-step", "value"),
+                  State("attn-step", "max"), State("attn-step", "marks"), prevent_initial_call="initial_duplicate")
     @guard(lambda text, kind: ([], None, 0, {}, 0, message(text, kind)))
-    def update_controls(run, _n, probe, index, old_max):
+    def update_controls(run, _n, old_options, probe, index, old_max, old_marks):
         probes = probe_names(store, run)
         steps = store.checkpoint_steps(run)
         if not steps:
             raise Missing(f"{run} has no checkpoints yet — they appear here as training writes them")
-        last = len(steps) - 1
-        # follow the newest checkpoint while the slider sits at the end; otherwise keep the user's choice
-        if triggered_id() != "run" and index is not None and index < (old_max or 0):
-            new_index = min(index, last)
-        else:
-            new_index = last
-        probe = probe if probe in probes else (probes[0] if probes else None)
-        return [{"label": p, "value": p} for p in probes], probe, last, slider_marks(steps), new_index, None
+        options = [{"label": p, "value": p} for p in probes]
+        new_probe = probe if probe in probes else (probes[0] if probes else None)
+        slider = slider_update(steps, index, old_max, old_marks, follow=triggered_id() == "run")
+        return keep_unchanged((options, old_options), (new_probe, probe)) + slider + (None,)
 
     @app.callback(Output("attn-grid", "figure"), Output("attn-msg", "children"),
                   Input("run", "value"), Input("attn-step", "value"), Input("attn-probe", "value"))

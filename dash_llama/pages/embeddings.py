@@ -6,7 +6,8 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing
-from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, notes, slider_marks
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, checkpoint_slider, figure_or_message, guard, notes, slider_update,
+                           triggered_id)
 
 MAX_POINTS = 6000     # tokens drawn per step; the rest of a large vocab is strided out (with a note)
 MAX_TRACKED = 12      # trajectories drawn at once
@@ -17,9 +18,7 @@ def layout():
     return html.Div([
         html.H2("Embeddings"),
         html.Div(className="controls", children=[
-            html.Label(["Step", dcc.Slider(id="embd-step", min=0, max=0, step=1, value=0, updatemode="mouseup",
-                                           allow_direct_input=False)],
-                       className="slider wide"),
+            html.Label(["Step", checkpoint_slider("embd-step")], className="slider wide"),
             html.Label(["Find tokens (comma-separated)", dcc.Input(id="embd-search", type="text", debounce=True,
                                                                    placeholder="e.g. she, he, doctor",
                                                                    className="text-input")],
@@ -143,13 +142,10 @@ def trajectory_figure(store, name, query="", step=None):
 def register(app, store):
     @app.callback(Output("embd-step", "max"), Output("embd-step", "marks"), Output("embd-step", "value"),
                   Input("run", "value"), Input("refresh", "n_intervals"), State("embd-step", "value"),
-                  State("embd-step", "max"))
+                  State("embd-step", "max"), State("embd-step", "marks"))
     @guard(lambda text, kind: (0, {}, 0))
-    def update_steps(run, _n, index, old_max):
-        steps = pca_steps(store, run)
-        last = len(steps) - 1
-        keep = index is not None and index < (old_max or 0)
-        return last, slider_marks(steps), min(index, last) if keep else last
+    def update_steps(run, _n, index, old_max, old_marks):
+        return slider_update(pca_steps(store, run), index, old_max, old_marks, follow=triggered_id() == "run")
 
     @app.callback(Output("embd-fig", "figure"), Output("embd-msg", "children"),
                   Input("run", "value"), Input("embd-step", "value"), Input("embd-search", "value"))

@@ -3,8 +3,8 @@ their metrics (tables/generations.csv from eval.py), and how the comparison scor
 from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing
-from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, slider_marks, table,
-                           table_data)
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, checkpoint_slider, figure_or_message, guard, keep_unchanged, message,
+                           slider_update, table, table_data, triggered_id)
 
 TEXT_COLUMNS = ["prompt_id", "prompt_kind", "prompt_text", "generated_text", "expected_text"]
 SCORE_COLUMNS = ["bleu", "rougeL", "prefix_token_acc", "first_divergence", "ppl_ref"]
@@ -15,8 +15,7 @@ def layout():
     return html.Div([
         html.H2("Generations"),
         html.Div(className="controls", children=[
-            html.Label(["Checkpoint", dcc.Slider(id="gen-step", min=0, max=0, step=1, value=0,
-                                                 updatemode="mouseup", allow_direct_input=False)], className="slider wide"),
+            html.Label(["Checkpoint", checkpoint_slider("gen-step")], className="slider wide"),
             html.Label(["Prompts", dcc.RadioItems(id="gen-kind", options=[{"label": v, "value": k}
                                                                           for k, v in KINDS.items()],
                                                   value="all", inline=True)]),
@@ -81,14 +80,13 @@ def register(app, store):
     @app.callback(Output("gen-step", "max"), Output("gen-step", "marks"), Output("gen-step", "value"),
                   Output("gen-metrics", "options"),
                   Input("run", "value"), Input("refresh", "n_intervals"), State("gen-step", "value"),
-                  State("gen-step", "max"))
+                  State("gen-step", "max"), State("gen-step", "marks"), State("gen-metrics", "options"))
     @guard(lambda text, kind: (0, {}, 0, []))
-    def update_steps(run, _n, index, old_max):
-        steps = generation_steps(store, run)
-        last = len(steps) - 1
-        keep = index is not None and index < (old_max or 0)
-        return (last, slider_marks(steps), min(index, last) if keep else last,
-                [{"label": c, "value": c} for c in metric_columns(store, run)])
+    def update_steps(run, _n, index, old_max, old_marks, old_options):
+        slider = slider_update(generation_steps(store, run), index, old_max, old_marks,
+                               follow=triggered_id() == "run")
+        options = [{"label": c, "value": c} for c in metric_columns(store, run)]
+        return slider + keep_unchanged((options, old_options))
 
     @app.callback(Output("gen-table", "columns"), Output("gen-table", "data"), Output("gen-msg", "children"),
                   Input("run", "value"), Input("gen-step", "value"), Input("gen-kind", "value"),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
 from common.io import atomic_path, atomic_write_text, provenance  # noqa: E402
@@ -31,7 +32,7 @@ from common.paths import tok_dir  # noqa: E402
 from experiments.durability import stats  # noqa: E402
 
 # output columns of tables/summary.csv compared besides val_loss and out_<sort metric>, when eval wrote them
-EXTRA_OUTCOMES = ["out_ppl_ref", "out_bleu", "out_rougeL", "out_prefix_token_acc"]
+EXTRA_OUTCOMES = ["out_ppl_ref", "out_bleu", "out_rougeL", "out_prefix_token_acc", "bias_stereotype", "tox_mass"]
 FIG_DPI = 90
 
 
@@ -253,7 +254,7 @@ def condition_styles(conditions, baseline):
 
 def _save(fig, path):
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=FIG_DPI, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=FIG_DPI, format="png")  # layout already tight; bbox_inches would draw twice
     plt.close(fig)
 
 
@@ -273,7 +274,8 @@ def plot_curves(curves, columns, styles, results, path, title):
                 hit = results[(results.condition == condition) & (results.outcome == column)]
                 if len(hit) and np.isfinite(hit.plateau_step_mean.iloc[0]):
                     ax.axvline(hit.plateau_step_mean.iloc[0], color=style["color"], ls=":", lw=1)
-        ax.set_xscale("symlog", linthresh=16)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers: no mathtext to lay out
         ax.set_title(column, fontsize=10)
         ax.set_xlabel("step")
     for ax in list(axes.flat)[n:]:
@@ -366,7 +368,7 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
              f"seeds {design['init_seeds']} (run i of every condition shares init seed i) → {len(runs)} runs.",
              f"- Every run: `modelling/train.py` then `eval.py` (greedy generations of "
              f"{design['eval'].get('max_new_tokens')} tokens for {design['eval'].get('n_prompts')} prompts at "
-             f"every checkpoint).", "",
+             f"every checkpoint)." + compute_line(exp_dir), "",
              "## Checks", "",
              f"- Same multiset of story ids in all {len(runs)} runs (from the batch logs): "
              f"**{'yes' if check['same_multiset'] else 'NO — ' + ', '.join(check['mismatched_runs'])}** "
@@ -426,6 +428,20 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
                                                           "python experiments/durability/experiment_durability.py", 1)
         + "`", ""]
     atomic_write_text(Path(exp_dir) / "report.md", "\n".join(lines))
+
+
+def compute_line(exp_dir):
+    """' Wall time per run: …' from experiment.json's status (empty when unknown)."""
+    try:
+        status = json.loads((Path(exp_dir) / "experiment.json").read_text())["status"].values()
+    except (OSError, ValueError, KeyError):
+        return ""
+    train = [s["train_s"] for s in status if "train_s" in s]
+    evals = [s["eval_s"] for s in status if "eval_s" in s]
+    if not train or not evals:
+        return ""
+    return (f" Wall time per run (this machine, shared): train {np.mean(train):.0f} s, eval {np.mean(evals):.0f} s "
+            f"(mean over {len(train)} runs).")
 
 
 def findings(design, results, divergence, outcomes, min_p):
