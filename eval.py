@@ -39,7 +39,7 @@ N_PROMPTS = 8          # validation-story prompts per checkpoint (plus the BOS-o
 PREFIX_TOKENS = 32     # story tokens after BOS given as the prompt
 MAX_NEW_TOKENS = 200
 ACC_TOKENS = 20        # prefix_token_acc: share of the first ACC_TOKENS generated tokens equal to the expected
-VAL_STORIES = 64       # validation stories for val_loss (the same at every checkpoint)
+VAL_STORIES = 32       # validation stories for val_loss (the same at every checkpoint)
 MIN_EXPECTED = 16      # a prompt story must have at least this many tokens after the prefix
 SEED = 1337            # sampling seed (temperature > 0); checkpoint k samples with SEED + step
 EVAL_BATCH = 16        # sequences per forward pass for val loss
@@ -157,34 +157,43 @@ def split_continuation(sp, bos, context, word):
 @torch.inference_mode()
 def continuation_logprobs(model, items):
     """log p(continuation | context) for items [(context ids tuple, continuation ids)], summed over the
-    continuation's tokens. The context runs once through the KV cache; all its continuations then run as one
-    batch from there (explicit attention over the cached keys)."""
+    continuation's tokens. Each distinct context runs once through the KV cache; its continuations then run
+    from there in batches of equal length (no padding), attending to the cached context keys/values."""
     out = np.zeros(len(items))
     by_ctx = {}
     for i, (ctx, cont) in enumerate(items):
         by_ctx.setdefault(ctx, []).append(i)
+    dtype = model.output.weight.dtype
+    # next-token log-probs after every context, all contexts in right-padded batches (causal: padding after
+    # a context never changes its last position)
+    contexts = list(by_ctx)
+    first = {}
+    for start in range(0, len(contexts), EVAL_BATCH * 4):
+        chunk = contexts[start:start + EVAL_BATCH * 4]
+        x = torch.zeros(len(chunk), max(len(c) for c in chunk), dtype=torch.long)
+        for r, c in enumerate(chunk):
+            x[r, :len(c)] = torch.tensor(c)
+        last = torch.log_softmax(model(x)[torch.arange(len(chunk)), [len(c) - 1 for c in chunk]], dim=-1)
+        first.update(zip(chunk, last))
     for ctx, rows in by_ctx.items():
-        conts = [items[i][1] for i in rows]
-        cache = model._new_cache(len(rows), len(ctx) + max(len(c) for c in conts), torch.device("cpu"),
-                                 model.output.weight.dtype)
-        logits = model(torch.tensor([ctx], dtype=torch.long), cache=cache, pos=0)
-        first = torch.log_softmax(logits[0, -1], dim=-1)
-        for k, v in cache:  # the batch-1 prefill fills row 0; every continuation shares that context
-            k[1:, :len(ctx)] = k[:1, :len(ctx)]
-            v[1:, :len(ctx)] = v[:1, :len(ctx)]
-        width = max(len(c) for c in conts) - 1
-        later = None
-        if width > 0:
-            x = torch.zeros(len(rows), width, dtype=torch.long)
-            for r, c in enumerate(conts):
-                x[r, :len(c) - 1] = torch.tensor(c[:-1])
-            # right padding is harmless: causal attention never lets a real position see a later pad
-            later = torch.log_softmax(model(x, cache=cache, pos=len(ctx), return_attn=True), dim=-1)
-        for r, (i, c) in enumerate(zip(rows, conts)):
-            lp = float(first[c[0]])
-            for t in range(1, len(c)):
-                lp += float(later[r, t - 1, c[t]])
-            out[i] = lp
+        n = len(ctx)
+        by_len = {}
+        for i in rows:
+            by_len.setdefault(len(items[i][1]), []).append(i)
+        ctx_cache = None
+        for length, group in by_len.items():
+            conts = torch.tensor([items[i][1] for i in group], dtype=torch.long)
+            lp = first[ctx][conts[:, 0]]
+            if length > 1:
+                if ctx_cache is None:  # the context's keys/values, computed once, shared by its continuations
+                    ctx_cache = model._new_cache(1, n, torch.device("cpu"), dtype)
+                    model(torch.tensor([ctx], dtype=torch.long), cache=ctx_cache, pos=0)
+                cache = model._new_cache(len(group), n + length - 1, torch.device("cpu"), dtype)
+                for (k, v), (k0, v0) in zip(cache, ctx_cache):
+                    k[:, :n], v[:, :n] = k0, v0
+                later = torch.log_softmax(model(conts[:, :-1], cache=cache, pos=n, return_attn=True), dim=-1)
+                lp = lp + later.gather(-1, conts[:, 1:, None])[..., 0].sum(-1)
+            out[group] = lp.double().numpy()
     return out
 
 

@@ -17,7 +17,7 @@ Re-running after new checkpoints refits (the basis file records which checkpoint
 Groups: female / male (GENDER_CORE: pronouns and common nouns of metadata/wordlists' gender terms), occupation (wordlists occupations, by last word),
 frequent (the n_frequent most frequent whole-word pieces in the dataset's token shards). A word that is one
 vocabulary piece ("\u2581nurse") is that token; a word split into several pieces is drawn as the mean of its
-pieces' embeddings (token_id -1, piece = the word).
+pieces' embeddings (a negative token_id, -1, -2, … per word; piece = the word).
 """
 import argparse
 import sys
@@ -197,7 +197,8 @@ def main(argv=None):
                                     "pc1": xy[:, 0], "pc2": xy[:, 1], "group": token_group}))
         if extra:
             exy = np.array([project(matrix[ids].mean(0, keepdims=True), pca)[0] for _, ids, _ in extra])
-            frames.append(pd.DataFrame({"step": step, "token_id": -1, "piece": [w for w, _, _ in extra],
+            frames.append(pd.DataFrame({"step": step, "token_id": -np.arange(1, len(extra) + 1),
+                                        "piece": [w for w, _, _ in extra],
                                         "pc1": exy[:, 0], "pc2": exy[:, 1], "group": [g for _, _, g in extra]}))
     table = pd.concat(frames, ignore_index=True)
     with atomic_path(run_dir / "tables" / "embd_pca.csv", suffix=".csv") as tmp:

@@ -19,6 +19,7 @@ from modelling.model import ModelArgs, Transformer  # noqa: E402
 BENCH = "generate"
 N_PROMPTS, PROMPT_LEN, NEW_TOKENS = 8, 32, 200
 REPEATS = 2
+THREADS = 1  # small models generate fastest on one thread; on this shared 2-core CPU two threads thrash (10x slower)
 SHAPES = {
     "demo": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=6, vocab_size=512, multiple_of=32, max_seq_len=256),
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=512, multiple_of=32, max_seq_len=256),
@@ -46,6 +47,15 @@ def best_time(fn, repeats=REPEATS):
 
 def run(quick=False):
     rows = []
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _run(quick, rows)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(quick, rows):
     threads = torch.get_num_threads()
     for name in (["demo"] if quick else list(SHAPES)):
         torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Dashboard callbacks, called directly on a real tiny run (tests/fixtures_run.py) after the real eval and
 visualizer stages ran on it: the figures carry the run's actual numbers, names from the browser are checked
 against --out, and a missing artifact becomes a message naming the stage to run."""
+import base64
 import shutil
 
 import numpy as np
@@ -73,6 +74,13 @@ def test_discovers_the_run_and_refuses_names_outside_out(store, tmp_path):
             store.run_dir("linked")
     finally:
         link.unlink()
+
+
+def z_of(trace):
+    """A heatmap's z as a numpy array (the pages send it as plotly's base64 typed-array spec)."""
+    spec = trace["z"]
+    shape = tuple(int(n) for n in spec["shape"].split(","))
+    return np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.float32).reshape(shape)
 
 
 def callbacks(module, store):
@@ -159,16 +167,16 @@ def test_attention_grid_is_the_checkpoints_probe_attention(store):
     attn = load_checkpoint(dict(list_checkpoints(store.run_dir(RUN)))[step])["probe_attn"][probe].float().numpy()
     layer, head = attention.head_from_click({"points": [{"curveNumber": n_heads + 1}]}, n_heads)
     assert (layer, head) == (1, 1)
-    z = np.array(figure["data"][n_heads + 1]["z"])
+    z = z_of(figure["data"][n_heads + 1])
     assert np.allclose(z, attn[1, 1, :len(z), :len(z)], atol=1e-3)
     assert np.allclose(z.sum(axis=1), 1, atol=0.02)  # rows are attention distributions
     # the first position is BOS, shown as a readable (escaped) piece, not an HTML tag
     labels = figure["data"][0]["x"]
     assert labels[0].startswith("0:") and "<" not in "".join(labels)
     early, _ = attention.grid_figure(store, RUN, TINY_CKPTS[0], probe)
-    assert early["data"][0]["z"] != figure["data"][0]["z"]  # moving the slider changes the maps
+    assert not np.allclose(z_of(early["data"][0]), z_of(figure["data"][0]))  # the slider changes the maps
     big, _ = attention.head_figure(store, RUN, step, probe, 1, 1)
-    assert np.allclose(np.array(big["data"][0]["z"]), attn[1, 1], atol=1e-4)
+    assert np.allclose(z_of(big["data"][0]), attn[1, 1], atol=1e-4)
     with pytest.raises(Missing):
         attention.head_figure(store, RUN, step, probe, n_layers, 0)
 

@@ -131,7 +131,7 @@ def test_slider_and_head_click_change_the_attention_figures(server, page):
     visit(page, f"{server['url']}/attention?run=dash_tiny")
     wait_figure(page, "attn-grid")
     wait_figure(page, "attn-head")
-    cell = "d.data[3].z[6]"
+    cell = "Array.from(d._fullData[3].z[6])"  # a row of head (0, 3), decoded by plotly.js
     before = figure_data(page, "attn-grid", cell)
     assert before is not None
     page.locator("#attn-step [role=slider]").first.focus()

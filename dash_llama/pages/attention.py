@@ -6,7 +6,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing
 from dash_llama.ui import (GRAPH_CONFIG, checkpoint_slider, figure_or_message, guard, keep_unchanged, message, notes,
-                           slider_update, triggered_id)
+                           slider_update, triggered_id, typed_array)
 
 GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
 HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
@@ -76,10 +76,10 @@ def grid_figure(store, name, step, probe):
             axis = "" if k == 1 else str(k)
             x0, x1 = head / n_heads + gap, (head + 1) / n_heads - gap
             y1, y0 = 1 - layer / n_layers - gap, 1 - (layer + 1) / n_layers + gap
-            traces.append({"type": "heatmap", "z": np.round(attn[layer, head, :shown, :shown], 3).tolist(),
+            traces.append({"type": "heatmap", "z": typed_array(attn[layer, head, :shown, :shown]),
                            "x": labels, "y": labels, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
                            "coloraxis": "coloraxis", "name": f"L{layer} H{head}",
-                           "hovertemplate": f"L{layer} H{head}<br>query %{{y}}<br>key %{{x}}<br>p = %{{z}}"
+                           "hovertemplate": f"L{layer} H{head}<br>query %{{y}}<br>key %{{x}}<br>p = %{{z:.3f}}"
                                             "<extra></extra>"})
             layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", "showticklabels": False,
                                       "type": "category", "ticks": ""}
@@ -113,9 +113,9 @@ def head_figure(store, name, step, probe, layer, head):
     shown = min(T, HEAD_MAX_T)
     note = f"showing the first {shown} of {T} positions" if shown < T else ""
     labels = labels[:shown]
-    figure = {"data": [{"type": "heatmap", "z": np.round(attn[layer, head, :shown, :shown], 4).tolist(),
+    figure = {"data": [{"type": "heatmap", "z": typed_array(attn[layer, head, :shown, :shown]),
                         "x": labels, "y": labels, "colorscale": "Viridis", "zmin": 0, "zmax": 1,
-                        "hovertemplate": "query %{y}<br>key %{x}<br>p = %{z}<extra></extra>"}],
+                        "hovertemplate": "query %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"}],
               "layout": {"height": 520, "margin": {"l": 90, "r": 10, "t": 40, "b": 90},
                          "title": {"text": f"layer {layer} · head {head} · step {step}", "font": {"size": 14}},
                          "xaxis": {"type": "category", "showticklabels": shown <= 64, "tickfont": {"size": 9},

@@ -62,8 +62,8 @@ PRESETS = {
                  eval=dict(n_prompts=16, max_new_tokens=200)),
 }
 # keys the experiment sets itself per run; a --set of one of these would break the design
-RESERVED_TRAIN_KEYS = {"out_dir", "dataset", "vocab_size", "seed", "data_seed", "sampler", "sort_by",
-                       "n_stories", "max_iters", "init_from"}
+RESERVED_TRAIN_KEYS = {"out_dir", "dataset", "vocab_size", "seed", "data_seed", "sampler", "sort_by", "sort_order",
+                       "filter_column", "threshold", "filter_keep", "n_stories", "epochs", "max_iters", "init_from"}
 
 
 # ---- design ----
