@@ -34,7 +34,7 @@ GAMMA = 0.5         # colour scale: PowerNorm(gamma) so weak attention stays vis
 INDUCTION_NAMES = ("induction",)
 
 
-def attn_stats(attn, tokens):
+def attn_stats(attn):
     """Per-head (entropy, prev_token) of one probe's attention [L, H, T, T] (query t attends keys <= t)."""
     attn = np.asarray(attn, dtype=np.float64)
     rows = attn[:, :, 1:, :]  # t >= 1
@@ -69,7 +69,7 @@ def checkpoint_stats(probe_attn, probes):
                         "instrument=True")
     ent, prev = [], []
     for p in story:
-        e, pr = attn_stats(probe_attn[p["name"]].float().numpy(), p["tokens"])
+        e, pr = attn_stats(probe_attn[p["name"]].float().numpy())
         ent.append(e)
         prev.append(pr)
     ref = probe_attn[(story or induct)[0]["name"]]

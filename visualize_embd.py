@@ -99,7 +99,7 @@ def frequent_word_ids(ds, n):
     return ids
 
 
-def plot_step(coords, df_step, limits, path, title):
+def plot_step(df_step, limits, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -218,7 +218,7 @@ def main(argv=None):
         shown = table[table["step"] == step]
         labelled = shown[shown["group"] != "other"].copy()
         labelled["piece"] = labelled["piece"].str.lstrip("\u2581")
-        plot_step(None, pd.concat([shown[shown["group"] == "other"], labelled]), limits,
+        plot_step(pd.concat([shown[shown["group"] == "other"], labelled]), limits,
                   vis / f"embd_step{step:06d}.png",
                   f"{run_dir.name} step {step}: token embeddings, PCA basis fit on "
                   f"{'step ' + str(steps[-1]) if args.basis == 'final' else 'all steps'} "

@@ -233,7 +233,7 @@ def plot_curves(runs, path, x="step", metrics=None, tol=TOL, min_span=MIN_SPAN, 
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title or "saturation curves (dotted line / triangle = detected plateau)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the title
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

@@ -1,7 +1,7 @@
 """Generation speed: 200 new tokens for 8 prompts of 32 tokens, with the KV cache (Transformer.generate,
 what eval.py uses) vs a no-cache loop like llama2.c's `generate` (every step re-runs the whole sequence),
 side by side in one run, greedy, fp32, randomly initialised weights (speed does not depend on training).
-Shapes: the demo model (dim 192, 4 layers, 6 heads, vocab 512, max_seq_len 256) and llama2.c's 15M
+Shapes: the demo model (train.py's defaults: dim 128, 4 layers, 4 heads, vocab 512, max_seq_len 256) and llama2.c's 15M
 (dim 288, 6 layers, 6 heads; quick: demo only). Target: KV cache >= 5x faster. Both loops must give the same
 tokens (checked). Times are the best of REPEATS runs (the machine is shared and noisy).
 
@@ -21,7 +21,7 @@ N_PROMPTS, PROMPT_LEN, NEW_TOKENS = 8, 32, 200
 REPEATS = 2
 THREADS = 1  # small models generate fastest on one thread; on this shared 2-core CPU two threads thrash (10x slower)
 SHAPES = {
-    "demo": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=6, vocab_size=512, multiple_of=32, max_seq_len=256),
+    "demo": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=512, multiple_of=32, max_seq_len=256),
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=512, multiple_of=32, max_seq_len=256),
 }
 

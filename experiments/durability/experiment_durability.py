@@ -7,7 +7,7 @@ compared across time (output-metric curves, mean ± 95% CI over seeds, plateau s
 (final metrics vs the baseline with bootstrap CIs, permutation tests and effect sizes; final-model divergence:
 val loss, next-token KL on the probe set, embedding similarity after orthogonal Procrustes alignment).
 
-    python experiments/durability/experiment_durability.py --name demo --dataset storyworld --vocab_size 512
+    python experiments/durability/experiment_durability.py --name demo --dataset storyworld_4k --preset demo --jobs 2
 
 Writes out/experiments/durability/NAME/{runs/<condition>_s<seed>/, results.csv, runs.csv, curves.csv,
 divergence.csv, figures/*.png, report.md, experiment.json}. Re-running the same command resumes: finished runs
