@@ -1,7 +1,7 @@
 """Show what fed one optimizer step of a run: its story ids in order, their metadata metrics, and their text.
 
     python modelling/batch_viewer.py --out_dir out/demo --step 120
-    python modelling/batch_viewer.py --out_dir out/demo --step 120 --columns flesch_reading_ease,n_words --chars 0
+    python modelling/batch_viewer.py --out_dir out/demo --step 120 --columns flesch_ease,n_words --chars 0
 
 Reads out/RUN/config.json and the batch log (modelling/batch_log.py), the dataset's shared reader for text and,
 when present, data/<raw>/tok<V>/metadata.parquet for the metric columns.

@@ -54,7 +54,7 @@ def column_values(metadata, column, story_ids, what):
     return metadata[column].reindex(story_ids).to_numpy(dtype=np.float64)
 
 
-def select_stories(train_ids, stories_per_step, data_seed, metadata=None, filter_column="", threshold=0.0,
+def select_stories(train_ids, stories_per_step, selection_seed, metadata=None, filter_column="", threshold=0.0,
                    filter_keep="above", n_stories=0):
     """Sorted story ids of the selection: filtered, budgeted, trimmed to a multiple of stories_per_step."""
     ids = np.sort(np.asarray(train_ids, dtype=np.int64))
@@ -67,8 +67,8 @@ def select_stories(train_ids, stories_per_step, data_seed, metadata=None, filter
     if n_keep == 0:
         raise UserError(f"the selection has {len(ids)} stories, fewer than one step of {stories_per_step} "
                         f"(batch_size*gradient_accumulation_steps*world) — relax the filter or the batch size")
-    if n_keep < len(ids):  # a seeded random subset, independent of the order used later
-        pick = np.random.default_rng([data_seed, 0]).permutation(len(ids))[:n_keep]
+    if n_keep < len(ids):  # a seeded random subset, independent of the order (data_seed) used later
+        pick = np.random.default_rng([selection_seed, 0]).permutation(len(ids))[:n_keep]
         ids = np.sort(ids[pick])
     return ids
 
@@ -86,7 +86,8 @@ class StorySampler:
     call of its epoch."""
 
     def __init__(self, train_ids, stories_per_step, sampler="random", data_seed=0, metadata=None, sort_by="",
-                 sort_order="ascending", filter_column="", threshold=0.0, filter_keep="above", n_stories=0):
+                 sort_order="ascending", filter_column="", threshold=0.0, filter_keep="above", n_stories=0,
+                 selection_seed=0):
         if sampler not in SAMPLERS:
             raise UserError(f"sampler={sampler!r} unknown; use one of {', '.join(SAMPLERS)}")
         if sampler in ("sort_ascending", "sort_descending", "combined") and not sort_by:
@@ -96,7 +97,7 @@ class StorySampler:
         self.sampler = sampler
         self.data_seed = int(data_seed)
         self.stories_per_step = int(stories_per_step)
-        self.selection = select_stories(train_ids, self.stories_per_step, self.data_seed, metadata,
+        self.selection = select_stories(train_ids, self.stories_per_step, int(selection_seed), metadata,
                                         filter_column if sampler in ("filter_by_threshold", "combined") else "",
                                         threshold, filter_keep, n_stories)
         self.sort_values = None

@@ -2,7 +2,7 @@
 
     python modelling/train.py                                  # the demo: defaults below, out/demo
     python modelling/train.py --preset=15M --out_dir=out/s15M  # llama2.c's 15M shape
-    python modelling/train.py --sampler=sort_ascending --sort_by=flesch_reading_ease --out_dir=out/curriculum
+    python modelling/train.py --sampler=sort_ascending --sort_by=flesch_ease --out_dir=out/curriculum
     python modelling/train.py --init_from=resume --out_dir=out/demo          # continue a killed run exactly
     torchrun --standalone --nproc_per_node=4 modelling/train.py ...          # DDP, rank 0 writes
 
@@ -48,7 +48,8 @@ dataset = "storyworld"
 vocab_size = 512  # 0 = the Llama 2 tokenizer given to pretokenize (32000)
 batch_size = 16  # micro-batch, stories per row-batch
 max_seq_len = 256  # a story is truncated to this many training positions
-data_seed = 1337  # data selection and order; separate from the weight-init seed
+data_seed = 1337  # data order; separate from the weight-init seed (seed) and the selection (selection_seed)
+selection_seed = 0  # which stories an n_stories budget picks; two orders of one selection share it
 sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined
 sort_by = ""  # metadata column for the sorted samplers (data/<raw>/tok<V>/metadata.parquet)
 sort_order = "ascending"  # combined only: ascending | descending
@@ -393,7 +394,7 @@ def main(argv):
     stories_per_step = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * world
     sampler = StorySampler(ds.story_ids("train"), stories_per_step, cfg["sampler"], cfg["data_seed"], metadata,
                            cfg["sort_by"], cfg["sort_order"], cfg["filter_column"], cfg["threshold"],
-                           cfg["filter_keep"], cfg["n_stories"])
+                           cfg["filter_keep"], cfg["n_stories"], cfg["selection_seed"])
     n_steps = cfg["max_iters"] if cfg["max_iters"] > 0 else cfg["epochs"] * sampler.steps_per_epoch
     val_ids = ds.story_ids("val")
     if len(val_ids) == 0:

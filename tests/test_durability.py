@@ -258,8 +258,8 @@ def test_bad_input_is_one_line_and_exit_2(smoke_experiment):
     assert "flesch_ease" in proc.stderr  # lists the available columns
     proc = run_stage(ws, SCRIPT, *SMOKE, "--init_seeds", "0,1,2", "--data_seeds", "0,1,2", check=False)
     assert proc.returncode == 2 and "different design (differs in: init_seeds, data_seeds" in proc.stderr
-    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--n_stories", "100", check=False)
-    assert proc.returncode == 2 and "--n_stories 100" in proc.stderr
+    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--n_stories", "-5", check=False)
+    assert proc.returncode == 2 and "--n_stories -5 must be >= 0" in proc.stderr
     proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--set", "seed=3", check=False)
     assert proc.returncode == 2 and "chosen by the experiment" in proc.stderr
     assert not (ws / "out" / "experiments" / "durability" / "x").exists()

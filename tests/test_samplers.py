@@ -85,6 +85,17 @@ def test_filter_budget_and_combined(metadata):
                                                          n_stories=20).selection)
 
 
+def test_budget_selection_is_independent_of_the_order_seed():
+    """A story budget is drawn with selection_seed, so random orders with different data seeds (the durability
+    baseline) train on the same stories; another selection_seed draws another subset."""
+    picks = [StorySampler(IDS, S, "random", data_seed, n_stories=24).selection for data_seed in (0, 1, 2)]
+    assert all(np.array_equal(picks[0], p) for p in picks[1:])
+    orders = [all_ids(StorySampler(IDS, S, "random", d, n_stories=24), 3) for d in (0, 1)]
+    assert not np.array_equal(orders[0], orders[1]) and sorted(orders[0]) == sorted(orders[1])
+    other = StorySampler(IDS, S, "random", 0, n_stories=24, selection_seed=1).selection
+    assert not np.array_equal(picks[0], other)
+
+
 def test_sampler_errors(metadata):
     with pytest.raises(UserError, match="available: n_words, score"):
         StorySampler(IDS, S, "sort_ascending", 0, metadata, sort_by="nope")

@@ -537,7 +537,7 @@ def analyse(exp_dir, design, record=lambda summary: None):
         plot_curves(curves, inputs, styles, None, figures / "input_order.png",
                     "input: mean sort metric of the stories in each checkpoint interval")
     plot_endpoint(results, outcomes, styles, baseline, figures / "endpoint.png")
-    sat_compare = plot_saturation_compare(runs, design, figures / "sat_compare.png")
+    plot_saturation_compare(runs, design, figures / "sat_compare.png")
     by_seed = [r["name"] for r in sorted(runs, key=lambda r: design["init_seeds"].index(r["init_seed"]))]
     plot_divergence(kl.loc[by_seed, by_seed], sim.loc[by_seed, by_seed], figures / "divergence.png")
     write_report(exp_dir, design, runs, check, rhos, results, divergence, plateau_note, outcomes)

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -63,7 +62,8 @@ PRESETS = {
 }
 # keys the experiment sets itself per run; a --set of one of these would break the design
 RESERVED_TRAIN_KEYS = {"out_dir", "dataset", "vocab_size", "seed", "data_seed", "sampler", "sort_by", "sort_order",
-                       "filter_column", "threshold", "filter_keep", "n_stories", "epochs", "max_iters", "init_from"}
+                       "filter_column", "threshold", "filter_keep", "n_stories", "selection_seed", "epochs",
+                       "max_iters", "init_from"}
 
 
 # ---- design ----
@@ -131,25 +131,22 @@ def nearest_divisor(n, target, lo, hi):
 def pin_selection(design):
     """Make every run train on one selection.
 
-    train.py draws a budgeted selection (n_stories) and trims it to whole steps with the *data-order* seed
-    (modelling/samplers.py), so the random baseline's seeds would see different stories unless the selection
-    is the whole train split and fills whole steps. This picks the batch size (the nearest divisor of the
-    train split's size), then checks with train.py's own select_stories that every planned data seed gives the
-    identical selection. (Validation loss comes from eval.py, on val stories that do not depend on seeds.)"""
+    train.py draws the selection (an n_stories budget, trimmed to whole steps) with its selection_seed, which
+    every run of the experiment shares; the data seeds only order it (modelling/samplers.py). For the whole
+    train split this picks the batch size nearest the preset's that divides the split, so no story is trimmed.
+    The selection is computed here with train.py's own select_stories and fingerprinted; the batch logs are
+    checked against it after training. (Validation loss comes from eval.py, on seed-independent val stories.)"""
     from modelling.samplers import select_stories
     from tokenization.dataset import TokenizedDataset
     ds = TokenizedDataset(design["dataset"], design["vocab_size"])
     train_ids = ds.story_ids("train")
     n_train = len(train_ids)
     train = design["train"]
-    if 0 < design["n_stories"] < n_train:
-        raise UserError(f"--n_stories {design['n_stories']}: train.py draws a partial selection with the "
-                        f"data-order seed, so the baseline's seeds would train on different stories — use "
-                        f"--n_stories 0 (the whole train split, {n_train} stories here) or a smaller dataset")
-    design["n_stories"] = 0
+    if design["n_stories"] >= n_train:
+        design["n_stories"] = 0  # the whole train split
     batch = int(train.get("batch_size", 16))
     accum = int(train.get("gradient_accumulation_steps", 1))
-    if n_train % (batch * accum):
+    if design["n_stories"] == 0 and n_train % (batch * accum):
         fitted = nearest_divisor(n_train // accum, batch, batch // 2, 2 * batch) if n_train % accum == 0 else None
         if fitted is None:
             raise UserError(f"the {n_train} train stories do not fill whole steps of any batch size in "
@@ -157,12 +154,7 @@ def pin_selection(design):
                             f"trim them with the data-order seed — pick --set batch_size=B with B dividing {n_train}")
         train["batch_size"] = batch = fitted
     stories_per_step = batch * accum
-    selections = {seed: select_stories(train_ids, stories_per_step, seed, n_stories=0)
-                  for seed in sorted(set(design["data_seeds"]))}
-    first = next(iter(selections.values()))
-    if any(not np.array_equal(first, sel) for sel in selections.values()):
-        raise UserError("train.py's select_stories gives different selections for the planned data seeds — "
-                        "the orders would not be comparable; use one dataset with a whole-step train split")
+    first = select_stories(train_ids, stories_per_step, design["selection_seed"], n_stories=design["n_stories"])
     design["selection"] = {"n_stories": int(len(first)), "stories_per_step": stories_per_step,
                            "steps_per_epoch": int(len(first)) // stories_per_step,
                            "sha256": hashlib.sha256(first.astype("<i8").tobytes()).hexdigest()}
@@ -193,7 +185,8 @@ def build_design(args):
         eval_args["max_new_tokens"] = args.max_new_tokens
     data = tok_dir(args.dataset, args.vocab_size)
     design = dict(name=args.name, dataset=args.dataset, vocab_size=args.vocab_size, preset=args.preset,
-                  metrics=metrics, n_stories=n_stories, epochs=args.epochs, init_seeds=init_seeds,
+                  metrics=metrics, n_stories=n_stories, selection_seed=args.selection_seed, epochs=args.epochs,
+                  init_seeds=init_seeds,
                   data_seeds=data_seeds, train=train, eval=eval_args, baseline=BASELINE,
                   data_sha256={f: sha256_file(data / f) for f in ("index.parquet", "metadata.parquet")},
                   runs=plan_runs(metrics, init_seeds, data_seeds))
@@ -228,7 +221,8 @@ def save_experiment(exp_dir, experiment):
 def train_command(design, run, run_dir, resume):
     args = {"out_dir": str(run_dir), "dataset": design["dataset"], "vocab_size": design["vocab_size"],
             "seed": run["init_seed"], "data_seed": run["data_seed"], "sampler": run["sampler"],
-            "n_stories": design["n_stories"], "epochs": design["epochs"], "max_iters": -1, **design["train"]}
+            "n_stories": design["n_stories"], "selection_seed": design["selection_seed"], "epochs": design["epochs"],
+            "max_iters": -1, **design["train"]}
     if run["sort_by"]:
         args["sort_by"] = run["sort_by"]
     if resume:
@@ -369,8 +363,9 @@ def parse_args(argv=None):
     p.add_argument("--metrics", help=f"comma-separated metadata columns to sort by (default "
                                      f"{','.join(DEFAULT_METRICS)}; smoke: the first)")
     p.add_argument("--n_stories", type=int, default=0,
-                   help="selection size; only 0 (the whole train split) until train.py separates the selection "
-                        "seed from the data-order seed")
+                   help="selection size (0 = the whole train split); drawn once with --selection_seed")
+    p.add_argument("--selection_seed", type=int, default=0,
+                   help="train.py's selection_seed: which stories a budget picks, the same in every run")
     p.add_argument("--epochs", type=int, default=1, help="passes over the selection (same in every run)")
     p.add_argument("--init_seeds", help="weight-init seeds, comma-separated, the same for every condition")
     p.add_argument("--data_seeds", help="data-order seeds of the random baseline, one per init seed")
