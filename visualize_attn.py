@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
 
 LABEL_MAX = 32      # token labels on the grid when the probe has at most this many positions
 GAMMA = 0.5         # colour scale: PowerNorm(gamma) so weak attention stays visible
@@ -125,9 +125,7 @@ def plot_grid(attn, labels, path, title):
                 ax.set_xlabel("key", fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.6, label=f"attention (PowerNorm gamma={GAMMA})")
     fig.suptitle(title, fontsize=11)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
 
 
 def plot_stats(stats, path, title):
@@ -159,9 +157,7 @@ def plot_stats(stats, path, title):
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def load_tokenizer(config):

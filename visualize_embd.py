@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
 
 N_FREQUENT = 20
 TRAJECTORY_WORDS = ("she", "he", "her", "his", "girl", "boy", "mom", "dad", "nurse", "doctor", "teacher",
@@ -121,9 +121,7 @@ def plot_step(df_step, limits, path, title):
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
 
 
 def plot_trajectories(table, words, limits, path, title):
@@ -148,9 +146,7 @@ def plot_trajectories(table, words, limits, path, title):
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
 from common.paths import require  # noqa: E402
 
 # plateau detection defaults (see the module docstring and docs/readme/eval.md)
@@ -234,9 +234,7 @@ def plot_curves(runs, path, x="step", metrics=None, tol=TOL, min_span=MIN_SPAN, 
         ax.axis("off")
     fig.suptitle(title or "saturation curves (dotted line / triangle = detected plateau)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the title
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
     return path
 
 

@@ -5,7 +5,6 @@ with sentencepiece and appending to a Python list. Both variants read the same r
 
     .venv/bin/python -m bench.run_all data          (or quick=True for 4,000 stories)
 """
-import contextlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.util import quiet_in  # noqa: E402
 from download import storyworld  # noqa: E402
 from download.download_datasets import main as download_main  # noqa: E402
 from tokenization.pretokenize import main as pretokenize_main  # noqa: E402
@@ -26,18 +26,6 @@ from tokenization.pretokenize import main as pretokenize_main  # noqa: E402
 VOCAB = 512
 
 
-@contextlib.contextmanager
-def quiet_in(folder):
-    """cwd = folder (stages resolve data/ relative to it); progress bars off for clean timings."""
-    old = os.getcwd()
-    os.chdir(folder)
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-            yield
-    finally:
-        os.environ.pop("TQDM_DISABLE", None)
-        os.chdir(old)
 
 
 def llama2c_shard(args):

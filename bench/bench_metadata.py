@@ -10,7 +10,6 @@
 
     .venv/bin/python -m bench.run_all metadata       (make bench runs every bench)
 """
-import contextlib
 import os
 import resource
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.util import quiet_in  # noqa: E402
 from download.download_datasets import main as download_main  # noqa: E402
 from metadata import metrics  # noqa: E402
 from metadata.batch_metadata import main as metadata_main  # noqa: E402
@@ -29,18 +29,6 @@ VOCAB = 512
 BENCH = "metadata"
 
 
-@contextlib.contextmanager
-def quiet_in(folder):
-    """cwd = folder (stages resolve data/ relative to it); progress bars and prints off for clean timings."""
-    old = os.getcwd()
-    os.chdir(folder)
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-            yield
-    finally:
-        os.environ.pop("TQDM_DISABLE", None)
-        os.chdir(old)
 
 
 def cold():

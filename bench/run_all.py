@@ -3,7 +3,6 @@
 Each bench module defines run(quick=False) -> list of rows {bench, metric, value, unit, note}. Figures are
 measured side by side inside each module, since this machine is shared and noisy."""
 import importlib
-import json
 import pkgutil
 import sys
 import time

@@ -84,3 +84,11 @@ def provenance(**extra):
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def save_png(fig, path, dpi=90):
+    """Write a matplotlib figure atomically as PNG and close it (figures are big; pyplot keeps them alive)."""
+    import matplotlib.pyplot as plt
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
-from common.io import atomic_path, atomic_write_text, provenance  # noqa: E402
+from common.io import atomic_path, atomic_write_text, provenance, save_png  # noqa: E402
 from common.paths import tok_dir  # noqa: E402
 from experiments.durability import stats  # noqa: E402
 
@@ -256,9 +256,7 @@ def condition_styles(runs, baseline):
 
 
 def _save(fig, path):
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=FIG_DPI, format="png")  # layout already tight; bbox_inches would draw twice
-    plt.close(fig)
+    save_png(fig, path, dpi=FIG_DPI)
 
 
 def plot_curves(curves, columns, styles, results, path, title):
