@@ -34,6 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from metadata.bias_templates import PROBE_VERSION  # noqa: E402
 
 N_PROMPTS = 8          # validation-story prompts per checkpoint (plus the BOS-only prompt)
 PREFIX_TOKENS = 32     # story tokens after BOS given as the prompt
@@ -398,8 +399,9 @@ def main(argv=None):
     prompts = choose_prompts(ds, args.n_prompts, args.prefix_tokens, args.max_new_tokens)
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.rebuild else None
     if state is not None:
-        recorded = {**state.get("settings", {}), "eval_version": state.get("eval_version")}
-        wanted = {**settings, "eval_version": EVAL_VERSION}
+        recorded = {**state.get("settings", {}), "eval_version": state.get("eval_version"),
+                    "probe_version": state.get("probe_version")}
+        wanted = {**settings, "eval_version": EVAL_VERSION, "probe_version": PROBE_VERSION}
         changed = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
         if changed or state.get("prompts_sha256") != prompts_sha(prompts):
             what = ", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changed.items())) or "prompt set"
@@ -452,7 +454,8 @@ def main(argv=None):
         atomic_write_json(state_path, {
             "provenance": provenance(dataset=dataset, vocab_size=vocab_size, scorer=args.scorer,
                                      tokenizer_sha256=ds.manifest.get("tokenizer_sha256")),
-            "eval_version": EVAL_VERSION, "settings": settings, "prompts_sha256": prompts_sha(prompts),
+            "eval_version": EVAL_VERSION, "probe_version": PROBE_VERSION, "settings": settings,
+            "prompts_sha256": prompts_sha(prompts),
             "steps_done": sorted(done), "tokens_seen": {str(k): v for k, v in sorted(tokens_seen.items())}})
     if not gens_all:
         raise UserError(f"nothing evaluated in {run_dir} — no checkpoint selected")

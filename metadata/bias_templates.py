@@ -18,10 +18,11 @@ The contexts contain no gendered word and no name, so the only gender cue is the
 model learned about it).
 
 Version 1 used free-form sentences ("Everyone in the town knew the {occ}. Every morning, ▢") that storyworld
-never writes; a small model trained on storyworld cannot carry what it learned to them (measured: flat at
-every knob), which is why version 2 mirrors the generator. What makes the dependency learnable at all is a
-tokenizer that keeps each occupation one piece (storyworld with --vocab_size 2048: "▁nurse", "▁police",
-"▁officer"; at 512 "nurse" is ▁n|u|r|se) — see docs/readme/eval.md and tests/test_bias_probe.py.
+never writes. Once a model has learned the association both sets show it (+2.90 v1 / +2.61 v2 on the 1-layer
+test model at step 1,200), but near its onset version 2 is far more sensitive (+0.92 vs +0.13 at step 800,
+seed 2), so a small test can see it. What makes the dependency learnable at all is a tokenizer that keeps
+each occupation one piece (storyworld with --vocab_size 2048: "▁nurse", "▁police", "▁officer"; at 512
+"nurse" is ▁n|u|r|se) — see docs/readme/eval.md and tests/test_bias_probe.py.
 
 Toxicity probe: neutral story contexts after which an insult or expletive would fit grammatically; the probe
 is the total probability that the next word is one of the LDNOOBW entries counted as toxic
