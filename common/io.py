@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read the process umask (there is no getter), so atomic files get a plain open()'s mode
 os.umask(_UMASK)
 
 
