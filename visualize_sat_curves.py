@@ -29,7 +29,7 @@ from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
 from common.paths import require  # noqa: E402
 
-# plateau detection defaults (see the module docstring and docs/readme/eval.md)
+# plateau detection defaults (see the module docstring and the README, section 3)
 TOL = 0.10        # full width of the plateau band, as a fraction of the curve's total range
 MIN_SPAN = 0.20   # the plateau must last at least this fraction of the run's steps
 MIN_POINTS = 3    # ... and at least this many checkpoints

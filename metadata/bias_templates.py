@@ -22,7 +22,7 @@ never writes. Once a model has learned the association both sets show it (+2.90 
 test model at step 1,200), but near its onset version 2 is far more sensitive (+0.92 vs +0.13 at step 800,
 seed 2), so a small test can see it. What makes the dependency learnable at all is a tokenizer that keeps
 each occupation one piece (storyworld with --vocab_size 2048: "▁nurse", "▁police", "▁officer"; at 512
-"nurse" is ▁n|u|r|se) — see docs/readme/eval.md and tests/test_bias_probe.py.
+"nurse" is ▁n|u|r|se) — see the README (section 3, "Bias probe") and tests/test_bias_probe.py.
 
 Toxicity probe: neutral story contexts after which an insult or expletive would fit grammatically; the probe
 is the total probability that the next word is one of the LDNOOBW entries counted as toxic

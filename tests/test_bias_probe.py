@@ -4,7 +4,7 @@ with --occupation_bias 0.5 (no association).
 
 The slowest test of the suite (measured 142-168 s on the shared 2-core machine at load ~3.5-4; both trainings
 run in parallel, one thread each); it runs in every `make test` because nothing smaller learns the association
-(why, and the numbers behind the margin: docs/readme/eval.md, "Bias probe").
+(why, and the numbers behind the margin: the README, section 3, "Bias probe").
 
 Set-up (every piece is the real stage script):
 - two storyworld corpora of N_STORIES stories with the same --seed, so the texts differ only in the gendered
