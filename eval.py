@@ -365,7 +365,7 @@ def main(argv=None):
         raise UserError("need --n_prompts >= 0, --prefix_tokens >= 1, --max_new_tokens >= 1, --temperature >= 0, "
                         "--acc_tokens >= 1, --val_stories >= 1")
 
-    from metadata.batch_metadata import read_metadata
+    from metadata.table import read_metadata
     from metadata.scorers import load_scorer
     from modelling.checkpoints import load_run
     from rouge_score import rouge_scorer

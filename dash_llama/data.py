@@ -197,7 +197,8 @@ class Store:
     def metadata(self, name):
         """metadata.parquet of the run's dataset (indexed by story_id, one column per metric), via the
         sampler's shared reader."""
-        from modelling.samplers import load_metadata, metadata_path
+        from metadata.table import metadata_path
+        from modelling.samplers import load_metadata
         cfg = self.config(name)
         dataset, vocab = cfg.get("dataset"), cfg.get("vocab_size")
         path = metadata_path(dataset, vocab)

@@ -9,7 +9,7 @@ Reads data/<raw>/tok<V>/ through tokenization/dataset.py. Writes, each atomicall
   data/<raw>/tok<V>/ngram.npz/.json    the reference n-gram (scorer 'ngram'), fitted once on the train split
   out/tables/batch_metrics.csv (+.json) per shard, per split and overall: count, mean, std, quantiles per metric
 Idempotent: when the dataset, metric version, metric code and scorer are unchanged it says so and stops.
-Read metadata.parquet with read_metadata(dataset, vocab_size) (eval, experiments, dashboard).
+Read metadata.parquet with metadata.table.read_metadata(dataset, vocab_size) (train, eval, experiments, app).
 """
 import argparse
 import contextlib
@@ -26,8 +26,9 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, sha256_bytes, sha256_file  # noqa: E402
-from common.paths import OUT_DIR, tok_dir  # noqa: E402
+from common.paths import OUT_DIR  # noqa: E402
 from metadata import metrics  # noqa: E402
+from metadata.table import read_metadata  # noqa: E402
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 SUMMARY_CSV = OUT_DIR / "tables" / "batch_metrics.csv"
@@ -50,18 +51,6 @@ def fingerprint(ds, scorer_spec):
         path = Path(scorer_spec[len("ckpt:"):])
         fp["scorer_sha256"] = sha256_file(path) if path.is_file() else None
     return fp
-
-
-def read_metadata(dataset, vocab_size, columns=None):
-    """The metadata table of (dataset, vocab) as a DataFrame indexed by nothing, sorted by story_id."""
-    path = tok_dir(dataset, vocab_size) / "metadata.parquet"
-    if not path.exists():
-        raise UserError(f"story metadata not found: {path} — run: python metadata/batch_metadata.py "
-                        f"compute_metadata --dataset {dataset} --vocab_size {vocab_size}")
-    try:
-        return pd.read_parquet(path, columns=columns)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({str(e).splitlines()[0]}) — delete it and re-run compute_metadata")
 
 
 def summarize(df, shard_files, dataset, vocab_size):

@@ -16,8 +16,9 @@ import argparse
 import pandas as pd
 
 from common.errors import UserError, run_main
+from metadata.table import metadata_path
 from modelling.checkpoints import load_run
-from modelling.samplers import load_metadata, metadata_path
+from modelling.samplers import load_metadata
 
 
 def step_table(run, step, columns=None):

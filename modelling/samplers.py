@@ -20,30 +20,16 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.paths import tok_dir
+from metadata.table import read_metadata
 
 SAMPLERS = ("random", "sort_ascending", "sort_descending", "filter_by_threshold", "combined")
 FILTER_KEEP = ("above", "below")  # above: value >= threshold; below: value < threshold (NaN never kept)
 SORT_ORDERS = ("ascending", "descending")
 
 
-def metadata_path(dataset, vocab_size):
-    return tok_dir(dataset, vocab_size) / "metadata.parquet"
-
-
 def load_metadata(dataset, vocab_size):
     """The per-story metadata table indexed by story_id (issue 3's compute_metadata writes it)."""
-    path = metadata_path(dataset, vocab_size)
-    if not path.exists():
-        raise UserError(f"metadata table not found: {path} — run: python metadata/batch_metadata.py "
-                        f"compute_metadata --dataset {dataset} --vocab_size {vocab_size}")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise UserError(f"cannot read metadata table {path}: {e} — re-run compute_metadata") from e
-    if "story_id" not in table.columns:
-        raise UserError(f"{path} has no story_id column — re-run compute_metadata")
-    return table.set_index("story_id")
+    return read_metadata(dataset, vocab_size).set_index("story_id")
 
 
 def column_values(metadata, column, story_ids, what):

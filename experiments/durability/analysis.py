@@ -28,7 +28,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
 from common.io import atomic_path, atomic_write_text, provenance, save_png  # noqa: E402
-from common.paths import tok_dir  # noqa: E402
+from metadata.table import read_metadata  # noqa: E402
 from experiments.durability import stats  # noqa: E402
 
 # output columns of tables/summary.csv compared besides val_loss and out_<sort metric>, when eval wrote them
@@ -83,8 +83,8 @@ def check_same_multiset(runs):
 def order_correlations(runs, design):
     """Spearman rho between position in the training stream and each sort metric, per run: about +1 for
     ascending, -1 for descending, about 0 for random — shows each condition got the order it asked for."""
-    meta = pd.read_parquet(tok_dir(design["dataset"], design["vocab_size"]) / "metadata.parquet",
-                           columns=["story_id"] + design["metrics"]).set_index("story_id")
+    meta = read_metadata(design["dataset"], design["vocab_size"],
+                         columns=["story_id"] + design["metrics"]).set_index("story_id")
     rhos = {}
     for r in runs:
         position = np.arange(len(r["story_ids"]))
