@@ -29,12 +29,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
+from modelling.data import SegmentBatches, story_loss  # noqa: E402
 
 N_PROMPTS = 8          # validation-story prompts per checkpoint (plus the BOS-only prompt)
 PREFIX_TOKENS = 32     # story tokens after BOS given as the prompt
@@ -126,22 +126,11 @@ def text_overlap(generated_text, expected_text, rouge):
 # next-token measurements: validation loss, bias and toxicity probes
 
 @torch.inference_mode()
-def val_loss(model, token_rows, batch=EVAL_BATCH):
-    """Mean next-token cross-entropy over all positions of the rows (each BOS + story, <= max_seq_len+1)."""
-    total, count = 0.0, 0
-    for start in range(0, len(token_rows), batch):
-        rows = token_rows[start:start + batch]
-        width = max(len(r) for r in rows) - 1
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        y = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            r = torch.as_tensor(np.asarray(r, dtype=np.int64))
-            x[i, :len(r) - 1], y[i, :len(r) - 1] = r[:-1], r[1:]
-        logits = model(x)
-        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
-                                       reduction="sum"))
-        count += int((y >= 0).sum())
-    return total / max(count, 1)
+def val_loss(model, val_set, batch=EVAL_BATCH):
+    """Mean next-token cross-entropy over every target of the validation stories, segmented as in training.
+    val_set: (SegmentBatches, story ids)."""
+    batches, story_ids = val_set
+    return story_loss(model, batches, story_ids, batch)
 
 
 def split_continuation(sp, bos, context, word):
@@ -275,33 +264,37 @@ def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, se
 # summary: one row per checkpoint, joined with the input metrics of the stories trained on
 
 def input_metric_means(batch_log, steps, metadata):
-    """Per evaluated step s_i: mean of every metadata metric over the story ids of steps (s_{i-1}, s_i] of the
-    batch log (in_*) and over steps 1..s_i (cum_*), repeats counted as often as they were trained on; NaN
-    values are skipped. Also interval bounds and story counts. Returns a DataFrame indexed like `steps`."""
+    """Per evaluated step s_i: mean of every metadata metric over the segments trained in steps (s_{i-1}, s_i]
+    of the batch log (in_*) and over steps 1..s_i (cum_*), each story's value weighted by the tokens of it that
+    were trained there (a story cut into chunks counts once in full over its chunks; repeats count as often as
+    they were trained); NaN values are skipped. Also interval bounds, and segment and token counts."""
     cols = [c for c in metadata.columns if c not in ("story_id", "shard", "record")
             and pd.api.types.is_numeric_dtype(metadata[c])]
     ids_sorted = metadata["story_id"].to_numpy()
     if not np.array_equal(ids_sorted, np.arange(len(ids_sorted))):
         metadata = metadata.set_index("story_id").reindex(np.arange(ids_sorted.max() + 1)).reset_index()
     values = metadata[cols].to_numpy(np.float64)
-    sums, counts, n_ids, bounds = [], [], [], []
+    sums, weights, n_segments, n_tokens, bounds = [], [], [], [], []
     prev = 0
     for s in steps:
         end = min(int(s), len(batch_log))
-        ids = batch_log.steps(prev + 1, end) if end > prev else np.zeros(0, np.int64)
-        block = values[ids]
-        finite = np.isfinite(block)
-        sums.append(np.where(finite, block, 0.0).sum(0))
-        counts.append(finite.sum(0))
-        n_ids.append(len(ids))
+        segments = batch_log.steps(prev + 1, end) if end > prev else batch_log.steps(1, 0)
+        block = values[segments["story_id"]]
+        w = segments["n_tokens"].astype(np.float64)[:, None] * np.isfinite(block)
+        sums.append((np.where(np.isfinite(block), block, 0.0) * w).sum(0))
+        weights.append(w.sum(0))
+        n_segments.append(len(segments))
+        n_tokens.append(int(segments["n_tokens"].sum()))
         bounds.append((prev + 1, int(s)))
         prev = max(prev, end)
-    sums, counts = np.array(sums).reshape(len(steps), len(cols)), np.array(counts).reshape(len(steps), len(cols))
+    sums = np.array(sums).reshape(len(steps), len(cols))
+    weights = np.array(weights).reshape(len(steps), len(cols))
     with np.errstate(invalid="ignore", divide="ignore"):
-        interval = sums / counts
-        cumulative = np.cumsum(sums, 0) / np.cumsum(counts, 0)
+        interval = sums / weights
+        cumulative = np.cumsum(sums, 0) / np.cumsum(weights, 0)
     out = pd.DataFrame({"interval_start": [b[0] for b in bounds], "interval_end": [b[1] for b in bounds],
-                        "n_stories_interval": n_ids, "n_stories_cum": np.cumsum(n_ids)})
+                        "n_segments_interval": n_segments, "n_tokens_interval": n_tokens,
+                        "n_tokens_cum": np.cumsum(n_tokens)})
     out = pd.concat([out, pd.DataFrame(interval, columns=[f"in_{c}" for c in cols]),
                      pd.DataFrame(cumulative, columns=[f"cum_{c}" for c in cols])], axis=1)
     return out
@@ -427,13 +420,13 @@ def main(argv=None):
         max_len = int(run.config.get("model_args", {}).get("max_seq_len", cfg.get("max_seq_len", 256)))
         val_ids = np.sort(ds.story_ids("val"))
         val_ids = val_ids[np.linspace(0, len(val_ids) - 1, min(args.val_stories, len(val_ids))).round().astype(int)]
-        val_rows = [np.asarray(ds.tokens(int(s)))[:max_len + 1] for s in val_ids]
+        val_rows = (SegmentBatches(ds, max_len, int(ds.manifest["bos_id"])), val_ids)
         rouge = rouge_scorer.RougeScorer(["rougeL"])
         probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]))
         torch.set_num_threads(args.threads or (1 if small_model(run.config) else torch.get_num_threads()))
         torch.manual_seed(args.seed)
         print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
-              f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {len(val_rows)} val stories")
+              f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {len(val_ids)} val stories")
     else:
         print(f"all {len(steps)} checkpoint(s) of {run_dir} already evaluated — rebuilding summary only")
     paths = dict(run.checkpoints)

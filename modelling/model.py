@@ -62,10 +62,11 @@ def precompute_freqs_cis(head_dim, end, theta=10000.0):
 
 
 def apply_rotary_emb(x, freqs_cos, freqs_sin):
-    """Rotate interleaved pairs (x0,x1),(x2,x3),… of x [B, T, H, D] by position; llama2.c's pairing."""
+    """Rotate interleaved pairs (x0,x1),(x2,x3),… of x [B, T, H, D] by position; llama2.c's pairing.
+    freqs: [T, D/2] (positions 0..T-1 shared by the batch) or [B, T, D/2] (per-token positions)."""
     xr, xi = x.float().reshape(x.shape[:-1] + (-1, 2)).unbind(-1)
-    cos = freqs_cos[None, :, None, :]
-    sin = freqs_sin[None, :, None, :]
+    cos = freqs_cos[None, :, None, :] if freqs_cos.dim() == 2 else freqs_cos[:, :, None, :]
+    sin = freqs_sin[None, :, None, :] if freqs_sin.dim() == 2 else freqs_sin[:, :, None, :]
     out = torch.stack([xr * cos - xi * sin, xr * sin + xi * cos], dim=-1).flatten(3)
     return out.type_as(x)
 
@@ -104,7 +105,8 @@ class Attention(nn.Module):
         xk = apply_rotary_emb(xk, freqs_cos, freqs_sin)
         return xq, xk, xv
 
-    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0):
+    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
+        """mask: None (causal) or bool [B, 1, T, T], True where a query may attend (packed segments)."""
         b, t, _ = x.shape
         xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin)
         if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
@@ -118,16 +120,18 @@ class Attention(nn.Module):
         probs = None
         if return_attn:  # explicit attention so the probabilities of this very pass can be kept
             scores = (xq @ xk.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            causal = torch.ones(t, xk.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=xk.shape[2] - t)
-            scores = scores.float().masked_fill(~causal, float("-inf"))
+            allowed = mask if mask is not None else \
+                torch.ones(t, xk.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=xk.shape[2] - t)
+            scores = scores.float().masked_fill(~allowed, float("-inf"))
             probs = F.softmax(scores, dim=-1)
             out = self.attn_dropout(probs).type_as(xv) @ xv
         else:
             # causal within the chunk; a single new token (t=1) with a cache sees all cached keys
             if t > 1 and pos > 0:
                 raise ValueError("a multi-token chunk after position 0 needs return_attn=True or no cache")
-            out = F.scaled_dot_product_attention(xq, xk, xv, dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=t > 1)
+            out = F.scaled_dot_product_attention(xq, xk, xv, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=mask is None and t > 1)
         out = out.transpose(1, 2).contiguous().view(b, t, -1)
         return self.resid_dropout(self.wo(out)), probs
 
@@ -156,8 +160,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0):
-        a, probs = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, return_attn, cache, pos)
+    def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
+        a, probs = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, return_attn, cache, pos, mask)
         h = x + a
         return h + self.feed_forward(self.ffn_norm(h)), probs
 
@@ -192,17 +196,29 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, tokens, targets=None, return_attn=False, cache=None, pos=0):
+    def forward(self, tokens, targets=None, return_attn=False, cache=None, pos=0, positions=None,
+                segment_ids=None):
         """Logits [B, T, V] for every position (float32). Sets last_loss (targets given; -1 = ignored) and
-        last_attn (return_attn: list per layer of attention probabilities [B, H, T, T_keys], else None)."""
+        last_attn (return_attn: list per layer of attention probabilities [B, H, T, T_keys], else None).
+        Packed rows (modelling/data.py) pass positions [B, T] (RoPE position of each token, restarting per
+        segment) and segment_ids [B, T]: a token attends causally to earlier tokens of its own segment only."""
         _, t = tokens.shape
         if pos + t > self.params.max_seq_len:
             raise ValueError(f"sequence of {pos + t} tokens exceeds max_seq_len={self.params.max_seq_len}")
         h = self.dropout(self.tok_embeddings(tokens))
-        freqs_cos, freqs_sin = self.freqs_cos[pos:pos + t], self.freqs_sin[pos:pos + t]
+        mask = None
+        if positions is None:
+            freqs_cos, freqs_sin = self.freqs_cos[pos:pos + t], self.freqs_sin[pos:pos + t]
+        else:
+            freqs_cos, freqs_sin = self.freqs_cos[positions], self.freqs_sin[positions]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("packed segments (segment_ids) cannot use a KV cache")
+            causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+            mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
         attn = []
         for i, layer in enumerate(self.layers):
-            h, probs = layer(h, freqs_cos, freqs_sin, return_attn, None if cache is None else cache[i], pos)
+            h, probs = layer(h, freqs_cos, freqs_sin, return_attn, None if cache is None else cache[i], pos, mask)
             attn.append(probs)
         logits = self.output(self.norm(h)).float()
         self.last_loss = None

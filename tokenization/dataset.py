@@ -73,6 +73,13 @@ class TokenizedDataset:
         start = self._offset[i]
         return self._bins[self._shard[i]][start:start + self._n_tokens[i]]
 
+    def n_tokens(self, story_ids):
+        """Tokens per story (BOS included) as int64, for an array of story ids."""
+        ids = np.asarray(story_ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.index)):
+            raise IndexError(f"story ids outside 0..{len(self.index) - 1}")
+        return self._n_tokens[ids].astype(np.int64)
+
     def text(self, story_id):
         """The raw story text (stripped), read from the raw shard the story id was assigned from."""
         i = self._check(story_id)

@@ -7,7 +7,7 @@ from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing
 from metadata.metrics import METRICS
-from modelling.batch_viewer import step_table
+from modelling.batch_table import step_table
 from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, smooth_ema, table,
                            table_data)
 
@@ -82,17 +82,23 @@ def histogram_figure(store, name, metric):
 
 
 def composition_figure(store, name, metric, smoothing=0.9):
-    """Mean of `metric` over the stories of every optimizer step (batch log × metadata), raw and smoothed,
-    with the dataset mean for reference. Returns (figure, notes)."""
+    """Mean of `metric` over the tokens trained in every optimizer step (batch log × metadata: each segment's
+    story value weighted by its trained tokens), raw and smoothed, with the dataset mean for reference.
+    Returns (figure, notes)."""
     values = _metric(store, name, metric)
     log = store.batch_log(name)
-    n_steps, per_step = len(log), log.stories_per_step
-    ids = log.steps(1, n_steps).reshape(n_steps, per_step)
+    n_steps, per_step = len(log), log.meta.get("segments_per_step", 0)
+    segments = log.steps(1, n_steps)
     lookup = values.reindex(np.arange(int(values.index.max()) + 1)).to_numpy(dtype=float)
-    if ids.max() >= len(lookup):
+    if len(segments) and segments["story_id"].max() >= len(lookup):
         raise Missing(f"the batch log of {name} names story ids beyond the metadata table — recompute metadata "
                       "for the run's dataset")
-    step_means = np.nanmean(lookup[ids], axis=1) if per_step else np.zeros(n_steps)
+    step_of = np.repeat(np.arange(n_steps), log.segments_per_step())
+    value = lookup[segments["story_id"]]
+    weight = segments["n_tokens"] * np.isfinite(value)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step_means = np.bincount(step_of, np.where(np.isfinite(value), value, 0) * weight, n_steps) / \
+            np.bincount(step_of, weight, n_steps)
     steps = np.arange(1, n_steps + 1)
     note_lines = []
     if n_steps > MAX_STEP_POINTS:
@@ -113,23 +119,23 @@ def composition_figure(store, name, metric, smoothing=0.9):
     return {"data": traces, "layout": {
         "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
         "xaxis": {"title": {"text": "optimizer step"}},
-        "yaxis": {"title": {"text": f"mean {metric} of the step's {per_step} stories"}},
+        "yaxis": {"title": {"text": f"token-weighted mean {metric} of the step's {per_step} segments"}},
         "legend": {"orientation": "h", "y": -0.2}}}, note_lines
 
 
 def batch_rows(store, name, step, metrics=()):
-    """(columns, records) of step `step` as the batch viewer shows it (modelling/batch_viewer.step_table:
-    position, story id, metric columns) plus split and the story text."""
+    """(columns, records) of step `step` as the batch viewer shows it (modelling/batch_table.step_table:
+    position, row, story id, start, trained tokens, label, metric columns) plus split and the segment's text."""
     log = store.batch_log(name)
     if step is None or not 1 <= int(step) <= len(log):
         raise Missing(f"step {step} is not in the batch log of {name} (steps 1..{len(log)})")
     # the batch viewer's own table: ids in training order + metric columns (when metadata exists)
-    frame = step_table(store.run(name), int(step), [m for m in metrics if m])
     dataset = store.dataset(name)
+    frame = step_table(store.run(name), int(step), [m for m in metrics if m], dataset)
     index = dataset.index.set_index("story_id")
     frame["split"] = index["split"].reindex(frame["story_id"]).to_numpy()
-    frame["n_tokens"] = index["n_tokens"].reindex(frame["story_id"]).to_numpy()
-    texts = [dataset.text(int(i)) for i in frame["story_id"]]
+    texts = [dataset.decode(dataset.tokens(int(i))[s:s + n])
+             for i, s, n in zip(frame["story_id"], frame["start"], frame["n_tokens"])]
     frame["text"] = [t if len(t) <= TEXT_CHARS else t[:TEXT_CHARS] + " …" for t in texts]
     return table_data(frame)
 

@@ -39,7 +39,7 @@ FIG_DPI = 90
 # ---- loading ----
 
 def load_runs(exp_dir, design):
-    """Per planned run: its batch-log story ids and its summary table (checks that both exist)."""
+    """Per planned run: its batch-log segments and its summary table (checks that both exist)."""
     from modelling.batch_log import BatchLog
     runs = []
     for run in design["runs"]:
@@ -48,8 +48,8 @@ def load_runs(exp_dir, design):
         if not summary_path.exists():
             raise UserError(f"{summary_path} missing — re-run the experiment command to finish run {run['name']}")
         batch_log = BatchLog(run_dir)
-        story_ids = batch_log.steps(1, len(batch_log)) if len(batch_log) else np.zeros(0, np.int64)
-        runs.append({**run, "dir": run_dir, "story_ids": np.asarray(story_ids, dtype=np.int64),
+        segments = batch_log.steps(1, len(batch_log))
+        runs.append({**run, "dir": run_dir, "segments": segments, "story_ids": segments["story_id"].astype(np.int64),
                      "summary": pd.read_csv(summary_path).sort_values("step").reset_index(drop=True)})
     return runs
 
@@ -63,16 +63,18 @@ def outcome_columns(design, runs):
 
 # ---- checks ----
 
-def multiset_hash(story_ids):
-    """Order-free fingerprint of the ids a run trained on: sha256 of the sorted int64 ids."""
-    return hashlib.sha256(np.sort(story_ids).astype("<i8").tobytes()).hexdigest()
+def multiset_hash(segments):
+    """Order-free fingerprint of the segments a run trained on: sha256 of the sorted (story_id, start,
+    n_tokens) triples."""
+    triples = np.stack([segments["story_id"], segments["start"], segments["n_tokens"]], axis=1).astype("<i8")
+    return hashlib.sha256(triples[np.lexsort(triples.T[::-1])].tobytes()).hexdigest()
 
 
 def check_same_multiset(runs):
-    """Every run must have trained on exactly the same multiset of story ids (else the orders are not
+    """Every run must have trained on exactly the same multiset of segments (else the orders are not
     comparable). Returns a record for experiment.json / the report."""
-    hashes = {r["name"]: multiset_hash(r["story_ids"]) for r in runs}
-    counts = {r["name"]: int(len(r["story_ids"])) for r in runs}
+    hashes = {r["name"]: multiset_hash(r["segments"]) for r in runs}
+    counts = {r["name"]: int(len(r["segments"])) for r in runs}
     reference = runs[0]["name"]
     mismatched = [name for name, h in hashes.items() if h != hashes[reference]]
     return {"same_multiset": not mismatched, "reference_run": reference, "multiset_sha256": hashes[reference],
@@ -360,7 +362,7 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
              "## Design", "",
              f"- Data: `{design['dataset']}`, vocab {design['vocab_size']}, one fixed selection of "
              f"{check['n_distinct_stories']} train stories × {design['epochs']} epoch(s) = {check['n_story_ids']} "
-             f"story presentations, {steps} optimizer steps per run.",
+             f"segments (every token of every story trained once per epoch), {steps} optimizer steps per run.",
              f"- Model: dim {cfg.get('dim')}, {cfg.get('n_layers')} layers, {cfg.get('n_heads')} heads, "
              f"max_seq_len {cfg.get('max_seq_len')}, batch {cfg.get('batch_size')}, lr {cfg.get('learning_rate')} "
              f"(preset `{design['preset']}`).",
@@ -371,9 +373,9 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
              f"{design['eval'].get('max_new_tokens')} tokens for {design['eval'].get('n_prompts')} prompts at "
              f"every checkpoint)." + compute_line(exp_dir), "",
              "## Checks", "",
-             f"- Same multiset of story ids in all {len(runs)} runs (from the batch logs): "
+             f"- Same multiset of segments in all {len(runs)} runs (from the batch logs): "
              f"**{'yes' if check['same_multiset'] else 'NO — ' + ', '.join(check['mismatched_runs'])}** "
-             f"(sha256 of sorted ids `{check['multiset_sha256'][:16]}…`, {check['n_story_ids']} ids).",
+             f"(sha256 of sorted segments `{check['multiset_sha256'][:16]}…`, {check['n_story_ids']} segments).",
              "- Order actually applied — Spearman ρ between position in the stream and the sort metric "
              "(mean over seeds):", "",
              "| condition | " + " | ".join(design["metrics"]) + " |",
@@ -518,7 +520,7 @@ def analyse(exp_dir, design, record=lambda summary: None):
 
     per_run = pd.DataFrame([{"run": r["name"], "condition": r["condition"], "init_seed": r["init_seed"],
                              "data_seed": r["data_seed"], "final_step": outputs[r["name"]]["step"],
-                             "n_story_ids": len(r["story_ids"]), "multiset_sha256": multiset_hash(r["story_ids"]),
+                             "n_story_ids": len(r["story_ids"]), "multiset_sha256": multiset_hash(r["segments"]),
                              **{f"rho_{m}": rhos[(r["name"], m)] for m in design["metrics"]},
                              **{f"final_{c}": finals[(r["name"], c)] for c in outcomes}} for r in runs])
     for name, table in (("runs.csv", per_run), ("results.csv", results), ("curves.csv", curves),

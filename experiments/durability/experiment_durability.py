@@ -41,7 +41,7 @@ BASELINE = "random"
 DEFAULT_METRICS = ["flesch_ease", "sentiment"]  # a readability metric and sentiment
 
 # Size presets. `train` = train.py overrides shared by every run (the sampler keys are set per condition;
-# batch_size is moved to the nearest divisor of the train split, see pin_selection); `eval` = eval.py options.
+`eval` = eval.py options.
 # smoke: seconds per run, for tests/CI. demo: a 4,000-story storyworld corpus in < 30 min on a shared 2-core
 # CPU (stories truncated to 128 tokens). full: a GPU-size study (llama2.c's 15M shape, 5 seeds).
 PRESETS = {
@@ -122,42 +122,26 @@ def plan_runs(metrics, init_seeds, data_seeds):
     return runs
 
 
-def nearest_divisor(n, target, lo, hi):
-    """The divisor of n in [lo, hi] closest to target (smaller first on a tie), or None."""
-    found = [d for d in range(max(1, lo), hi + 1) if n % d == 0]
-    return min(found, key=lambda d: (abs(d - target), d)) if found else None
-
-
 def pin_selection(design):
     """Make every run train on one selection.
 
-    train.py draws the selection (an n_stories budget, trimmed to whole steps) with its selection_seed, which
-    every run of the experiment shares; the data seeds only order it (modelling/samplers.py). For the whole
-    train split this picks the batch size nearest the preset's that divides the split, so no story is trimmed.
-    The selection is computed here with train.py's own select_stories and fingerprinted; the batch logs are
-    checked against it after training. (Validation loss comes from eval.py, on seed-independent val stories.)"""
-    from modelling.samplers import select_stories
+    train.py draws the selection (an n_stories budget) with its selection_seed, which every run of the
+    experiment shares, and cuts every story into segments; the data seeds only order the segments
+    (modelling/samplers.py). The selection and its step count are computed here with train.py's own
+    SegmentSampler and fingerprinted; the batch logs are checked against it after training."""
+    from modelling.samplers import SegmentSampler
     from tokenization.dataset import TokenizedDataset
     ds = TokenizedDataset(design["dataset"], design["vocab_size"])
     train_ids = ds.story_ids("train")
-    n_train = len(train_ids)
-    train = design["train"]
-    if design["n_stories"] >= n_train:
+    if design["n_stories"] >= len(train_ids):
         design["n_stories"] = 0  # the whole train split
-    batch = int(train.get("batch_size", 16))
-    accum = int(train.get("gradient_accumulation_steps", 1))
-    if design["n_stories"] == 0 and n_train % (batch * accum):
-        fitted = nearest_divisor(n_train // accum, batch, batch // 2, 2 * batch) if n_train % accum == 0 else None
-        if fitted is None:
-            raise UserError(f"the {n_train} train stories do not fill whole steps of any batch size in "
-                            f"[{batch // 2}, {2 * batch}] (× gradient_accumulation_steps {accum}); train.py would "
-                            f"trim them with the data-order seed — pick --set batch_size=B with B dividing {n_train}")
-        train["batch_size"] = batch = fitted
-    stories_per_step = batch * accum
-    first = select_stories(train_ids, stories_per_step, design["selection_seed"], n_stories=design["n_stories"])
-    design["selection"] = {"n_stories": int(len(first)), "stories_per_step": stories_per_step,
-                           "steps_per_epoch": int(len(first)) // stories_per_step,
-                           "sha256": hashlib.sha256(first.astype("<i8").tobytes()).hexdigest()}
+    train = design["train"]
+    segments_per_step = int(train.get("batch_size", 16)) * int(train.get("gradient_accumulation_steps", 1))
+    schedule = SegmentSampler(train_ids, ds.n_tokens, int(train.get("max_seq_len", 256)), segments_per_step,
+                              n_stories=design["n_stories"], selection_seed=design["selection_seed"])
+    design["selection"] = {"n_stories": int(len(schedule.selection)), "n_segments": int(len(schedule.segments)),
+                           "n_tokens": schedule.n_tokens, "segments_per_step": segments_per_step,
+                           "steps_per_epoch": schedule.steps_per_epoch, "sha256": schedule.selection_sha256}
     return design
 
 
