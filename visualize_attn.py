@@ -3,7 +3,7 @@
     python visualize_attn.py --out_dir out/RUN [--probe NAME] [--steps 64 512 ...] [--force]
 
 Reads  the attention maps each checkpoint stored for the run's fixed probe set (ckpt['probe_attn'], captured
-       in a real forward pass at that step; probes.json holds their tokens) via modelling/checkpoints.py.
+       in a real forward pass at that step; attn_probes.json holds their tokens) via modelling/checkpoints.py.
 Writes out/RUN/visualize/attn_step000512.png   layers x heads grid for one probe (default: the first
                                                validation-story probe), token labels when it is short
        out/RUN/visualize/attn_stats.png         per-head statistics vs step
@@ -65,7 +65,7 @@ def checkpoint_stats(probe_attn, probes):
     story = [p for p in probes if p.get("story_id") is not None and p["name"] in probe_attn]
     induct = [p for p in probes if p["name"] in INDUCTION_NAMES and p["name"] in probe_attn]
     if not story and not induct:
-        raise UserError("the checkpoint holds no attention for the run's probes (probes.json) — re-train with "
+        raise UserError("the checkpoint holds no attention for the run's probes (attn_probes.json) — re-train with "
                         "instrument=True")
     ent, prev = [], []
     for p in story:
@@ -184,7 +184,7 @@ def main(argv=None):
     if not run.checkpoints:
         raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
     if not run.probes:
-        raise UserError(f"{run_dir / 'probes.json'} missing or empty — the run was trained without probes")
+        raise UserError(f"{run_dir / 'attn_probes.json'} missing or empty — the run was trained without probes")
     names = [p["name"] for p in run.probes]
     story_probes = [p["name"] for p in run.probes if p.get("story_id") is not None]
     probe_name = args.probe or (story_probes[0] if story_probes else names[0])

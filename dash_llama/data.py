@@ -105,7 +105,7 @@ class Store:
         from modelling.checkpoints import load_run
         d = self.run_dir(name)
         sig = _signature(d / "config.json", d / "train_log.csv", d / "val_log.csv", d / "ckpt",
-                         d / "batch_log.json", d / "probes.json")
+                         d / "batch_log.json", d / "attn_probes.json")
 
         def load():
             try:

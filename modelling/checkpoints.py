@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from common.errors import UserError
+from modelling.attn_probes import ATTN_PROBES_NAME
 from modelling.batch_log import BatchLog
 from modelling.model import ModelArgs, Transformer
 
@@ -118,7 +119,8 @@ def load_run(run_dir):
                         f"--out_dir={run_dir}")
     try:
         config = json.loads(cfg_path.read_text())
-        probes = json.loads((run_dir / "probes.json").read_text()) if (run_dir / "probes.json").exists() else []
+        probes_path = run_dir / ATTN_PROBES_NAME
+        probes = json.loads(probes_path.read_text()) if probes_path.exists() else []
     except ValueError as e:
         raise UserError(f"corrupt JSON in {run_dir}: {e} — re-run the training") from e
     batch_log = BatchLog(run_dir) if (run_dir / "batch_log.json").exists() else None

@@ -1,6 +1,6 @@
 """Shared run fixture: `tiny_run` — a real run folder made by modelling/train.py on the `tok_dataset` corpus.
 
-    tiny_run   Path of workspace/out/tiny (config.json, probes.json, train/val logs, batch log, TINY_CKPTS
+    tiny_run   Path of workspace/out/tiny (config.json, attn_probes.json, train/val logs, batch log, TINY_CKPTS
                checkpoints at steps 1, 2, 4, 8, 10, 16, 20, 30, 32, 40, ckpt/resume.pt)
 """
 import pytest

@@ -259,14 +259,18 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
     figure, _ = data_page.composition_figure(store, RUN, "flesch_ease", smoothing=0.5)
     per_step = figure["data"][0]
     assert per_step["x"][:3] == [1, 2, 3] and len(per_step["x"]) == len(log)
-    assert per_step["y"][2] == pytest.approx(np.nanmean(meta.loc[log.step(3), "flesch_ease"]), abs=1e-4)
+    step3 = log.step(3)
+    assert per_step["y"][2] == pytest.approx(np.average(meta.loc[step3["story_id"], "flesch_ease"],
+                                                        weights=step3["n_tokens"]), abs=1e-4)
     hist = data_page.histogram_figure(store, RUN, "flesch_ease")
     assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
     columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
-    assert [r["story_id"] for r in rows] == log.step(5).tolist()
-    assert rows[0]["text"][:40] == store.dataset(RUN).text(rows[0]["story_id"])[:40]
-    assert rows[0]["flesch_ease"] == pytest.approx(meta.loc[rows[0]["story_id"], "flesch_ease"], abs=1e-4)
+    assert [(r["story_id"], r["start"], r["n_tokens"]) for r in rows] == log.step(5)[["story_id", "start",
+                                                                                     "n_tokens"]].tolist()
+    first = next(r for r in rows if r["start"] == 0)
+    assert first["text"][:40] == store.dataset(RUN).text(first["story_id"])[:40]
+    assert first["flesch_ease"] == pytest.approx(meta.loc[first["story_id"], "flesch_ease"], abs=1e-4)
     with pytest.raises(Missing):
         data_page.batch_rows(store, RUN, TINY_STEPS + 1, [])
 

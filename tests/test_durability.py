@@ -118,18 +118,21 @@ def test_plan_uses_the_same_init_seeds_in_every_condition():
     assert len({r["name"] for r in runs}) == len(runs) == 15
 
 
-def test_same_multiset_check_catches_a_single_swapped_story():
-    ids = np.repeat(np.arange(50), 2)
+def test_same_multiset_check_catches_a_single_swapped_segment():
+    from modelling.data import story_segments
+    segments = np.concatenate([story_segments(np.arange(50), np.arange(50) % 7 + 10, 8)] * 2)
     rng = np.random.default_rng(4)
-    runs = [{"name": "a", "story_ids": ids}, {"name": "b", "story_ids": rng.permutation(ids)},
-            {"name": "c", "story_ids": np.sort(ids)[::-1]}]
+
+    def run(name, seg):
+        return {"name": name, "segments": seg, "story_ids": seg["story_id"]}
+    runs = [run("a", segments), run("b", rng.permutation(segments)), run("c", segments[::-1])]
     check = check_same_multiset(runs)
-    assert check["same_multiset"] and check["n_story_ids"] == 100 and check["n_distinct_stories"] == 50
-    swapped = ids.copy()
-    swapped[0] = 50  # one story replaced by another, same count
-    check = check_same_multiset(runs + [{"name": "d", "story_ids": swapped}])
+    assert check["same_multiset"] and check["n_story_ids"] == len(segments) and check["n_distinct_stories"] == 50
+    swapped = segments.copy()
+    swapped[0]["start"] = 8  # one chunk of story 0 replaced by a wrong one, same count
+    check = check_same_multiset(runs + [run("d", swapped)])
     assert not check["same_multiset"] and check["mismatched_runs"] == ["d"]
-    assert multiset_hash(ids) == multiset_hash(rng.permutation(ids)) != multiset_hash(swapped)
+    assert multiset_hash(segments) == multiset_hash(rng.permutation(segments)) != multiset_hash(swapped)
 
 
 # ---- the smoke preset end to end (real train.py + eval.py) ----
@@ -197,18 +200,23 @@ def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment):
     cwd = os.getcwd()
     os.chdir(ws)  # the shared readers resolve data/ relative to the working directory
     try:
-        train_ids = TokenizedDataset("storyworld", 512).story_ids("train")
+        ds = TokenizedDataset("storyworld", 512)
+        train_ids = ds.story_ids("train")
+        n_tokens = ds.n_tokens(np.sort(train_ids))
     finally:
         os.chdir(cwd)
     meta = pd.read_parquet(smoke_experiment["dir"] / "metadata.parquet").set_index("story_id")
     for run in smoke_experiment["experiment"]["design"]["runs"]:
         log = BatchLog(smoke_experiment["exp_dir"] / "runs" / run["name"])
-        ids = log.steps(1, len(log))
-        assert np.array_equal(np.sort(ids), np.sort(train_ids)), run["name"]
-        if run["sampler"] != "random":
-            values = meta.loc[ids, "flesch_ease"].to_numpy()
-            values = values if run["sampler"] == "sort_ascending" else -values
-            assert np.all(np.diff(values[np.isfinite(values)]) >= 0), run["name"]
+        segments = log.steps(1, len(log))
+        assert np.array_equal(np.unique(segments["story_id"]), np.sort(train_ids)), run["name"]
+        with_chunks = pd.Series(segments["n_tokens"]).groupby(segments["story_id"]).sum()
+        assert with_chunks.sort_index().tolist() == n_tokens.tolist(), run["name"]  # every token once
+        if run["sampler"] != "random":  # sorted across steps (a step lists its segments by packed row)
+            sign = 1 if run["sampler"] == "sort_ascending" else -1
+            per_step = [sign * meta.loc[log.step(k)["story_id"], "flesch_ease"].to_numpy() for k in range(1, len(log))]
+            per_step = [v[np.isfinite(v)] for v in per_step]
+            assert all(b.min() >= a.max() for a, b in zip(per_step, per_step[1:]) if len(a) and len(b)), run["name"]
 
 
 def test_rerun_skips_finished_runs(smoke_experiment):
@@ -273,9 +281,9 @@ def test_a_run_with_other_stories_fails_the_check(smoke_experiment):
     copy = exp_dir.parent / "tampered"
     shutil.copytree(exp_dir, copy)
     bin_path = copy / "runs" / "asc_flesch_ease_s0" / "batch_log.bin"
-    ids = np.fromfile(bin_path, dtype="<i8")
-    ids[5] = ids[6]  # one story seen twice, another never
-    ids.tofile(bin_path)
+    records = np.fromfile(bin_path, dtype="<i8").reshape(-1, 4)
+    records[5, :3] = records[6, :3]  # one segment seen twice, another never
+    records.tofile(bin_path)
     proc = run_stage(ws, SCRIPT, "--name", "tampered", *SMOKE_OPTIONS, check=False)
     assert proc.returncode == 2 and "asc_flesch_ease_s0 trained on a different multiset" in proc.stderr
     analysis = json.loads((copy / "experiment.json").read_text())["analysis"]

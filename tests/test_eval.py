@@ -74,22 +74,26 @@ def test_generations_probes_and_summary_tables(eval_run):
         assert col in summary.columns, col
 
 
-def test_summary_join_uses_exactly_the_batch_log_ids(eval_run, meta_dataset):
+def test_summary_join_uses_exactly_the_batch_log_segments(eval_run, meta_dataset):
+    """in_/cum_ metrics: each trained segment's story value weighted by the tokens trained there."""
     from modelling.batch_log import BatchLog
     summary = pd.read_csv(eval_run["dir"] / "tables" / "summary.csv")
     meta = pd.read_parquet(meta_dataset["dir"] / "metadata.parquet").set_index("story_id")
     log = BatchLog(eval_run["dir"])
     prev = 0
-    cum_ids = []
+    cum = []
     for _, row in summary.iterrows():
         step = int(row["step"])
-        ids = log.steps(prev + 1, step)
-        cum_ids.append(ids)
-        assert row["n_stories_interval"] == len(ids) == (step - prev) * log.stories_per_step
+        segments = log.steps(prev + 1, step)
+        cum.append(segments)
+        assert row["n_segments_interval"] == len(segments) == log.segments_per_step()[prev:step].sum()
+        assert row["n_tokens_interval"] == segments["n_tokens"].sum()
         for metric in ["n_words", "sentiment", "flesch_ease", "ppl_ref"]:
-            assert row[f"in_{metric}"] == pytest.approx(meta.loc[ids, metric].mean(), rel=1e-9), (step, metric)
-            all_ids = np.concatenate(cum_ids)
-            assert row[f"cum_{metric}"] == pytest.approx(meta.loc[all_ids, metric].mean(), rel=1e-9)
+            expected = np.average(meta.loc[segments["story_id"], metric], weights=segments["n_tokens"])
+            assert row[f"in_{metric}"] == pytest.approx(expected, rel=1e-9), (step, metric)
+            every = np.concatenate(cum)
+            expected = np.average(meta.loc[every["story_id"], metric], weights=every["n_tokens"])
+            assert row[f"cum_{metric}"] == pytest.approx(expected, rel=1e-9)
         prev = step
     # an off-by-one interval would pick other stories: the interval means differ between neighbours
     assert summary["in_n_words"].nunique() > len(summary) // 2

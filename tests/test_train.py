@@ -4,6 +4,7 @@ validation, continued pretraining from a llama2.c-style .pt, overfitting, and th
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,8 +16,9 @@ import torch
 from common.errors import UserError
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint, load_model, load_run
-from modelling.data import StoryBatches
+from modelling.data import SegmentBatches
 from modelling.model import ModelArgs, Transformer
+from modelling.config import parse_config
 from tests.fixtures_data import PYTHON, REPO, run_stage
 from tests.fixtures_run import ONE_THREAD, TINY_CKPTS, TINY_CONFIG, TINY_STEPS, train_args
 
@@ -37,10 +39,13 @@ def test_run_folder_is_complete(tiny_run):
     run = load_run(tiny_run)
     assert [s for s, _ in run.checkpoints] == TINY_CKPTS
     assert list(run.train_log["step"]) == list(range(1, TINY_STEPS + 1))
-    assert list(run.train_log.columns) == ["step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s"]
+    assert list(run.train_log.columns) == ["step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s",
+                                           "n_segments", "n_rows", "pad_fraction"]
     assert list(run.val_log["step"]) == TINY_CKPTS and run.val_log["val_loss"].iloc[-1] < run.val_log["val_loss"].iloc[0]
     assert run.train_log["loss"].iloc[-5:].mean() < run.train_log["loss"].iloc[:5].mean() - 0.5
-    assert len(run.batch_log) == TINY_STEPS and run.batch_log.stories_per_step == TINY_CONFIG["batch_size"]
+    assert len(run.batch_log) == TINY_STEPS and run.batch_log.meta["segments_per_step"] == TINY_CONFIG["batch_size"]
+    assert np.all(run.batch_log.segments_per_step() == TINY_CONFIG["batch_size"])
+    assert np.all(run.train_log["n_rows"] <= TINY_CONFIG["batch_size"]) and run.train_log["pad_fraction"].max() < 0.5
     cfg = run.config
     assert cfg["config"]["dim"] == 32 and cfg["n_steps"] == TINY_STEPS and cfg["provenance"]["git_commit"]
     assert len(cfg["tokenizer_sha256"]) == 64 and len(cfg["manifest_sha256"]) == 64
@@ -75,41 +80,46 @@ def test_probe_attention_is_that_steps_real_forward_pass(tiny_run):
 
 
 def test_batch_log_rebuilds_the_exact_tensors_of_a_step(tiny_run, in_workspace, tok_dataset):
-    """The loss logged at step k is the loss of the batch log's stories under the weights before step k."""
+    """The loss logged at step k is the loss of the batch log's packed segments under the weights before step k."""
     from tokenization.dataset import TokenizedDataset
     run = load_run(tiny_run)
-    batches = StoryBatches(TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"]),
-                           TINY_CONFIG["max_seq_len"])
+    batches = SegmentBatches(TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"]),
+                             TINY_CONFIG["max_seq_len"])
     torch.manual_seed(TINY_CONFIG["seed"])
     models = {1: Transformer(ModelArgs.from_dict(run.config["model_args"]))}  # the init weights of step 1
     for prev in (1, 2, 4, 16):
         models[prev + 1] = load_model(run.checkpoint(prev))[0]
+    packed_rows = 0
     for step, model in models.items():
-        ids = run.batch_log.step(step)
-        x, y = batches.batch(ids)
-        assert x.shape == (TINY_CONFIG["batch_size"], TINY_CONFIG["max_seq_len"])
-        model(x, y)
+        packed = run.batch_log.step(step)
+        x, y, positions, segment_ids = batches.batch(packed)
+        assert x.shape[0] == len(np.unique(packed["row"])) and x.shape[1] <= TINY_CONFIG["max_seq_len"]
+        packed_rows += segment_ids is not None
+        model(x, y, positions=positions, segment_ids=segment_ids)
         logged = run.train_log.loc[run.train_log["step"] == step, "loss"].item()
         assert abs(model.last_loss.item() - logged) < 1e-5, step
+    assert packed_rows > 0  # some of these steps packed several segments into one row
     tokens_per_step = np.diff(np.concatenate([[0], run.train_log["tokens_seen"].to_numpy()]))
-    assert tokens_per_step[4] == batches.n_targets(run.batch_log.step(5))
+    assert tokens_per_step[4] == run.batch_log.step(5)["n_tokens"].sum()
 
 
-def test_rows_are_one_story_each_with_pads_ignored(in_workspace, tok_dataset):
+def test_a_story_row_ends_with_the_bos_marker_and_pads_are_ignored(in_workspace, tok_dataset):
+    from modelling.data import pack_rows
     from tokenization.dataset import TokenizedDataset
     ds = TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"])
     index = ds.index.sort_values("n_tokens")
     short, long_ = int(index["story_id"].iloc[0]), int(index["story_id"].iloc[-1])
-    batches = StoryBatches(ds, max_seq_len=1000)
-    x, y = batches.batch([short, long_])
+    batches = SegmentBatches(ds, max_seq_len=1000)
+    segments = batches.segments([short, long_])
+    x, y, positions, segment_ids = batches.batch(pack_rows(segments, 1000, min_rows=2))
+    assert positions is None and segment_ids is None  # one segment per row: plain causal attention
     n_short = len(ds.tokens(short))
-    assert np.array_equal(x[0, :n_short].numpy(), ds.tokens(short))  # BOS + story
-    assert y[0, n_short - 1] == 1 and torch.all(y[0, n_short:] == -1)  # ends with the BOS marker, then pads
-    assert torch.all(x[0, n_short:] == 0) and batches.n_targets([short]) == n_short
-    assert torch.all(y[1] != -1) and x.shape[1] == len(ds.tokens(long_))
-    trunc = StoryBatches(ds, max_seq_len=16)
-    xt, yt = trunc.batch([long_])
-    assert xt.shape == (1, 16) and np.array_equal(yt[0].numpy(), ds.tokens(long_)[1:17])
+    row = int(np.flatnonzero(x[:, 0] == 1)[np.argmin([(y[r] >= 0).sum() for r in range(2)])])
+    assert np.array_equal(x[row, :n_short].numpy(), ds.tokens(short))  # BOS + story
+    assert y[row, n_short - 1] == 1 and torch.all(y[row, n_short:] == -1)  # ends with the BOS marker, then pads
+    assert torch.all(x[row, n_short:] == 0)
+    chunked = SegmentBatches(ds, max_seq_len=16).segments([long_])
+    assert chunked["n_tokens"].sum() == len(ds.tokens(long_)) and chunked["n_tokens"].max() == 16
 
 
 def test_resume_after_kill_equals_uninterrupted(tiny_run, tok_dataset):
@@ -131,6 +141,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_run, tok_dataset):
     resumed, whole = ws / "out/killed", tiny_run
     assert json.loads((resumed / "config.json").read_text())["resumed_from_step"] == killed_at
     assert (resumed / "batch_log.bin").read_bytes() == (whole / "batch_log.bin").read_bytes()
+    assert (resumed / "batch_log_steps.bin").read_bytes() == (whole / "batch_log_steps.bin").read_bytes()
     a, b = read_rows(resumed / "train_log.csv"), read_rows(whole / "train_log.csv")
     assert [r["step"] for r in a] == [str(s) for s in range(1, TINY_STEPS + 1)]
     assert [(r["loss"], r["grad_norm"], r["lr"], r["tokens_seen"]) for r in a] == \
@@ -152,9 +163,14 @@ def test_config_validation_fails_before_any_work(in_workspace, tok_dataset):
                           (["--preset=7B"], "unknown; use one of 260K, 15M, 42M, 110M"),
                           (["--dim=100", "--n_heads=3"], "divisible by --n_heads"),
                           (["--dtype=float16"], "needs CUDA"),
-                          (["batch_size=3"], "use --key=value")):
-        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
-            train.main(argv + ["--out_dir=out/never"])
+                          (["batch_size=3"], "use --key=value"),
+                          (["--learning_rate=-1"], "--learning_rate=-1.0: must be in (0.0, 10.0]"),
+                          (["--batch_size=0"], "--batch_size=0: must be in [1, ∞)"),
+                          (["--dropout=1.5"], "--dropout=1.5: must be in"),
+                          (["--min_lr=0.5"], "is above --learning_rate"),
+                          (["--out_dir=README.md"], "is an existing file")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            train.main(["--out_dir=out/never"] + argv)
     data_args = [f"--dataset={tok_dataset['dataset']}", f"--vocab_size={tok_dataset['vocab_size']}",
                  "--out_dir=out/never"]
     with pytest.raises(UserError, match="nothing to resume"):
@@ -162,7 +178,7 @@ def test_config_validation_fails_before_any_work(in_workspace, tok_dataset):
     with pytest.raises(UserError, match="tokenized dataset not found"):
         train.main(["--vocab_size=123", "--out_dir=out/never"])
     assert not (in_workspace / "out/never").exists()
-    cfg, _ = train.parse_config(["--preset=15M", "--max_seq_len=64"])
+    cfg, _ = parse_config(train.DEFAULTS, ["--preset=15M", "--max_seq_len=64"])
     assert (cfg["dim"], cfg["n_layers"], cfg["n_heads"], cfg["max_seq_len"]) == (288, 6, 6, 64)
 
 
@@ -185,7 +201,7 @@ def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, to
     assert (tiny_run / "train_log.csv").read_bytes() == before
 
 
-def test_continued_pretraining_from_a_llama2c_checkpoint_overfits_a_tiny_batch(tiny_run, tok_dataset):
+def test_continued_pretraining_from_a_llama2c_checkpoint_overfits_a_tiny_batch(tiny_run, tok_dataset, monkeypatch):
     """init_from a llama2.c-style .pt (compiled-model prefixes, no hidden_dim) and train on 8 stories for 30 epochs:
     the loss drops far below its start."""
     ws = tok_dataset["workspace"]
@@ -196,26 +212,37 @@ def test_continued_pretraining_from_a_llama2c_checkpoint_overfits_a_tiny_batch(t
     torch.save(llama2c, ws / "llama2c_ckpt.pt")
     run_stage(ws, "modelling/train.py", *train_args(
         dataset=tok_dataset["dataset"], vocab_size=tok_dataset["vocab_size"], out_dir="out/overfit",
-        init_from="llama2c_ckpt.pt", n_stories=8, batch_size=8, epochs=60, max_seq_len=64, learning_rate=1e-2,
+        init_from="llama2c_ckpt.pt", n_stories=4, batch_size=4, epochs=60, max_seq_len=256, learning_rate=1e-2,
         warmup_iters=5, min_lr=1e-3, eval_interval=1000, eval_iters=1, dtype="float32", weight_decay=0.0),
         env=ONE_THREAD)
     run = load_run(ws / "out/overfit")
-    assert run.config["config"]["dim"] == 32 and run.config["n_steps"] == 60
+    assert run.config["config"]["dim"] == 32 and run.config["n_steps"] == 60 * run.config["steps_per_epoch"]
     loss = run.train_log["loss"].to_numpy()
-    assert loss[0] == pytest.approx(loss[0]) and loss[-3:].mean() < 0.4 * loss[0]
-    assert np.unique(run.batch_log.steps(1, 60)).size == 8
+    # the first step's loss is the step-40 weights' loss on the first batch (the weights were really loaded)
+    from tokenization.dataset import TokenizedDataset
+    monkeypatch.chdir(ws)
+    batches = SegmentBatches(TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"]), 256)
+    model = load_model(tiny_run / "ckpt/step_000040.pt", max_seq_len=256)[0]
+    x, y, positions, segment_ids = batches.batch(run.batch_log.step(1))
+    model(x, y, positions=positions, segment_ids=segment_ids)
+    assert loss[0] == pytest.approx(model.last_loss.item(), abs=1e-5) and loss[-3:].mean() < 0.4 * loss[0]
+    assert np.unique(run.batch_log.steps(1, len(run.batch_log))["story_id"]).size == 4
 
 
 def test_batch_viewer_shows_ids_metrics_and_text(tiny_run, meta_dataset, tok_dataset, in_workspace):
     from tokenization.dataset import TokenizedDataset
     proc = run_stage(in_workspace, "modelling/batch_viewer.py", "--out_dir", "out/tiny", "--step", 3,
-                     "--columns", "n_words,n_tokens", "--chars", 40)
-    ids = BatchLog(tiny_run).step(3)
-    assert "step 3/40: 8 stories" in proc.stdout and "n_words" in proc.stdout
-    assert f"story {ids[0]}" in proc.stdout and f"story {ids[-1]}" in proc.stdout
-    text = TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"]).text(int(ids[0]))
-    assert text[:30] in proc.stdout
-    from modelling.batch_viewer import step_table
+                     "--columns", "n_words", "--chars", 40)
+    segments = BatchLog(tiny_run).step(3)
+    assert "step 3/40: 8 segments in" in proc.stdout and "n_words" in proc.stdout
+    ds = TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"])
+    for sid, start, n, _ in segments.tolist():
+        whole = start == 0 and n == ds.n_tokens([sid])[0]
+        label = f"story {sid}" if whole else f"story {sid}, tokens {start}–{start + n - 1}"
+        assert f"{label}\n" in proc.stdout
+    first = segments[segments["start"] == 0][0]
+    assert ds.text(int(first["story_id"]))[:30] in proc.stdout
+    from modelling.batch_table import step_table
     with pytest.raises(UserError, match=r"step 41 not in the batch log .* \(steps 1\.\.40\)"):
         step_table(load_run(tiny_run), 41)
     with pytest.raises(UserError, match="unknown metadata column"):

@@ -55,7 +55,7 @@ def test_attn_stats_table_matches_checkpoint_attention(vis_run):
     assert len(stats) == len(ckpts) * 2 * 4  # 2 layers x 4 heads
     assert stats["prev_token"].between(0, 1).all() and stats["induction"].between(0, 1).all()
     assert (stats["entropy"] >= 0).all()
-    probes = json.loads((vis_run["dir"] / "probes.json").read_text())
+    probes = json.loads((vis_run["dir"] / "attn_probes.json").read_text())
     step, path = ckpts[-1]
     attn = load_checkpoint(path)["probe_attn"]
     story = [p for p in probes if p["story_id"] is not None]

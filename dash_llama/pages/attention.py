@@ -170,7 +170,7 @@ def register(app, store):
     @guard(figure_or_message())
     def update_grid(run, index, probe):
         if probe not in probe_names(store, run):
-            raise Missing(f"{run} has no probes recorded (probes.json)")
+            raise Missing(f"{run} has no probes recorded (attn_probes.json)")
         step = store.checkpoint_steps(run)[index or 0]
         figure, note_lines = grid_figure(store, run, step, probe)
         return figure, notes(*note_lines)

@@ -184,7 +184,7 @@ def final_model_outputs(runs):
     """For each run's last checkpoint: next-token logits on the probe set (val-story probes of the first
     run, fed to every model) and the token embedding matrix."""
     from modelling.checkpoints import list_checkpoints, load_model
-    probes = json.loads((runs[0]["dir"] / "probes.json").read_text())
+    probes = json.loads((runs[0]["dir"] / "attn_probes.json").read_text())
     probe_tokens = [p["tokens"] for p in probes if p.get("story_id") is not None] or [p["tokens"] for p in probes]
     outputs = {}
     for r in tqdm(runs, desc="final models", unit="run", leave=False):
