@@ -2,6 +2,7 @@
 
     tiny_run   Path of workspace/out/tiny (config.json, probes.json, train/val logs, batch log, TINY_CKPTS
                checkpoints at steps 1, 2, 4, 8, 10, 16, 20, 30, 32, 40, ckpt/resume.pt)
+    copied_run(tiny_run, name, stages)  a private copy out/<name> with later stages (eval, visualizers) run on it
 """
 import pytest
 
@@ -30,3 +31,25 @@ def tiny_run(tok_dataset):
                                                     vocab_size=tok_dataset["vocab_size"], **TINY_CONFIG),
               env=ONE_THREAD)
     return ws / TINY_CONFIG["out_dir"]
+
+
+def copied_run(tiny_run, name, stages=(), ignore=("tables", "visualize", "eval_prompts.json"), fresh=True):
+    """Copy the shared tiny run to workspace/out/<name>, so a test's own eval/visualize settings never touch the
+    original or another test's copy, and run `stages` on the copy: each (script, *args), run with
+    --out_dir out/<name> appended and one thread. fresh=False keeps an existing copy and skips a stage whose
+    `skip_if` file (a 3rd element: ("eval.py", args, "tables/summary.csv")) exists — for copies shared by
+    two test files. Returns {"ws": workspace, "dir": the copy, "procs": {script: CompletedProcess}}."""
+    import shutil
+
+    ws = tiny_run.parents[1]
+    run_dir = ws / "out" / name
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not run_dir.exists():
+        shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns(*ignore))
+    procs = {}
+    for script, args, *skip_if in stages:
+        if skip_if and (run_dir / skip_if[0]).exists():
+            continue
+        procs[script] = run_stage(ws, script, *args, "--out_dir", f"out/{name}", env=ONE_THREAD)
+    return {"ws": ws, "dir": run_dir, "procs": procs}
