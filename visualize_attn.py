@@ -173,7 +173,8 @@ def load_tokenizer(config):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", default=None, help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
     parser.add_argument("--probe", default=None, help="probe for the grids (default: first val-story probe)")
     parser.add_argument("--steps", type=int, nargs="*", default=None, help="grids only for these steps")
     parser.add_argument("--force", action="store_true", help="redraw grids that already exist")

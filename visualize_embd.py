@@ -152,7 +152,8 @@ def plot_trajectories(table, words, limits, path, title):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", default=None, help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
     parser.add_argument("--basis", choices=("final", "all"), default="final",
                         help="fit the shared PCA on the last checkpoint (default) or on all stacked")
     parser.add_argument("--n_frequent", type=int, default=N_FREQUENT, help="most frequent word pieces to label")

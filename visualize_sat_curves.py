@@ -240,7 +240,8 @@ def plot_curves(runs, path, x="step", metrics=None, tol=TOL, min_span=MIN_SPAN, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", default=None, help=f"run folder (out/RUN) holding tables/summary.csv (default: out/{DEFAULT_RUN})")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder (out/RUN) holding tables/summary.csv (default: out/{DEFAULT_RUN})")
     parser.add_argument("--compare", nargs="*", default=[], help="other run folders to overlay")
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     parser.add_argument("--tol", type=float, default=TOL, help="plateau band as a fraction of the curve's range")

@@ -88,7 +88,7 @@ def rope_tables(model, shape):
 
 
 def find_tokenizer(ckpt, ckpt_path, override=None):
-    """The run's SentencePiece model: --tokenizer, else the one of the (dataset, vocab_size) the run's config records."""
+    """The run's SentencePiece model: --tokenizer, else that of the (dataset, vocab_size) its config records."""
     if override:
         return require(override, "tokenizer model", "pass --tokenizer PATH/tokenizer.model")
     config = ckpt.get("config") or {}

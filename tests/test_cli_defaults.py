@@ -36,7 +36,8 @@ def test_no_arguments_reach_the_default_inputs(module, argv, needle, tmp_path, m
 def test_no_arguments_on_the_demo_dataset_are_up_to_date(meta_dataset):
     """The session's dataset is storyworld/512, the default: the no-argument commands find it done."""
     ws = meta_dataset["workspace"]
-    for script, *argv in [("tokenization/pretokenize.py", "train_vocab"), ("tokenization/pretokenize.py", "pretokenize"),
+    for script, *argv in [("tokenization/pretokenize.py", "train_vocab"),
+                          ("tokenization/pretokenize.py", "pretokenize"),
                           ("metadata/batch_metadata.py", "compute_metadata")]:
         proc = run_stage(ws, script, *argv)
         assert "up to date" in proc.stdout, (script, proc.stdout)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import eval as ev
+from common.paths import ROOT_ENV
 from tests.fixtures_data import run_stage
 from tests.fixtures_run import ONE_THREAD, copied_run
 
@@ -114,7 +115,7 @@ def test_bad_input_one_line(eval_run, args, message):
 
 def test_cached_continuation_logprobs_equal_full_forward(eval_run, monkeypatch):
     from modelling.checkpoints import list_checkpoints, load_model
-    monkeypatch.chdir(eval_run["ws"])
+    monkeypatch.setenv(ROOT_ENV, str(eval_run["ws"]))
     from tokenization.dataset import TokenizedDataset
     model, _ = load_model(list_checkpoints(eval_run["dir"])[-1][1])
     sp = TokenizedDataset("storyworld", 512).tokenizer

@@ -19,6 +19,7 @@ import sentencepiece as spm
 import torch
 
 from common.errors import UserError
+from common.paths import ROOT_ENV
 from modelling.checkpoints import list_checkpoints, load_model
 from modelling.export import (export_checkpoint, hf_state_dict, llama2c_tokenizer_bytes, model_shape,
                               write_llama2c_model)
@@ -361,7 +362,7 @@ def test_real_run_exports_reproduce_training_tokens_and_logits(tiny_exports, mon
     from transformers import AutoTokenizer, LlamaForCausalLM
     from tokenization.dataset import TokenizedDataset
     workspace, step, ckpt_path = tiny_exports
-    monkeypatch.chdir(workspace)  # the run's tokenizer and data live under workspace/data
+    monkeypatch.setenv(ROOT_ENV, str(workspace))  # the run's tokenizer and data live under workspace/data
     model, ckpt = load_model(ckpt_path)
     ds = TokenizedDataset(ckpt["config"]["dataset"], ckpt["config"]["vocab_size"])
     story_ids = ds.story_ids("val")[:100]
