@@ -79,7 +79,9 @@ def test_tokenizer_settings_byte_fallback(in_workspace):
     assert any(p.startswith("<0x") for p in pieces)  # byte fallback, no <unk>
     assert sp.unk_id() not in ids
     assert all(sum(c.isdigit() for c in p) <= 1 for p in pieces if not p.startswith("<0x"))  # split digits
-    assert not list((tok_folder(in_workspace)).glob(".train_vocab*")) and not list(Path(".").glob("*.txt"))
+    # the training sample lived in a temp folder that is gone, not in the workspace
+    ws = in_workspace["workspace"]
+    assert not list((tok_folder(in_workspace)).glob(".train_vocab*")) and not list(ws.glob("*.txt"))
 
 
 def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
