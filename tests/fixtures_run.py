@@ -3,6 +3,7 @@
     tiny_run   Path of workspace/out/tiny (config.json, probes.json, train/val logs, batch log, TINY_CKPTS
                checkpoints at steps 1, 2, 4, 8, 10, 16, 20, 30, 32, 40, ckpt/resume.pt)
     copied_run(tiny_run, name, stages)  a private copy out/<name> with later stages (eval, visualizers) run on it
+    evaluated_run  the shared copy out/tiny_evaluated with eval and the three visualizers run on it (read-only)
 """
 import pytest
 
@@ -33,23 +34,35 @@ def tiny_run(tok_dataset):
     return ws / TINY_CONFIG["out_dir"]
 
 
-def copied_run(tiny_run, name, stages=(), ignore=("tables", "visualize", "eval_prompts.json"), fresh=True):
-    """Copy the shared tiny run to workspace/out/<name>, so a test's own eval/visualize settings never touch the
-    original or another test's copy, and run `stages` on the copy: each (script, *args), run with
-    --out_dir out/<name> appended and one thread. fresh=False keeps an existing copy and skips a stage whose
-    `skip_if` file (a 3rd element: ("eval.py", args, "tables/summary.csv")) exists — for copies shared by
-    two test files. Returns {"ws": workspace, "dir": the copy, "procs": {script: CompletedProcess}}."""
+def copied_run(tiny_run, name, stages=(), ignore=("tables", "visualize", "eval_prompts.json")):
+    """Copy the shared tiny run to workspace/out/<name> (replacing an older copy), so a test's own eval/visualize
+    settings never touch the original or another test's copy, and run `stages` on the copy: each
+    (script, args), run with --out_dir out/<name> appended and one thread.
+    Returns {"ws": workspace, "dir": the copy, "procs": {script: CompletedProcess}}."""
     import shutil
 
     ws = tiny_run.parents[1]
     run_dir = ws / "out" / name
-    if fresh and run_dir.exists():
+    if run_dir.exists():
         shutil.rmtree(run_dir)
-    if not run_dir.exists():
-        shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns(*ignore))
-    procs = {}
-    for script, args, *skip_if in stages:
-        if skip_if and (run_dir / skip_if[0]).exists():
-            continue
-        procs[script] = run_stage(ws, script, *args, "--out_dir", f"out/{name}", env=ONE_THREAD)
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns(*ignore))
+    procs = {script: run_stage(ws, script, *args, "--out_dir", f"out/{name}", env=ONE_THREAD)
+             for script, args in stages}
     return {"ws": ws, "dir": run_dir, "procs": procs}
+
+
+EVALUATED_RUN = "tiny_evaluated"
+EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12, "--steps", 1, 4, 10, 20, 30, 40)
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tiny_run, meta_dataset):
+    """One copy of the tiny run with every later stage run on it, shared read-only by the visualize and dash
+    tests: eval.py (EVAL_ARGS), visualize_attn.py (every step), visualize_embd.py, visualize_sat_curves.py (one
+    metric panel; saturation.csv covers every column). Returns copied_run's dict."""
+    return copied_run(tiny_run, EVALUATED_RUN, [
+        ("eval.py", EVAL_ARGS),
+        ("visualize_attn.py", ()),
+        ("visualize_embd.py", ()),
+        ("visualize_sat_curves.py", ("--metrics", "flesch_ease")),
+    ])

@@ -16,28 +16,15 @@ from dash_llama.ui import figure_or_message, guard
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
 from common.paths import ROOT_ENV
-from tests.fixtures_run import TINY_CKPTS, TINY_STEPS, copied_run
+from tests.fixtures_run import EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
 
-RUN = "dash_tiny"  # a copy of the shared tiny run, so eval settings here never clash with other tests' evals
-EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12, "--steps", 1, 4, 10, 20, 30, 40)
-SAT_ARGS = ("--metrics", "flesch_ease")  # saturation.csv covers every column; plot one panel (fast)
-
-
-def evaluate(tiny_run):
-    """Copy the tiny run to out/RUN and run eval and the three visualizers on it, once per session (both dash
-    test files use this fixture; the second finds the tables written and skips)."""
-    return copied_run(tiny_run, RUN, [
-        ("eval.py", EVAL_ARGS, "tables/summary.csv"),
-        ("visualize_attn.py", ("--steps", TINY_STEPS), "tables/attn_stats.csv"),  # grid for one step, stats: all
-        ("visualize_embd.py", (), "tables/embd_pca.csv"),
-        ("visualize_sat_curves.py", SAT_ARGS, "tables/saturation.csv"),
-    ], ignore=(), fresh=False)["ws"]
+RUN = EVALUATED_RUN  # the shared evaluated copy of the tiny run (tests/fixtures_run.py), read-only here
 
 
 @pytest.fixture(scope="session")
-def dash_workspace(tiny_run, meta_dataset):
-    """The shared workspace with out/RUN (the tiny run), its dataset's metadata, and eval + visualizers run."""
-    return evaluate(tiny_run)
+def dash_workspace(evaluated_run):
+    """The shared workspace with out/RUN: the tiny run with eval and the visualizers run on it."""
+    return evaluated_run["ws"]
 
 
 @pytest.fixture

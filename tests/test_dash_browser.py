@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_data import PYTHON, REPO
-from tests.test_dash import dash_workspace  # noqa: F401  (shared session fixture: eval + visualizers on tiny)
+from tests.test_dash import RUN, dash_workspace  # noqa: F401  (shared session fixture: eval + visualizers on tiny)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -120,7 +120,7 @@ def wait_change(page, graph_id, expr, before, timeout_s=20):
 
 def test_every_page_loads_cleanly_with_the_runs_data(server, page, screens):
     for name in PAGES:
-        visit(page, f"{server['url']}/{name}?run=dash_tiny")
+        visit(page, f"{server['url']}/{name}?run={RUN}")
         page.screenshot(path=str(screens / f"{name}.png"), full_page=True)
         assert page.problems == [], f"/{name}: {page.problems}"
         errors = page.locator(".msg-error").all_inner_texts()
@@ -136,7 +136,7 @@ def test_every_page_loads_cleanly_with_the_runs_data(server, page, screens):
 
 
 def test_slider_and_head_click_change_the_attention_figures(server, page, screens):
-    visit(page, f"{server['url']}/attention?run=dash_tiny")
+    visit(page, f"{server['url']}/attention?run={RUN}")
     wait_figure(page, "attn-grid")
     wait_figure(page, "attn-head")
     cell = "Array.from(d._fullData[3].z[6])"  # a row of head (0, 3), decoded by plotly.js

@@ -8,17 +8,16 @@ import pytest
 import visualize_attn as va
 import visualize_embd as ve
 from tests.fixtures_data import run_stage
-from tests.fixtures_run import copied_run
+from tests.fixtures_run import EVALUATED_RUN, copied_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="session")
-def vis_run(tiny_run):
-    """A copy of the tiny run with both visualizers run on it (other areas use the original)."""
-    copy = copied_run(tiny_run, "tiny_vis", [("visualize_attn.py", []), ("visualize_embd.py", [])],
-                      ignore=("tables", "visualize"))
-    return {**copy, "attn": copy["procs"]["visualize_attn.py"], "embd": copy["procs"]["visualize_embd.py"]}
+def vis_run(evaluated_run):
+    """The shared evaluated copy of the tiny run (both visualizers ran on it; read-only here)."""
+    return {**evaluated_run, "rel": f"out/{EVALUATED_RUN}", "attn": evaluated_run["procs"]["visualize_attn.py"],
+            "embd": evaluated_run["procs"]["visualize_embd.py"]}
 
 
 def test_scores_on_hand_made_attention():
@@ -72,9 +71,9 @@ def test_attention_pngs_per_step_and_rerun_skips(vis_run):
     for step, _ in list_checkpoints(vis_run["dir"]):
         assert (vis / f"attn_step{step:06d}.png").read_bytes()[:8] == PNG
     assert (vis / "attn_stats.png").read_bytes()[:8] == PNG
-    again = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", "out/tiny_vis", "--steps", "40")
+    again = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", vis_run["rel"], "--steps", "40")
     assert "0 grid(s) drawn, 1 already there" in again.stdout
-    bad = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", "out/tiny_vis", "--probe", "nope", check=False)
+    bad = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", vis_run["rel"], "--probe", "nope", check=False)
     assert bad.returncode == 2 and "unknown probe 'nope'" in bad.stderr
 
 
