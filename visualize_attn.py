@@ -1,6 +1,6 @@
 """Attention maps per checkpoint and per-head attention statistics across training.
 
-    python visualize_attn.py --out_dir out/RUN [--probe NAME] [--steps 64 512 ...] [--force]
+    python visualize_attn.py [--out_dir out/demo] [--probe NAME] [--steps 64 512 ...] [--force]
 
 Reads  the attention maps each checkpoint stored for the run's fixed probe set (ckpt['probe_attn'], captured
        in a real forward pass at that step; attn_probes.json holds their tokens) via modelling/checkpoints.py.
@@ -28,6 +28,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
+from common.paths import DEFAULT_RUN, add_root_argument, apply_root, default_run_dir  # noqa: E402
 
 LABEL_MAX = 32      # token labels on the grid when the probe has at most this many positions
 GAMMA = 0.5         # colour scale: PowerNorm(gamma) so weak attention stays visible
@@ -172,14 +173,16 @@ def load_tokenizer(config):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", required=True, help="run folder made by modelling/train.py")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
     parser.add_argument("--probe", default=None, help="probe for the grids (default: first val-story probe)")
     parser.add_argument("--steps", type=int, nargs="*", default=None, help="grids only for these steps")
     parser.add_argument("--force", action="store_true", help="redraw grids that already exist")
-    args = parser.parse_args(argv)
+    add_root_argument(parser)
+    args = apply_root(parser.parse_args(argv))
 
     from modelling.checkpoints import load_checkpoint, load_run
-    run_dir = Path(args.out_dir)
+    run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
     run = load_run(run_dir)
     if not run.checkpoints:
         raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")

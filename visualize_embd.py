@@ -1,6 +1,6 @@
 """Token embeddings of every checkpoint in ONE shared 2-D PCA basis, so movement across training is visible.
 
-    python visualize_embd.py --out_dir out/RUN [--basis final|all] [--n_frequent 20] [--words she,he,...]
+    python visualize_embd.py [--out_dir out/demo] [--basis final|all] [--n_frequent 20] [--words she,he,...]
 
 Reads  tok_embeddings.weight of every checkpoint (modelling/checkpoints.py) and the run's tokenizer/shards.
 Writes out/RUN/tables/embd_pca.csv        step, token_id, piece, pc1, pc2, group
@@ -31,6 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
+from common.paths import DEFAULT_RUN, add_root_argument, apply_root, default_run_dir  # noqa: E402
 
 N_FREQUENT = 20
 TRAJECTORY_WORDS = ("she", "he", "her", "his", "girl", "boy", "mom", "dad", "nurse", "doctor", "teacher",
@@ -151,16 +152,18 @@ def plot_trajectories(table, words, limits, path, title):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", required=True, help="run folder made by modelling/train.py")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
     parser.add_argument("--basis", choices=("final", "all"), default="final",
                         help="fit the shared PCA on the last checkpoint (default) or on all stacked")
     parser.add_argument("--n_frequent", type=int, default=N_FREQUENT, help="most frequent word pieces to label")
     parser.add_argument("--words", default=",".join(TRAJECTORY_WORDS), help="comma-separated trajectory words")
-    args = parser.parse_args(argv)
+    add_root_argument(parser)
+    args = apply_root(parser.parse_args(argv))
 
     from modelling.checkpoints import load_run
     from tokenization.dataset import TokenizedDataset
-    run_dir = Path(args.out_dir)
+    run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
     run = load_run(run_dir)
     if not run.checkpoints:
         raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")

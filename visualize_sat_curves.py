@@ -1,6 +1,6 @@
 """Saturation curves: input metrics per training interval next to output metrics per checkpoint.
 
-    python visualize_sat_curves.py --out_dir out/RUN [--compare out/RUN2 ...] [--metrics a,b] [--tol 0.1]
+    python visualize_sat_curves.py [--out_dir out/demo] [--compare out/RUN2 ...] [--metrics a,b] [--tol 0.1]
 
 Reads  out/RUN/tables/summary.csv (written by eval.py).
 Writes out/RUN/tables/saturation.csv, out/RUN/visualize/sat_curves.png (vs step),
@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, save_png  # noqa: E402
-from common.paths import require  # noqa: E402
+from common.paths import DEFAULT_RUN, add_root_argument, apply_root, default_run_dir, require  # noqa: E402
 
 # plateau detection defaults (see the module docstring and the README, section 3)
 TOL = 0.10        # full width of the plateau band, as a fraction of the curve's total range
@@ -240,18 +240,20 @@ def plot_curves(runs, path, x="step", metrics=None, tol=TOL, min_span=MIN_SPAN, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", required=True, help="run folder (out/RUN) holding tables/summary.csv")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder (out/RUN) holding tables/summary.csv (default: out/{DEFAULT_RUN})")
     parser.add_argument("--compare", nargs="*", default=[], help="other run folders to overlay")
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     parser.add_argument("--tol", type=float, default=TOL, help="plateau band as a fraction of the curve's range")
     parser.add_argument("--min_span", type=float, default=MIN_SPAN, help="plateau must last this fraction of steps")
     parser.add_argument("--min_points", type=int, default=MIN_POINTS, help="plateau must hold this many checkpoints")
     parser.add_argument("--smooth", type=int, default=SMOOTH, help="rolling-median window before detection")
-    args = parser.parse_args(argv)
+    add_root_argument(parser)
+    args = apply_root(parser.parse_args(argv))
     if not 0 < args.tol < 1 or not 0 <= args.min_span < 1 or args.min_points < 1 or args.smooth < 1:
         raise UserError("need 0 < --tol < 1, 0 <= --min_span < 1, --min_points >= 1, --smooth >= 1")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    run_dir = Path(args.out_dir)
+    run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
     summary = load_summary(run_dir)
     knobs = dict(tol=args.tol, min_span=args.min_span, min_points=args.min_points, smooth=args.smooth)
     curve_columns(summary, metrics)  # validates --metrics before anything is written

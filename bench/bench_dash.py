@@ -21,6 +21,8 @@ sys.path.insert(0, str(REPO))
 
 import plotly.io  # noqa: E402
 
+from common.paths import set_root  # noqa: E402
+
 PYTHON = sys.executable
 TARGET_MS = 300
 N_STORIES, VOCAB = 3000, 512
@@ -102,10 +104,9 @@ def run(quick=False):
         if not (ws / TRAIN["out_dir"] / "tables" / "embd_pca.csv").exists():
             build_run(ws, quick)
         build_s = time.time() - t0
-        cwd = os.getcwd()
-        os.chdir(ws)  # data/ resolves relative to the working directory, as for the app
+        set_root(ws)  # data/ resolves from the project root, as for the app
         try:
-            steps, fns = callbacks(Store("out"), "b56")
+            steps, fns = callbacks(Store(ws / "out"), "b56")
             for name, fn in fns.items():
                 cold, warm = timed(fn, repeats)
                 verdict = lambda ms: "ok" if ms < TARGET_MS else "OVER TARGET"  # noqa: E731
@@ -114,7 +115,7 @@ def run(quick=False):
                 rows.append({"bench": "dash", "metric": f"{name} (cold)", "value": round(cold, 1), "unit": "ms",
                              "note": f"first visit, fresh Store (files read); < {TARGET_MS} ms: {verdict(cold)}"})
         finally:
-            os.chdir(cwd)
+            set_root(None)
         rows.append({"bench": "dash", "metric": "checkpoints in the bench run", "value": len(steps), "unit": "count",
                      "note": f"dim {TRAIN['dim']}, {TRAIN['n_layers']}x{TRAIN['n_heads']} heads, probe "
                              f"{TRAIN['probe_len']} tokens; building it took {build_s:.0f} s; load average "

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,3 +93,17 @@ def save_png(fig, path, dpi=90):
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
+
+
+@contextlib.contextmanager
+def removed_if_failed(folder):
+    """Around a stage's first write into `folder`: if the folder did not exist before and the block fails,
+    remove it again, so a failed first run leaves no empty or half folder that looks like a result."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,12 +1,13 @@
 """The dashboard: browse every run and experiment under --out in the browser.
 
-    python dash_llama/app.py [--out out] [--host 127.0.0.1] [--port 8050]
+    python dash_llama/app.py [--root .] [--out ROOT/out] [--host 127.0.0.1] [--port 8050]
 
 Pages: Runs, Saturation, Attention, Embeddings, Generations, Data, Experiments (one module each in
 dash_llama/pages/). Runs are discovered under --out (any folder with a config.json) and re-read when their
 files change, so a run still training shows new checkpoints on the next refresh. Everything is read through
 the project's shared readers (dash_llama/data.py); a missing artifact shows a message naming the stage that
-makes it. Binds 127.0.0.1 unless told otherwise."""
+makes it. Datasets (data/) are read from the project root (--root, $LLAMA_PREBIAS_ROOT or the working
+directory), so --out may point elsewhere. Binds 127.0.0.1 unless told otherwise."""
 import argparse
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dash import Dash, Input, Output, State, dcc, html, no_update  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
+from common.paths import ROOT_ENV, add_root_argument, apply_root, data_dir  # noqa: E402
+from common.paths import out_dir as root_out_dir  # noqa: E402
 from dash_llama.data import Store, UnknownName  # noqa: E402
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation  # noqa: E402
 from dash_llama.ui import message, triggered_id  # noqa: E402
@@ -61,7 +64,8 @@ def render_page(pathname):
     return PAGES[pathname][1].layout()
 
 
-def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
+def create_app(out_dir=None, refresh_seconds=REFRESH_SECONDS):
+    out_dir = out_dir if out_dir is not None else root_out_dir()
     store = Store(out_dir)
     app = Dash(__name__, title="llama2_prebiasing", suppress_callback_exceptions=True,
                assets_folder=str(Path(__file__).parent / "assets"))
@@ -96,17 +100,22 @@ def create_app(out_dir="out", refresh_seconds=REFRESH_SECONDS):
     return app
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out", help="folder holding runs and experiments (default: out)")
+    parser.add_argument("--out", default=None, help="folder holding runs and experiments (default: ROOT/out)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, local only)")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pop-ups)")
-    args = parser.parse_args()
+    add_root_argument(parser)
+    args = apply_root(parser.parse_args(argv))
+    args.out = args.out or str(root_out_dir())
     if not Path(args.out).is_dir():
         raise UserError(f"--out folder not found: {args.out} — train a run first (python modelling/train.py) "
                         "or point --out at the folder holding your runs")
     app = create_app(args.out)
+    if not data_dir().is_dir():
+        print(f"note: no datasets under {data_dir().resolve()} — pages that show story text need --root "
+              f"(or ${ROOT_ENV}) pointing at the project holding data/", file=sys.stderr)
     print(f"dashboard for {Path(args.out).resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     app.run(host=args.host, port=args.port, debug=args.debug)
 

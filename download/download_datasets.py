@@ -24,7 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_write_text, provenance, sha256_file  # noqa: E402
-from common.paths import DATA_DIR, RAW_FOLDERS, raw_dir  # noqa: E402
+from common.paths import RAW_FOLDERS, add_root_argument, apply_root, data_dir, raw_dir  # noqa: E402
 from download import storyworld  # noqa: E402
 
 TINYSTORIES_URL = ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -223,6 +223,9 @@ def read_local(path, text_field):
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e}) — convert it to UTF-8")
+    if "\x00" in text:  # valid UTF-8, but no story holds NUL: a binary or corrupt file
+        raise UserError(f"{path} contains NUL bytes (at character {text.index(chr(0))}) — it is a binary or "
+                        f"corrupt file, not stories; give .json/.jsonl/.txt text files")
     if path.suffix == ".txt":
         blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
         return [{"story": b, "source_file": path.name} for b in blocks if b]
@@ -247,10 +250,18 @@ def read_local(path, text_field):
     for n, item in enumerate(items):
         if isinstance(item, str):
             item = {text_field: item}
-        if not isinstance(item, dict) or not isinstance(item.get(text_field), str):
-            fields = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise UserError(f"{path} record {n} has no string field '{text_field}' (has {fields}) — "
+        if not isinstance(item, dict):
+            raise UserError(f"{path} record {n} is a JSON {type(item).__name__}, not a record or a string — "
+                            f"give records like {{\"{text_field}\": \"Once upon a time…\"}}")
+        if text_field not in item:
+            raise UserError(f"{path} record {n} has no field '{text_field}' (has {sorted(item)}) — "
                             f"pass --text_field NAME")
+        if not isinstance(item[text_field], str):
+            raise UserError(f"{path} record {n} field '{text_field}' has the wrong type: "
+                            f"{type(item[text_field]).__name__} ({str(item[text_field])[:40]}), not a string — "
+                            f"fix the record or pass --text_field NAME")
+        if "\x00" in item[text_field]:
+            raise UserError(f"{path} record {n} field '{text_field}' contains NUL characters — fix the record")
         story = item[text_field].strip()
         if story:
             rec = {k: v for k, v in item.items() if k != text_field}
@@ -389,10 +400,10 @@ def cmd_tinystories(args):
     if card and card.get("source_kind") == "tinystories" and shards_intact(final, card):
         print(f"{final}: already downloaded and extracted ({card['story_count']} stories) — nothing to do")
         return
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    archive = DATA_DIR / Path(args.url.split("?")[0]).name
+    data_dir().mkdir(parents=True, exist_ok=True)
+    archive = data_dir() / Path(args.url.split("?")[0]).name
     if not archive.name.endswith((".tar.gz", ".tgz", ".tar")):
-        archive = DATA_DIR / "TinyStories_all_data.tar.gz"
+        archive = data_dir() / "TinyStories_all_data.tar.gz"
     if not archive.exists():
         download(args.url, archive, args.retries, args.backoff)
     else:
@@ -456,7 +467,9 @@ def main(argv=None):
     lo.add_argument("--text_field", default="story", help="record field holding the story (.json/.jsonl)")
     lo.add_argument("--shard_size", type=int, default=5000)
     lo.add_argument("files", nargs="+")
-    args = ap.parse_args(argv)
+    for parser in (t, s, lo):
+        add_root_argument(parser)
+    args = apply_root(ap.parse_args(argv))
     {"tinystories": cmd_tinystories, "storyworld": cmd_storyworld, "local": cmd_local}[args.cmd](args)
 
 

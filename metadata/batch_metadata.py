@@ -1,13 +1,14 @@
 """Stage 3: score every story of a tokenized dataset with the shared metrics (metadata/metrics.py).
 
-    python metadata/batch_metadata.py compute_metadata --dataset NAME --vocab_size N
+    python metadata/batch_metadata.py compute_metadata [--dataset storyworld] [--vocab_size 512]
                                       [--scorer ngram|ckpt:PATH] [--workers K] [--force]
 
 Reads data/<raw>/tok<V>/ through tokenization/dataset.py. Writes, each atomically:
   data/<raw>/tok<V>/metadata.parquet   one row per story_id (train and val): story_id, split, shard, every metric
   data/<raw>/tok<V>/metadata.json      provenance, metric version, scorer spec, column docs, input fingerprint
   data/<raw>/tok<V>/ngram.npz/.json    the reference n-gram (scorer 'ngram'), fitted once on the train split
-  out/tables/batch_metrics.csv (+.json) per shard, per split and overall: count, mean, std, quantiles per metric
+  out/tables/batch_metrics.csv (+.json) per shard, per split and overall: count, mean, std, quantiles per metric;
+                                       one file for every dataset: this run replaces only its dataset+vocab rows
 Idempotent: when the dataset, metric version, metric code and scorer are unchanged it says so and stops.
 Read metadata.parquet with metadata.table.read_metadata(dataset, vocab_size) (train, eval, experiments, app).
 """
@@ -26,12 +27,11 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, sha256_bytes, sha256_file  # noqa: E402
-from common.paths import OUT_DIR  # noqa: E402
+from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, out_dir  # noqa: E402
 from metadata import metrics  # noqa: E402
 from metadata.table import read_metadata  # noqa: E402
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-SUMMARY_CSV = OUT_DIR / "tables" / "batch_metrics.csv"
 METRIC_CODE = ("metrics.py", "wordlists.py", "ngram.py")  # their hash is part of the input fingerprint
 
 
@@ -71,23 +71,49 @@ def summarize(df, shard_files, dataset, vocab_size):
     return pd.DataFrame(rows)
 
 
-def summary_matches(ds):
-    """Whether out/tables/batch_metrics.csv summarises this dataset (it is shared by every dataset)."""
+def summary_csv():
+    """out/tables/batch_metrics.csv under the project root (one file for every dataset+vocab)."""
+    return out_dir() / "tables" / "batch_metrics.csv"
+
+
+def read_summary():
+    """The current batch_metrics.csv, or None when it is missing or unreadable (it is rebuilt from the tables)."""
     try:
-        head = pd.read_csv(SUMMARY_CSV, nrows=1)
-        return (head.at[0, "dataset"], int(head.at[0, "vocab_size"])) == (ds.dataset, ds.vocab_size)
-    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
-        return False
+        table = pd.read_csv(summary_csv())
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    return table if {"dataset", "vocab_size"} <= set(table.columns) else None
+
+
+def summary_matches(ds):
+    """Whether batch_metrics.csv holds rows for this dataset+vocab."""
+    table = read_summary()
+    return table is not None and bool(((table["dataset"] == ds.dataset) & (table["vocab_size"] == ds.vocab_size)).any())
 
 
 def write_summary(df, ds):
+    """Replace this dataset+vocab's rows of batch_metrics.csv, keeping every other dataset's rows."""
     table = summarize(df, [s["file"] for s in ds.manifest["shards"]], ds.dataset, ds.vocab_size)
-    with atomic_path(SUMMARY_CSV, suffix=".csv") as tmp:
+    old = read_summary()
+    if old is not None:
+        others = old[(old["dataset"] != ds.dataset) | (old["vocab_size"] != ds.vocab_size)]
+        table = pd.concat([others, table], ignore_index=True) if len(others) else table
+    path = summary_csv()
+    with atomic_path(path, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    atomic_write_json(SUMMARY_CSV.with_suffix(".json"), {  # the CSV's provenance sidecar
+    sidecar_path = path.with_suffix(".json")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        sidecar = {}
+    sources = sidecar.get("sources") if isinstance(sidecar.get("sources"), dict) else {}
+    sources[f"{ds.dataset}/tok{ds.vocab_size}"] = {  # per dataset+vocab: what its rows came from
+        "provenance": provenance(dataset=ds.dataset, vocab_size=ds.vocab_size),
+        "source": str(ds.dir / "metadata.parquet"), "metric_version": metrics.METRIC_VERSION}
+    atomic_write_json(sidecar_path, {  # the CSV's provenance sidecar
         "provenance": provenance(dataset=ds.dataset, vocab_size=ds.vocab_size),
         "source": str(ds.dir / "metadata.parquet"), "metric_version": metrics.METRIC_VERSION,
-        "quantiles": list(QUANTILES)})
+        "quantiles": list(QUANTILES), "sources": sources})
     return table
 
 
@@ -121,9 +147,9 @@ def compute_metadata(args):
     scorer = load_scorer(args.scorer, ds, args.vocab_size)
     index = ds.index
     parts = []
-    bar = tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0)
     pool = metrics.worker_pool(args.workers) if args.workers > 1 else contextlib.nullcontext()
-    with pool:
+    # the bar is closed before an error propagates, so the error line is the last thing on screen
+    with tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0) as bar, pool:
         for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
             story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
             texts = [ds.text(i) for i in story_ids]
@@ -133,8 +159,7 @@ def compute_metadata(args):
             df.insert(1, "split", index["split"].to_numpy()[story_ids])
             df.insert(2, "shard", np.int16(k))
             parts.append(df)
-            getattr(ds, "_raw", {}).pop(k, None)  # the reader caches raw shards; drop this one once scored
-    bar.close()
+            ds.release_shard(k)  # scored: keep memory at one raw shard
     df = pd.concat(parts, ignore_index=True).sort_values("story_id", ignore_index=True)
     df["shard"] = df["shard"].astype(np.int16)
     seconds = time.time() - t0
@@ -158,7 +183,7 @@ def compute_metadata(args):
         "nan_counts": n_nan,
     })
     print(f"wrote {out_parquet} ({len(df):,} stories, {len(metrics.COLUMNS)} columns) in {seconds:.1f}s "
-          f"({len(df) / max(seconds, 1e-9):,.0f} stories/s), {out_json} and {SUMMARY_CSV}")
+          f"({len(df) / max(seconds, 1e-9):,.0f} stories/s), {out_json} and {summary_csv()}")
 
 
 def default_workers():
@@ -172,12 +197,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compute_metadata", help="score every story; write metadata.parquet/.json and the summary")
-    p.add_argument("--dataset", required=True, help="dataset name (tinystories, storyworld, …)")
-    p.add_argument("--vocab_size", type=int, required=True, help="vocab of the tokenized folder tok<V> (0: Llama 2)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
+    p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB,
+                   help=f"vocab of the tokenized folder tok<V> (0: Llama 2; default {DEFAULT_VOCAB})")
     p.add_argument("--scorer", default="ngram", help="ngram (default) or ckpt:PATH for ppl_ref")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes for the text metrics")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    args = parser.parse_args(argv)
+    add_root_argument(p)
+    args = apply_root(parser.parse_args(argv))
     if args.workers < 1:
         raise UserError(f"--workers {args.workers} is invalid — give 1 or more")
     if args.command == "compute_metadata":

@@ -152,8 +152,8 @@ def fit_ngram(ds, max_tokens=NGRAM_MAX_TOKENS):
     return lm, info
 
 
-def load_ngram(ds, refit=True):
-    """The saved n-gram of ds when it matches the dataset, else (refit=True) a freshly fitted one."""
+def load_ngram(ds):
+    """The saved n-gram of ds when it matches the dataset, else a freshly fitted (and saved) one."""
     from metadata.ngram import KneserNeyTrigram
     npz, meta = ds.dir / "ngram.npz", ds.dir / "ngram.json"
     if npz.exists() and meta.exists():
@@ -163,9 +163,6 @@ def load_ngram(ds, refit=True):
                 return KneserNeyTrigram.load(npz), info
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             pass  # unreadable or stale: fit again below
-    if not refit:
-        raise UserError(f"{npz} is missing or stale — run: python metadata/batch_metadata.py compute_metadata "
-                        f"--dataset {ds.dataset} --vocab_size {ds.vocab_size}")
     return fit_ngram(ds)
 
 

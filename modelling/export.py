@@ -76,7 +76,7 @@ def model_shape(model, state):
         "dim": int(dim), "hidden_dim": int(state["layers.0.feed_forward.w1.weight"].shape[0]),
         "n_layers": len(model.layers), "n_heads": int(args.n_heads), "n_kv_heads": int(args.n_kv_heads or args.n_heads),
         "vocab_size": int(vocab_size), "max_seq_len": int(args.max_seq_len), "norm_eps": float(args.norm_eps),
-        "rope_theta": float(getattr(args, "rope_theta", RUNC_ROPE_THETA)),  # model.py fixes theta at 10000
+        "rope_theta": RUNC_ROPE_THETA,  # model.py fixes theta at 10000, as run.c does
         "shared_classifier": "output.weight" not in state
                              or torch.equal(state["output.weight"], state["tok_embeddings.weight"]),
     }
@@ -88,14 +88,10 @@ def rope_tables(model, shape):
 
 
 def find_tokenizer(ckpt, ckpt_path, override=None):
-    """The run's SentencePiece model: --tokenizer, else the path or (dataset, vocab_size) the run's config records."""
+    """The run's SentencePiece model: --tokenizer, else that of the (dataset, vocab_size) its config records."""
     if override:
         return require(override, "tokenizer model", "pass --tokenizer PATH/tokenizer.model")
     config = ckpt.get("config") or {}
-    for key in ("tokenizer_model", "tokenizer_path", "tokenizer"):
-        if isinstance(config.get(key), str) and config[key].endswith(".model"):
-            return require(config[key], f"tokenizer recorded in {ckpt_path} (config.{key})",
-                           "run from the training workspace or pass --tokenizer PATH/tokenizer.model")
     if config.get("dataset") and config.get("vocab_size") is not None:
         return require(tokenizer_model(config["dataset"], config["vocab_size"]), "the run's tokenizer",
                        "run from the training workspace or pass --tokenizer PATH/tokenizer.model")
@@ -162,9 +158,9 @@ def llama2c_tokenizer_bytes(sp, vocab_size):
 def export_llama2c(model, shape, sp, sp_file, out_path, dtype):
     if dtype != "fp32":
         raise UserError(f"--dtype {dtype}: run.c's legacy model.bin is fp32 only — drop --dtype or use --format hf")
-    if shape["rope_theta"] != RUNC_ROPE_THETA or abs(shape["norm_eps"] - RUNC_NORM_EPS) > 1e-12:
-        raise UserError(f"run.c hard-codes rope_theta={RUNC_ROPE_THETA:g} and norm_eps={RUNC_NORM_EPS:g}; this "
-                        f"model has {shape['rope_theta']:g} and {shape['norm_eps']:g} — use --format hf")
+    if abs(shape["norm_eps"] - RUNC_NORM_EPS) > 1e-12:
+        raise UserError(f"run.c hard-codes norm_eps={RUNC_NORM_EPS:g}; this model has {shape['norm_eps']:g} — "
+                        f"use --format hf")
     state = model.state_dict()
     cos, sin = rope_tables(model, shape)
     write_llama2c_model(state, shape, cos, sin, out_path)

@@ -2,6 +2,8 @@
 
     tiny_run   Path of workspace/out/tiny (config.json, attn_probes.json, train/val logs, batch log, TINY_CKPTS
                checkpoints at steps 1, 2, 4, 8, 10, 16, 20, 30, 32, 40, ckpt/resume.pt)
+    copied_run(tiny_run, name, stages)  a private copy out/<name> with later stages (eval, visualizers) run on it
+    evaluated_run  the shared copy out/tiny_evaluated with eval and the three visualizers run on it (read-only)
 """
 import pytest
 
@@ -30,3 +32,37 @@ def tiny_run(tok_dataset):
                                                     vocab_size=tok_dataset["vocab_size"], **TINY_CONFIG),
               env=ONE_THREAD)
     return ws / TINY_CONFIG["out_dir"]
+
+
+def copied_run(tiny_run, name, stages=(), ignore=("tables", "visualize", "eval_prompts.json")):
+    """Copy the shared tiny run to workspace/out/<name> (replacing an older copy), so a test's own eval/visualize
+    settings never touch the original or another test's copy, and run `stages` on the copy: each
+    (script, args), run with --out_dir out/<name> appended and one thread.
+    Returns {"ws": workspace, "dir": the copy, "procs": {script: CompletedProcess}}."""
+    import shutil
+
+    ws = tiny_run.parents[1]
+    run_dir = ws / "out" / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns(*ignore))
+    procs = {script: run_stage(ws, script, *args, "--out_dir", f"out/{name}", env=ONE_THREAD)
+             for script, args in stages}
+    return {"ws": ws, "dir": run_dir, "procs": procs}
+
+
+EVALUATED_RUN = "tiny_evaluated"
+EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12, "--steps", 1, 4, 10, 20, 30, 40)
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tiny_run, meta_dataset):
+    """One copy of the tiny run with every later stage run on it, shared read-only by the visualize and dash
+    tests: eval.py (EVAL_ARGS), visualize_attn.py (every step), visualize_embd.py, visualize_sat_curves.py (one
+    metric panel; saturation.csv covers every column). Returns copied_run's dict."""
+    return copied_run(tiny_run, EVALUATED_RUN, [
+        ("eval.py", EVAL_ARGS),
+        ("visualize_attn.py", ()),
+        ("visualize_embd.py", ()),
+        ("visualize_sat_curves.py", ("--metrics", "flesch_ease")),
+    ])

@@ -9,49 +9,27 @@ import pandas as pd
 import pytest
 from dash import Dash, no_update
 
-from dash_llama.app import create_app, pick_run, render_page
+from dash_llama.app import PAGES, create_app, pick_run, render_page
 from dash_llama.data import Missing, Store, UnknownName
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation
 from dash_llama.ui import figure_or_message, guard
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
-from tests.fixtures_data import run_stage
-from tests.fixtures_run import ONE_THREAD, TINY_CKPTS, TINY_STEPS
+from common.paths import ROOT_ENV
+from tests.fixtures_run import EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
 
-RUN = "dash_tiny"  # a copy of the shared tiny run, so eval settings here never clash with other tests' evals
-EVAL_ARGS = ("--n_prompts", 2, "--max_new_tokens", 12, "--steps", 1, 4, 10, 20, 30, 40)
-SAT_ARGS = ("--metrics", "flesch_ease")  # saturation.csv covers every column; plot one panel (fast)
-
-
-def evaluate(tiny_run):
-    """Copy the tiny run to out/RUN and run eval and the three visualizers on it, once per session (both dash
-    test files use this fixture; the second finds the tables written and skips)."""
-    ws = tiny_run.parents[1]
-    run_dir = ws / "out" / RUN
-    if not run_dir.exists():
-        shutil.copytree(tiny_run, run_dir)
-    rel = f"out/{RUN}"
-    tables = run_dir / "tables"
-    if not (tables / "summary.csv").exists():
-        run_stage(ws, "eval.py", "--out_dir", rel, *EVAL_ARGS, env=ONE_THREAD)
-    if not (tables / "attn_stats.csv").exists():
-        run_stage(ws, "visualize_attn.py", "--out_dir", rel, "--steps", TINY_STEPS, env=ONE_THREAD)  # stats: all
-    if not (tables / "embd_pca.csv").exists():
-        run_stage(ws, "visualize_embd.py", "--out_dir", rel, env=ONE_THREAD)
-    if not (tables / "saturation.csv").exists():
-        run_stage(ws, "visualize_sat_curves.py", "--out_dir", rel, *SAT_ARGS, env=ONE_THREAD)
-    return ws
+RUN = EVALUATED_RUN  # the shared evaluated copy of the tiny run (tests/fixtures_run.py), read-only here
 
 
 @pytest.fixture(scope="session")
-def dash_workspace(tiny_run, meta_dataset):
-    """The shared workspace with out/RUN (the tiny run), its dataset's metadata, and eval + visualizers run."""
-    return evaluate(tiny_run)
+def dash_workspace(evaluated_run):
+    """The shared workspace with out/RUN: the tiny run with eval and the visualizers run on it."""
+    return evaluated_run["ws"]
 
 
 @pytest.fixture
 def store(dash_workspace, monkeypatch):
-    monkeypatch.chdir(dash_workspace)  # data/ resolves relative to the working directory, as for the app
+    monkeypatch.setenv(ROOT_ENV, str(dash_workspace))  # data/ resolves from the project root, as for the app
     return Store(dash_workspace / "out")
 
 
@@ -123,11 +101,36 @@ def test_new_checkpoints_appear_without_restart(store, tmp_path):
     assert update_controls("live", 2, options, probe, 3, max_, marks)[1:5] == (no_update,) * 4
 
 
-def test_every_page_renders_and_unknown_page_says_so(store):
+def component_tree(component):
+    """Every Dash component in a layout, depth first."""
+    yield component
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if hasattr(child, "to_plotly_json"):
+            yield from component_tree(child)
+
+
+def test_every_page_renders_its_controls_and_unknown_page_says_so(store):
     app = create_app(store.out_dir)
-    assert len(app.callback_map) > 20
-    for path in ["/", "/runs", "/saturation", "/attention", "/embeddings", "/generations", "/data", "/experiments"]:
-        assert render_page(path) is not None
+    # every component id a callback writes to, from Dash's own map ("..a.children...b.figure.." or "a.children")
+    outputs = {part.rsplit(".", 1)[0] for key in app.callback_map for part in key.strip(".").split("...")
+               if not part.startswith("{")}  # pattern-matching ids are dicts, not laid out statically
+    shell_ids = {c.id for c in component_tree(app.layout) if getattr(c, "id", None)}
+    page_ids = {}
+    for path, (title, _) in PAGES.items():
+        layout = render_page(path)
+        ids = [c.id for c in component_tree(layout) if isinstance(getattr(c, "id", None), str)]
+        assert len(ids) == len(set(ids)), f"{path}: duplicate ids"
+        headings = [c.children for c in component_tree(layout) if type(c).__name__ == "H2"]
+        assert headings[:1] == [title], (path, headings)
+        page_ids[path] = set(ids)
+        assert page_ids[path] & outputs, f"{path}: no component any callback draws into"
+    # every callback output exists on exactly one page or in the header (a renamed id would break a page)
+    for out_id in outputs:
+        owners = [p for p, ids in page_ids.items() if out_id in ids] + (["shell"] if out_id in shell_ids else [])
+        assert len(owners) == 1, (out_id, owners)
+    home = {c.id for c in component_tree(render_page("/")) if isinstance(getattr(c, "id", None), str)}
+    assert home == page_ids["/runs"]
     assert "no page" in render_page("/nope").children
 
 

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's chromium driven by playwright against `dash_llama/app.py` serving
 the tiny run (evaluated by the real stages) on a free 127.0.0.1 port. Every page loads without console errors,
 failed callbacks or server tracebacks; the checkpoint slider and a click on a head change figures; a
-path-traversal run name is refused in the page. Screenshots land in out/dash_screens/ (look at them)."""
+path-traversal run name is refused in the page. Screenshots land in the session's temp folder (the path is
+printed; run with -s to see it), never in the repository."""
 import json
 import socket
 import subprocess
@@ -12,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_data import PYTHON, REPO
-from tests.test_dash import dash_workspace  # noqa: F401  (shared session fixture: eval + visualizers on tiny)
+from tests.test_dash import RUN, dash_workspace  # noqa: F401  (shared session fixture: eval + visualizers on tiny)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--no-first-run"]
-SCREENS = REPO / "out" / "dash_screens"
 PAGES = ["runs", "saturation", "attention", "embeddings", "generations", "data", "experiments"]
 SETTLE_S = 0.6  # after network idle, for plotly to finish drawing
 
@@ -29,11 +29,20 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def server(dash_workspace):  # noqa: F811
+def screens(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dash_screens")
+    print(f"screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(dash_workspace, tmp_path_factory):  # noqa: F811
     port = free_port()
     log = open(dash_workspace / "dash_server.log", "w+")
-    proc = subprocess.Popen([PYTHON, str(REPO / "dash_llama" / "app.py"), "--out", "out", "--port", str(port)],
-                            cwd=dash_workspace, stdout=log, stderr=subprocess.STDOUT)
+    # started elsewhere with --root: the app must find runs and datasets from the root, not the working directory
+    proc = subprocess.Popen([PYTHON, str(REPO / "dash_llama" / "app.py"), "--root", str(dash_workspace),
+                             "--port", str(port)],
+                            cwd=tmp_path_factory.mktemp("elsewhere"), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(150):
@@ -109,11 +118,10 @@ def wait_change(page, graph_id, expr, before, timeout_s=20):
     raise AssertionError(f"{graph_id}: {expr} did not change within {timeout_s} s")
 
 
-def test_every_page_loads_cleanly_with_the_runs_data(server, page):
-    SCREENS.mkdir(parents=True, exist_ok=True)
+def test_every_page_loads_cleanly_with_the_runs_data(server, page, screens):
     for name in PAGES:
-        visit(page, f"{server['url']}/{name}?run=dash_tiny")
-        page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+        visit(page, f"{server['url']}/{name}?run={RUN}")
+        page.screenshot(path=str(screens / f"{name}.png"), full_page=True)
         assert page.problems == [], f"/{name}: {page.problems}"
         errors = page.locator(".msg-error").all_inner_texts()
         assert errors == [], f"/{name} shows errors: {errors}"
@@ -127,8 +135,8 @@ def test_every_page_loads_cleanly_with_the_runs_data(server, page):
     assert "Traceback" not in server["log"].read()
 
 
-def test_slider_and_head_click_change_the_attention_figures(server, page):
-    visit(page, f"{server['url']}/attention?run=dash_tiny")
+def test_slider_and_head_click_change_the_attention_figures(server, page, screens):
+    visit(page, f"{server['url']}/attention?run={RUN}")
     wait_figure(page, "attn-grid")
     wait_figure(page, "attn-head")
     cell = "Array.from(d._fullData[3].z[6])"  # a row of head (0, 3), decoded by plotly.js
@@ -145,7 +153,7 @@ def test_slider_and_head_click_change_the_attention_figures(server, page):
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     title = wait_change(page, "attn-head", "d.layout.title.text", title)
     assert "layer 1 · head 2" in json.loads(title)
-    page.screenshot(path=str(SCREENS / "attention_clicked.png"), full_page=True)
+    page.screenshot(path=str(screens / "attention_clicked.png"), full_page=True)
     assert page.problems == []
 
 

@@ -3,6 +3,7 @@ unsafe archives), and the `local` ingest of .json / .jsonl / .txt files."""
 import hashlib
 import io
 import json
+import re
 import random
 import tarfile
 import threading
@@ -225,3 +226,19 @@ def test_local_ingest_json_jsonl_txt(tmp_path):
     assert not (tmp_path / "data/oops").exists()
     clash = run_stage(tmp_path, DL, "storyworld", "--name", "mine", "--n_stories", "5", check=False)
     assert clash.returncode == 2 and "local" in clash.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\0" * 64, "contains NUL bytes"),                                   # a file of NUL bytes is not a story
+    (b'[{"story": 42}]', "field 'story' has the wrong type: int (42)"),    # present, but not a string
+    (b'[{"text": "Hi."}]', "has no field 'story' (has ['text'])"),         # absent: the fields it has
+    (b'[["a list"]]', "is a JSON list, not a record"),
+], ids=["nul", "wrong_type", "missing", "not_a_record"])
+def test_local_ingest_names_what_is_wrong_and_writes_nothing(tmp_path, content, needle):
+    from common.errors import UserError
+    from download import download_datasets
+    src = tmp_path / ("in.txt" if content.startswith(b"\0") else "in.json")
+    src.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        download_datasets.main(["local", "--root", str(tmp_path), "--name", "mine", str(src)])
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

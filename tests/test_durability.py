@@ -2,12 +2,12 @@
 same-multiset check, and the `smoke` preset end to end through the real train.py and eval.py."""
 import itertools
 import json
-import os
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
+from common.paths import ROOT_ENV
 from experiments.durability import stats
 from experiments.durability.analysis import check_same_multiset, multiset_hash
 from experiments.durability.experiment_durability import BASELINE, plan_runs
@@ -162,6 +162,21 @@ def smoke_experiment(meta_dataset):
             "experiment": json.loads((exp_dir / "experiment.json").read_text())}
 
 
+def test_no_arguments_prints_the_demo_plan_and_its_expected_duration(meta_dataset):
+    """The published command without arguments: experiment `example`, the demo preset on storyworld/512.
+    (--plan stops after the plan; without it the same lines come first, then the runs.)"""
+    from tests.fixtures_data import run_stage
+    out = run_stage(meta_dataset["workspace"], SCRIPT, "--plan").stdout
+    assert "durability experiment example (demo preset) → out/experiments/durability/example" in out
+    assert "random, asc_flesch_ease, desc_flesch_ease, asc_sentiment, desc_sentiment × init seeds [0, 1, 2] = " \
+           "15 runs" in out
+    # a 4,000-story selection of the 4,000-story fixture's train split = the whole split (batch fitted to it)
+    minutes = float(out.split("expected ≈ ")[1].split(" min")[0])
+    assert 1 <= minutes <= 60, out
+    assert out.count("--sampler=") == 15
+
+
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_smoke_writes_every_output(smoke_experiment):
     import pandas as pd
     exp_dir = smoke_experiment["exp_dir"]
@@ -188,23 +203,19 @@ def test_smoke_writes_every_output(smoke_experiment):
     for png in ("curves", "input_order", "endpoint", "divergence", "sat_compare"):
         assert (exp_dir / "figures" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (exp_dir / "report.md").read_text()
-    assert "Same multiset of story ids in all 6 runs" in report and "**yes**" in report
+    assert "Same multiset of segments in all 6 runs" in report and "**yes**" in report
 
 
-def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment):
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
+def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment, monkeypatch):
     """Independent of the experiment's own check: read each batch log with the shared reader."""
     import pandas as pd
     from modelling.batch_log import BatchLog
     from tokenization.dataset import TokenizedDataset
-    ws = smoke_experiment["workspace"]
-    cwd = os.getcwd()
-    os.chdir(ws)  # the shared readers resolve data/ relative to the working directory
-    try:
-        ds = TokenizedDataset("storyworld", 512)
-        train_ids = ds.story_ids("train")
-        n_tokens = ds.n_tokens(np.sort(train_ids))
-    finally:
-        os.chdir(cwd)
+    monkeypatch.setenv(ROOT_ENV, str(smoke_experiment["workspace"]))  # the shared readers' project root
+    ds = TokenizedDataset("storyworld", 512)
+    train_ids = ds.story_ids("train")
+    n_tokens = ds.n_tokens(np.sort(train_ids))
     meta = pd.read_parquet(smoke_experiment["dir"] / "metadata.parquet").set_index("story_id")
     for run in smoke_experiment["experiment"]["design"]["runs"]:
         log = BatchLog(smoke_experiment["exp_dir"] / "runs" / run["name"])
@@ -219,6 +230,7 @@ def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment):
             assert all(b.min() >= a.max() for a, b in zip(per_step, per_step[1:]) if len(a) and len(b)), run["name"]
 
 
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_rerun_skips_finished_runs(smoke_experiment):
     from tests.fixtures_data import run_stage
     ckpts = sorted(smoke_experiment["exp_dir"].glob("runs/*/ckpt/*.pt"))
@@ -228,6 +240,7 @@ def test_rerun_skips_finished_runs(smoke_experiment):
     assert {p: p.stat().st_mtime_ns for p in ckpts} == before
 
 
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_training_state_of_damaged_runs(smoke_experiment, tmp_path):
     import shutil
     from experiments.durability.experiment_durability import planned_steps, training_state
@@ -243,6 +256,7 @@ def test_training_state_of_damaged_runs(smoke_experiment, tmp_path):
     assert training_state(tmp_path / "absent", n_steps) == "new"
 
 
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_a_stopped_run_is_resumed_and_a_broken_one_restarted(smoke_experiment):
     import pandas as pd
     from modelling.batch_log import BatchLog
@@ -258,6 +272,7 @@ def test_a_stopped_run_is_resumed_and_a_broken_one_restarted(smoke_experiment):
     assert list(steps) == list(range(1, len(sibling) + 1))  # no step lost or logged twice across the resume
 
 
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_bad_input_is_one_line_and_exit_2(smoke_experiment):
     from tests.fixtures_data import run_stage
     ws = smoke_experiment["workspace"]
@@ -273,6 +288,7 @@ def test_bad_input_is_one_line_and_exit_2(smoke_experiment):
     assert not (ws / "out" / "experiments" / "durability" / "x").exists()
 
 
+@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
 def test_a_run_with_other_stories_fails_the_check(smoke_experiment):
     """Swap one story id in a copy of the experiment: the analysis refuses and records the evidence."""
     import shutil

@@ -1,7 +1,6 @@
 """eval.py on the tiny run: KV-cache generation equals the no-cache loop, the tables and their join with the
 batch log, incremental re-runs and the probe arithmetic (cached continuation log-probs = full forward)."""
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,8 +8,9 @@ import pytest
 import torch
 
 import eval as ev
+from common.paths import ROOT_ENV
 from tests.fixtures_data import run_stage
-from tests.fixtures_run import ONE_THREAD
+from tests.fixtures_run import ONE_THREAD, copied_run
 
 EVAL_ARGS = ["--n_prompts", "3", "--max_new_tokens", "24", "--val_stories", "8"]
 FIRST_STEPS = [1, 2, 4, 8, 10]
@@ -20,13 +20,8 @@ FIRST_STEPS = [1, 2, 4, 8, 10]
 def eval_run(tiny_run, meta_dataset):
     """A copy of the tiny run (other areas' tests evaluate the original with their own settings), evaluated
     in two passes: the first five checkpoints, then the rest (incremental)."""
-    ws = meta_dataset["workspace"]
-    run_dir = ws / "out" / "tiny_eval"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("tables", "visualize", "eval_prompts.json"))
-    first = run_stage(ws, "eval.py", "--out_dir", "out/tiny_eval", *EVAL_ARGS, "--steps", *FIRST_STEPS,
-                      env=ONE_THREAD)
+    copy = copied_run(tiny_run, "tiny_eval", [("eval.py", [*EVAL_ARGS, "--steps", *FIRST_STEPS])])
+    ws, run_dir, first = copy["ws"], copy["dir"], copy["procs"]["eval.py"]
     gens_first = pd.read_csv(run_dir / "tables" / "generations.csv")
     second = run_stage(ws, "eval.py", "--out_dir", "out/tiny_eval", *EVAL_ARGS, env=ONE_THREAD)
     return {"ws": ws, "dir": run_dir, "first": first, "second": second, "gens_first": gens_first}
@@ -124,7 +119,7 @@ def test_bad_input_one_line(eval_run, args, message):
 
 def test_cached_continuation_logprobs_equal_full_forward(eval_run, monkeypatch):
     from modelling.checkpoints import list_checkpoints, load_model
-    monkeypatch.chdir(eval_run["ws"])
+    monkeypatch.setenv(ROOT_ENV, str(eval_run["ws"]))
     from tokenization.dataset import TokenizedDataset
     model, _ = load_model(list_checkpoints(eval_run["dir"])[-1][1])
     sp = TokenizedDataset("storyworld", 512).tokenizer

@@ -19,6 +19,7 @@ import sentencepiece as spm
 import torch
 
 from common.errors import UserError
+from common.paths import ROOT_ENV
 from modelling.checkpoints import list_checkpoints, load_model
 from modelling.export import (export_checkpoint, hf_state_dict, llama2c_tokenizer_bytes, model_shape,
                               write_llama2c_model)
@@ -70,7 +71,7 @@ def ckpt(tmp_path_factory, tokenizer_model):
     path = run / "ckpt" / "step_000007.pt"
     path.parent.mkdir()
     torch.save({"model": model.state_dict(), "model_args": model.params.to_dict(), "step": 7, "tokens_seen": 700,
-                "config": {"tokenizer_model": str(tokenizer_model)}}, path)
+                "config": {}}, path)  # no dataset recorded: every export below names its tokenizer
     return path
 
 
@@ -174,8 +175,8 @@ def runc_decode(pieces, tokens):
     return out.decode("utf-8", errors="replace")
 
 
-def test_llama2c_model_bin_reads_back_and_runs_like_runc(ckpt, tmp_path):
-    out = export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin")
+def test_llama2c_model_bin_reads_back_and_runs_like_runc(ckpt, tokenizer_model, tmp_path):
+    out = export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin", tokenizer=tokenizer_model)
     model, _ = load_model(ckpt)
     args = model.params
     header, w = read_llama2c_model(out)
@@ -219,7 +220,7 @@ def test_llama2c_untied_classifier_negative_vocab(tmp_path):
 
 
 def test_llama2c_tokenizer_bin_round_trips_every_piece(ckpt, tokenizer_model, tmp_path):
-    export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin")
+    export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin", tokenizer=tokenizer_model)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     max_len, pieces, scores = read_llama2c_tokenizer(tmp_path / "tokenizer.bin", VOCAB)
     assert max_len == max(len(p) for p in pieces)
@@ -236,9 +237,9 @@ def test_llama2c_tokenizer_bin_round_trips_every_piece(ckpt, tokenizer_model, tm
     assert padded_pieces[:VOCAB] == pieces and padded_pieces[VOCAB:] == [b""] * 8
 
 
-def test_llama2c_rejects_half_precision(ckpt, tmp_path):
+def test_llama2c_rejects_half_precision(ckpt, tokenizer_model, tmp_path):
     with pytest.raises(UserError, match="fp32 only"):
-        export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin", dtype="bf16")
+        export_checkpoint(ckpt, "llama2c", tmp_path / "model.bin", dtype="bf16", tokenizer=tokenizer_model)
     assert not (tmp_path / "model.bin").exists()
 
 
@@ -246,10 +247,11 @@ def test_llama2c_rejects_half_precision(ckpt, tmp_path):
 # Hugging Face
 
 @pytest.fixture(scope="module")
-def hf_export(ckpt, tmp_path_factory):
+def hf_export(ckpt, tokenizer_model, tmp_path_factory):
     """The CLI, run as a user would; the fp32 folder it writes."""
     out = tmp_path_factory.mktemp("hf") / "step_000007"
-    result = subprocess.run([sys.executable, str(EXPORT), "--ckpt", str(ckpt), "--format", "hf", "--out", str(out)],
+    result = subprocess.run([sys.executable, str(EXPORT), "--ckpt", str(ckpt), "--format", "hf", "--out", str(out),
+                             "--tokenizer", str(tokenizer_model)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return out
@@ -286,10 +288,10 @@ def test_hf_tokenizer_matches_sentencepiece(hf_export, tokenizer_model):
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_hf_dtype_is_honoured(ckpt, tmp_path, dtype, torch_dtype):
+def test_hf_dtype_is_honoured(ckpt, tokenizer_model, tmp_path, dtype, torch_dtype):
     from safetensors import safe_open
     from transformers import LlamaForCausalLM
-    out = export_checkpoint(ckpt, "hf", tmp_path / dtype, dtype=dtype)
+    out = export_checkpoint(ckpt, "hf", tmp_path / dtype, dtype=dtype, tokenizer=tokenizer_model)
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch_dtype}
     assert json.loads((out / "config.json").read_text())["dtype"] == str(torch_dtype).removeprefix("torch.")
@@ -328,9 +330,10 @@ def test_llama2c_pt_imports_with_same_logits(tmp_path, tokenizer_model):
                                atol=1e-4, rtol=0)
 
 
-def test_rerun_skips_and_bad_input_exits_2(ckpt, hf_export, tmp_path):
+def test_rerun_skips_and_bad_input_exits_2(ckpt, tokenizer_model, hf_export, tmp_path):
     before = (hf_export / "model.safetensors").stat().st_mtime_ns
-    assert export_checkpoint(ckpt, "hf", hf_export) == hf_export  # same checkpoint: up to date, nothing rewritten
+    # same checkpoint: up to date, nothing rewritten
+    assert export_checkpoint(ckpt, "hf", hf_export, tokenizer=tokenizer_model) == hf_export
     assert (hf_export / "model.safetensors").stat().st_mtime_ns == before
     corrupt = tmp_path / "step_000001.pt"
     corrupt.write_bytes(b"not a checkpoint")
@@ -359,7 +362,7 @@ def test_real_run_exports_reproduce_training_tokens_and_logits(tiny_exports, mon
     from transformers import AutoTokenizer, LlamaForCausalLM
     from tokenization.dataset import TokenizedDataset
     workspace, step, ckpt_path = tiny_exports
-    monkeypatch.chdir(workspace)  # the run's tokenizer and data live under workspace/data
+    monkeypatch.setenv(ROOT_ENV, str(workspace))  # the run's tokenizer and data live under workspace/data
     model, ckpt = load_model(ckpt_path)
     ds = TokenizedDataset(ckpt["config"]["dataset"], ckpt["config"]["vocab_size"])
     story_ids = ds.story_ids("val")[:100]

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.paths import ROOT_ENV
 from metadata import metrics
 from tests.fixtures_data import run_stage
 
@@ -86,6 +87,34 @@ def test_bad_input_one_line_exit_2(tmp_path, meta):
     assert (info["dir"] / "metadata.parquet").exists()  # nothing lost
 
 
+def test_summary_keeps_other_datasets_and_force_on_a_corrupt_shard_ends_with_the_error(meta, tmp_path):
+    """batch_metrics.csv is one file for every dataset: a stage replaces only its dataset+vocab rows. A
+    --force rebuild that meets a corrupt raw shard ends with the error line (not a redrawn progress bar) and
+    loses nothing."""
+    import shutil
+    info = meta[0]
+    shutil.copytree(info["workspace"] / "data" / "storyworld", tmp_path / "data" / "storyworld")
+    summary = tmp_path / "out" / "tables" / "batch_metrics.csv"
+    summary.parent.mkdir(parents=True)
+    theirs = pd.read_csv(info["workspace"] / "out" / "tables" / "batch_metrics.csv")
+    other = theirs.assign(dataset="tinystories", vocab_size=0)  # rows another dataset's run left
+    other.to_csv(summary, index=False)
+    cmd = ("metadata/batch_metadata.py", "compute_metadata", "--root", tmp_path)
+    run_stage(tmp_path, *cmd)  # metadata up to date, its rows missing from the summary: they are added
+    table = pd.read_csv(summary)
+    assert len(table) == len(other) + len(theirs)
+    pd.testing.assert_frame_equal(table[table["dataset"] == "tinystories"].reset_index(drop=True), other)
+    mine = table[table["dataset"] == "storyworld"].reset_index(drop=True)
+    assert np.allclose(mine["mean"], theirs["mean"], equal_nan=True, rtol=1e-5)
+
+    (tmp_path / "data" / "storyworld" / "data02.json").write_text('[{"story": "cut off')
+    before = {p: p.read_bytes() for p in [summary, tmp_path / "data/storyworld/tok512/metadata.parquet"]}
+    proc = run_stage(tmp_path, *cmd, "--force", "--workers", 1, check=False)
+    screen = proc.stderr.replace("\r", "\n").strip().splitlines()  # what a terminal shows, bars redrawn by \r
+    assert proc.returncode == 2 and screen[-1].startswith("error: raw shard") and "data02.json" in screen[-1]
+    assert all(p.read_bytes() == data for p, data in before.items())  # nothing lost
+
+
 # ---- validation against the generator's ground truth ----------------------------------------------------
 
 def test_gender_term_counts_match_generator(meta, knob_corpus):
@@ -139,7 +168,7 @@ def test_injected_offensive_words_found_lookalikes_not(meta, knob_corpus):
 def test_ngram_prefers_real_stories_to_shuffled(meta, monkeypatch):
     from metadata.scorers import load_scorer
     info, df, _ = meta
-    monkeypatch.chdir(info["workspace"])
+    monkeypatch.setenv(ROOT_ENV, str(info["workspace"]))
     scorer = load_scorer("ngram", info["dataset"], info["vocab_size"])
     val = df.loc[df["split"] == "val", "story_id"].to_numpy()
     texts = [scorer.ds.text(i) for i in val]
@@ -158,7 +187,7 @@ def test_checkpoint_scorer(meta, tiny_run, monkeypatch):
     from metadata.scorers import load_scorer
     from modelling.checkpoints import list_checkpoints
     info, df, _ = meta
-    monkeypatch.chdir(info["workspace"])
+    monkeypatch.setenv(ROOT_ENV, str(info["workspace"]))
     step, ckpt = list_checkpoints(tiny_run)[-1]
     scorer = load_scorer(f"ckpt:{ckpt}", info["dataset"], info["vocab_size"])
     val = df.loc[df["split"] == "val", "story_id"].to_numpy()[:64]

@@ -1,7 +1,6 @@
 """train_vocab + pretokenize + the TokenizedDataset reader, on the shared tok_dataset fixture."""
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,18 +13,17 @@ import sentencepiece as spm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common.errors import UserError  # noqa: E402
+from common.paths import ROOT_ENV  # noqa: E402
 from tests.fixtures_data import run_stage  # noqa: E402
 
 PRETOK = "tokenization/pretokenize.py"
 
 
 @pytest.fixture
-def in_workspace(tok_dataset):
-    """cwd = the fixture workspace, so the reader's relative data/ paths resolve there."""
-    old = os.getcwd()
-    os.chdir(tok_dataset["workspace"])
-    yield tok_dataset
-    os.chdir(old)
+def in_workspace(tok_dataset, monkeypatch):
+    """The fixture workspace as the project root, so the reader's data/ paths resolve there."""
+    monkeypatch.setenv(ROOT_ENV, str(tok_dataset["workspace"]))
+    return tok_dataset
 
 
 def tok_folder(tok_dataset):
@@ -81,7 +79,9 @@ def test_tokenizer_settings_byte_fallback(in_workspace):
     assert any(p.startswith("<0x") for p in pieces)  # byte fallback, no <unk>
     assert sp.unk_id() not in ids
     assert all(sum(c.isdigit() for c in p) <= 1 for p in pieces if not p.startswith("<0x"))  # split digits
-    assert not list((tok_folder(in_workspace)).glob(".train_vocab*")) and not list(Path(".").glob("*.txt"))
+    # the training sample lived in a temp folder that is gone, not in the workspace
+    ws = in_workspace["workspace"]
+    assert not list((tok_folder(in_workspace)).glob(".train_vocab*")) and not list(ws.glob("*.txt"))
 
 
 def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
@@ -115,7 +115,7 @@ def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
     assert (fresh / "manifest.json").read_bytes() == manifest_before
 
 
-def test_bad_inputs(tmp_path, tok_dataset):
+def test_bad_inputs(tmp_path, tok_dataset, monkeypatch):
     def fails(*args, needle):
         proc = run_stage(tmp_path, PRETOK, *map(str, args), check=False)
         assert proc.returncode == 2, proc.stderr
@@ -132,16 +132,26 @@ def test_bad_inputs(tmp_path, tok_dataset):
     fails("pretokenize", "--dataset", "tiny", "--vocab_size", 0, needle="--tokenizer")
     fails("pretokenize", "--dataset", "tiny", "--vocab_size", 0, "--tokenizer",
           tok_folder(tok_dataset) / "tokenizer.model", needle="data01.json")
-    assert not (tmp_path / "data/tiny/tok0/manifest.json").exists()
+    assert not (tmp_path / "data/tiny/tok0").exists()  # a failed first pretokenize leaves no folder behind
 
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        from tokenization.dataset import TokenizedDataset
-        with pytest.raises(UserError, match="pretokenize"):
-            TokenizedDataset("tiny", 300)
-    finally:
-        os.chdir(old)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    from tokenization.dataset import TokenizedDataset
+    with pytest.raises(UserError, match="pretokenize"):
+        TokenizedDataset("tiny", 300)
+
+
+def test_vocab_size_errors_say_which_way_and_leave_no_folder(tmp_path):
+    """SentencePiece's two size failures, in process: too small for the corpus' characters (+ 256 byte pieces)
+    asks for a larger vocab, too large for the corpus asks for a smaller one; neither leaves tok<V>/."""
+    from tokenization import pretokenize
+    (tmp_path / "data/few").mkdir(parents=True)
+    stories = [f"A cat number {i} sat on the mat and then it ran to see a dog." for i in range(40)]
+    (tmp_path / "data/few/data00.json").write_text(json.dumps([{"story": s} for s in stories]))
+    with pytest.raises(UserError, match=r"--vocab_size 100 is too small .* try a larger vocab \(>= \d+\)"):
+        pretokenize.main(["train_vocab", "--root", str(tmp_path), "--dataset", "few", "--vocab_size", "100"])
+    with pytest.raises(UserError, match=r"--vocab_size 3000 is too large for 40 stories.* try a smaller vocab"):
+        pretokenize.main(["train_vocab", "--root", str(tmp_path), "--dataset", "few", "--vocab_size", "3000"])
+    assert sorted(p.name for p in (tmp_path / "data/few").iterdir()) == ["data00.json"]
 
 
 def test_story_encoder_matches_sentencepiece_on_odd_text(in_workspace):

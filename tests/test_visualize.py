@@ -1,7 +1,6 @@
 """visualize_attn.py and visualize_embd.py on the tiny run: statistics recomputed from the checkpoints' own
 attention, score definitions on hand-made attention, and ONE PCA basis shared by every checkpoint."""
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,21 +8,16 @@ import pytest
 import visualize_attn as va
 import visualize_embd as ve
 from tests.fixtures_data import run_stage
+from tests.fixtures_run import EVALUATED_RUN, copied_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="session")
-def vis_run(tiny_run):
-    """A copy of the tiny run with both visualizers run on it (other areas use the original)."""
-    ws = tiny_run.parents[1]
-    run_dir = ws / "out" / "tiny_vis"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("tables", "visualize"))
-    attn = run_stage(ws, "visualize_attn.py", "--out_dir", "out/tiny_vis")
-    embd = run_stage(ws, "visualize_embd.py", "--out_dir", "out/tiny_vis")
-    return {"ws": ws, "dir": run_dir, "attn": attn, "embd": embd}
+def vis_run(evaluated_run):
+    """The shared evaluated copy of the tiny run (both visualizers ran on it; read-only here)."""
+    return {**evaluated_run, "rel": f"out/{EVALUATED_RUN}", "attn": evaluated_run["procs"]["visualize_attn.py"],
+            "embd": evaluated_run["procs"]["visualize_embd.py"]}
 
 
 def test_scores_on_hand_made_attention():
@@ -77,9 +71,9 @@ def test_attention_pngs_per_step_and_rerun_skips(vis_run):
     for step, _ in list_checkpoints(vis_run["dir"]):
         assert (vis / f"attn_step{step:06d}.png").read_bytes()[:8] == PNG
     assert (vis / "attn_stats.png").read_bytes()[:8] == PNG
-    again = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", "out/tiny_vis", "--steps", "40")
+    again = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", vis_run["rel"], "--steps", "40")
     assert "0 grid(s) drawn, 1 already there" in again.stdout
-    bad = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", "out/tiny_vis", "--probe", "nope", check=False)
+    bad = run_stage(vis_run["ws"], "visualize_attn.py", "--out_dir", vis_run["rel"], "--probe", "nope", check=False)
     assert bad.returncode == 2 and "unknown probe 'nope'" in bad.stderr
 
 
@@ -117,11 +111,13 @@ def test_embedding_pngs_named_by_step(vis_run):
     assert (vis / "embd_trajectories.png").read_bytes()[:8] == PNG
 
 
-def test_pca_basis_all_stacked(vis_run):  # last: it rewrites the run's embedding outputs
+def test_pca_basis_all_stacked(tiny_run):
     from modelling.checkpoints import list_checkpoints
-    run_stage(vis_run["ws"], "visualize_embd.py", "--out_dir", "out/tiny_vis", "--basis", "all")
-    basis = json.loads((vis_run["dir"] / "tables" / "embd_basis.json").read_text())
-    steps = [s for s, _ in list_checkpoints(vis_run["dir"])]
+    # its own copy: --basis all rewrites the embedding outputs the other tests read from vis_run
+    run_dir = copied_run(tiny_run, "tiny_vis_all", [("visualize_embd.py", ["--basis", "all"])],
+                         ignore=("tables", "visualize"))["dir"]
+    basis = json.loads((run_dir / "tables" / "embd_basis.json").read_text())
+    steps = [s for s, _ in list_checkpoints(run_dir)]
     assert basis["basis"] == "all" and basis["fitted_on_steps"] == steps
-    stacked = np.vstack([ve.embeddings(p) for _, p in list_checkpoints(vis_run["dir"])])
+    stacked = np.vstack([ve.embeddings(p) for _, p in list_checkpoints(run_dir)])
     assert np.allclose(np.array(basis["mean"]), stacked.mean(0), atol=1e-9)

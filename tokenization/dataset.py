@@ -94,6 +94,11 @@ class TokenizedDataset:
                 raise UserError(f"raw shard {path} is missing or corrupt ({e}) — restore it or re-run the download")
         return self._raw[k][self._record[i]]["story"].strip()
 
+    def release_shard(self, shard):
+        """Drop raw shard `shard` (its position in manifest.json shards) from the text cache; a caller that
+        reads shard by shard calls this when done with one, to keep memory at one raw shard."""
+        self._raw.pop(int(shard), None)
+
     def record(self, story_id):
         """The story's full raw record (story plus any attributes, e.g. storyworld's ground truth)."""
         self.text(story_id)  # loads the shard

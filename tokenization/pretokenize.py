@@ -1,7 +1,7 @@
 """Stage 2: train a SentencePiece vocabulary and turn raw story shards into token shards with story ids.
 
-    python tokenization/pretokenize.py train_vocab --dataset NAME --vocab_size N [--max_stories 50000]
-    python tokenization/pretokenize.py pretokenize --dataset NAME --vocab_size N [--tokenizer PATH (N=0)]
+    python tokenization/pretokenize.py train_vocab [--dataset storyworld] [--vocab_size 512] [--max_stories 50000]
+    python tokenization/pretokenize.py pretokenize [--dataset storyworld] [--vocab_size 512] [--tokenizer PATH (N=0)]
 
 Writes data/<raw>/tok<N>/: tokenizer.model/.vocab, per raw shard a flat little-endian uint16 .bin with BOS
 before every story (llama2.c layout), index.parquet (story_id, shard, record, offset, n_tokens, split) and
@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,8 +27,9 @@ import sentencepiece as spm  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
-from common.io import atomic_path, atomic_write_json, atomic_write_text, provenance, sha256_file  # noqa: E402
-from common.paths import raw_dir, tok_dir  # noqa: E402
+from common.io import (atomic_path, atomic_write_json, atomic_write_text, provenance, removed_if_failed,  # noqa: E402
+                       sha256_file)
+from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, raw_dir, tok_dir  # noqa: E402
 
 MAX_VOCAB = 65535          # token ids are stored as uint16
 VAL_FRACTION = 0.02        # share of stories in the validation split
@@ -50,6 +52,19 @@ def check_vocab_size(n, allow_zero=False):
                         f"use a smaller vocab")
     if n < 0 or (n == 0 and not allow_zero):
         raise UserError(f"--vocab_size {n} is invalid — give a positive size (0 only with pretokenize --tokenizer)")
+
+
+def spm_failure(vocab_size, n_stories, message):
+    """SentencePiece's training error as one line that says which way to move the vocab size."""
+    too_small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if too_small:
+        return (f"--vocab_size {vocab_size} is too small for this corpus: its characters plus the 256 byte "
+                f"pieces need at least {too_small.group(1)} — try a larger vocab (>= {too_small.group(1)})")
+    too_large = re.search(r"too high \(\d+\)\. Please set it to a value <= (\d+)", message)
+    if too_large:
+        return (f"--vocab_size {vocab_size} is too large for {n_stories} stories: SentencePiece can find at most "
+                f"{too_large.group(1)} pieces — try a smaller vocab (<= {too_large.group(1)}) or more stories")
+    return f"SentencePiece training failed for --vocab_size {vocab_size} ({message}) — try another vocab size"
 
 
 def raw_shards(dataset):
@@ -107,23 +122,23 @@ def cmd_train_vocab(args):
         if len(stories) >= args.max_stories:
             break
     stories = stories[:args.max_stories]
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".train_vocab.", dir=out))
-    try:
-        text_file = tmp / "sample.txt"
-        text_file.write_text("\n".join(stories) + "\n", encoding="utf-8")
-        print(f"training a {args.vocab_size}-piece BPE vocab on {len(stories)} stories "
-              f"({text_file.stat().st_size / 1e6:.1f} MB)")
-        spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(tmp / "tokenizer"),
-                                       vocab_size=args.vocab_size, num_threads=os.cpu_count(),
-                                       minloglevel=2, **{k: v for k, v in SPM_SETTINGS.items()})
-        os.replace(tmp / "tokenizer.vocab", out / "tokenizer.vocab")
-        os.replace(tmp / "tokenizer.model", model)
-    except RuntimeError as e:
-        raise UserError(f"SentencePiece training failed for --vocab_size {args.vocab_size} ({e}) — "
-                        f"try a smaller vocab or more stories")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with removed_if_failed(out):  # a failed first training leaves no empty tok<V>/ behind
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".train_vocab.", dir=out))
+        try:
+            text_file = tmp / "sample.txt"
+            text_file.write_text("\n".join(stories) + "\n", encoding="utf-8")
+            print(f"training a {args.vocab_size}-piece BPE vocab on {len(stories)} stories "
+                  f"({text_file.stat().st_size / 1e6:.1f} MB)")
+            spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(tmp / "tokenizer"),
+                                           vocab_size=args.vocab_size, num_threads=os.cpu_count(),
+                                           minloglevel=2, **{k: v for k, v in SPM_SETTINGS.items()})
+            os.replace(tmp / "tokenizer.vocab", out / "tokenizer.vocab")
+            os.replace(tmp / "tokenizer.model", model)
+        except RuntimeError as e:
+            raise UserError(spm_failure(args.vocab_size, len(stories), str(e))) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(record_path, {"provenance": provenance(), "dataset": args.dataset, "settings": settings,
                                     "n_stories": len(stories), "shards": shard_hashes,
                                     "tokenizer_sha256": sha256_file(model)})
@@ -303,6 +318,11 @@ def cmd_pretokenize(args):
             raise UserError(f"{manifest_path} is corrupt — delete {out} and re-run pretokenize")
         check_story_ids(manifest, shard_hashes, manifest_path)
 
+    with removed_if_failed(out):  # a failed first pretokenize leaves no tok<V>/ behind
+        _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path)
+
+
+def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path):
     model = install_tokenizer(args, out)
     sp = load_sp(model)
     if args.vocab_size and sp.vocab_size() != args.vocab_size:
@@ -363,16 +383,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train_vocab", help="train a SentencePiece BPE vocab on a sample of the dataset")
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--vocab_size", type=int, required=True)
+    t.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
+    t.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB, help=f"pieces (default {DEFAULT_VOCAB})")
     t.add_argument("--max_stories", type=int, default=50_000, help="cap on the stories used for training")
     p = sub.add_parser("pretokenize", help="encode every story into token shards + index + manifest")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--vocab_size", type=int, required=True)
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
+    p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB,
+                   help=f"pieces of a train_vocab tokenizer, 0 = --tokenizer (default {DEFAULT_VOCAB})")
     p.add_argument("--tokenizer", default=None, help="existing tokenizer.model, with --vocab_size 0")
     p.add_argument("--val_fraction", type=float, default=VAL_FRACTION)
     p.add_argument("--threads", type=int, default=0, help="encoding threads (0 = all cores)")
-    args = ap.parse_args(argv)
+    for parser in (t, p):
+        add_root_argument(parser)
+    args = apply_root(ap.parse_args(argv))
     {"train_vocab": cmd_train_vocab, "pretokenize": cmd_pretokenize}[args.cmd](args)
 
 

@@ -2,13 +2,12 @@
 condition with the mean ± 95% CI over seeds (the experiment's curves.csv, or computed live from its runs'
 summaries while it is still running), the end-point table (results.csv) and the report (report.md)."""
 import json
-import re
 
 import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dcc, html
 
-from experiments.durability.experiment_durability import BASELINE
+from experiments.durability.naming import BASELINE, RUN_NAME
 from experiments.durability.stats import curve_band
 
 from dash_llama.data import Missing, UnknownName
@@ -16,7 +15,6 @@ from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, mess
                            table_data)
 
 FIGURE_ROUTE = "/experiment-figures"
-RUN_NAME = re.compile(r"^(?P<condition>.+)_s(?P<seed>\d+)$")  # runs/<condition>_s<seed>
 
 
 def layout():

@@ -121,10 +121,7 @@ def curves_table(runs, outcomes, design):
 
 def plateau_steps(runs, outcomes):
     """Plateau step of each run's outcome curve, from the saturation module (visualize_sat_curves)."""
-    try:
-        from visualize_sat_curves import detect_plateau
-    except ImportError:
-        return {}, "visualize_sat_curves.detect_plateau not importable — plateau steps omitted"
+    from visualize_sat_curves import detect_plateau
     plateaus = {}
     for r in runs:
         for column in outcomes:
@@ -312,10 +309,7 @@ def plot_endpoint(results, outcomes, styles, baseline, path):
 def plot_saturation_compare(runs, design, path):
     """The saturation module's own overlay (visualize_sat_curves.plot_curves: normalised output, interval and
     cumulative input curves, plateaus marked) for the first init seed of every condition -> path or None."""
-    try:
-        from visualize_sat_curves import plot_curves as sat_plot_curves
-    except ImportError:
-        return None
+    from visualize_sat_curves import plot_curves as sat_plot_curves
     seed = design["init_seeds"][0]
     first = {r["condition"]: r["summary"] for r in runs if r["init_seed"] == seed}
     return sat_plot_curves(first, path, "step", design["metrics"],

@@ -7,7 +7,8 @@ compared across time (output-metric curves, mean ± 95% CI over seeds, plateau s
 (final metrics vs the baseline with bootstrap CIs, permutation tests and effect sizes; final-model divergence:
 val loss, next-token KL on the probe set, embedding similarity after orthogonal Procrustes alignment).
 
-    python experiments/durability/experiment_durability.py --name demo --dataset storyworld_4k --preset demo --jobs 2
+    python experiments/durability/experiment_durability.py     # = --name example --dataset storyworld
+                                                               #   --vocab_size 512 --preset demo
 
 Writes out/experiments/durability/NAME/{runs/<condition>_s<seed>/, results.csv, runs.csv, curves.csv,
 divergence.csv, figures/*.png, report.md, experiment.json}. Re-running the same command resumes: finished runs
@@ -32,25 +33,30 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import REPO_ROOT, atomic_write_json, provenance, sha256_file  # noqa: E402
-from common.paths import OUT_DIR, require, tok_dir  # noqa: E402
+from common.paths import (DEFAULT_DATASET, DEFAULT_EXPERIMENT, DEFAULT_VOCAB, ROOT_ENV, add_root_argument,  # noqa: E402
+                          apply_root, require, root, tok_dir)
+from experiments.durability.naming import BASELINE, experiments_dir, run_name  # noqa: E402
 
-EXPERIMENTS_DIR = OUT_DIR / "experiments" / "durability"
 TRAIN_SCRIPT = REPO_ROOT / "modelling" / "train.py"
 EVAL_SCRIPT = REPO_ROOT / "eval.py"
-BASELINE = "random"
 DEFAULT_METRICS = ["flesch_ease", "sentiment"]  # a readability metric and sentiment
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # tiny models train fastest one thread per run, one run per core
 
 # Size presets. `train` = train.py overrides shared by every run (the sampler keys are set per condition;
-`eval` = eval.py options.
-# smoke: seconds per run, for tests/CI. demo: a 4,000-story storyworld corpus in < 30 min on a shared 2-core
-# CPU (stories truncated to 128 tokens). full: a GPU-size study (llama2.c's 15M shape, 5 seeds).
+# `eval` = eval.py options.
+# smoke: seconds per run, for tests/CI. demo: a 4,000-story selection, stories cut into 128-token segments, for a
+# 2-core CPU. full: a GPU-size study (llama2.c's 15M shape, 5 seeds). `measured`: seconds per training step (at
+# that batch size) and per run's evaluation, from the committed example (experiments/durability/example: 15
+# runs of 218 steps, mean 115 s train + 110 s eval per run, --jobs 2, one thread per run, on the 2-core VM)
+# — the expected duration printed before a run is computed from them.
 PRESETS = {
     "smoke": dict(metrics=DEFAULT_METRICS[:1], init_seeds=[0, 1], data_seeds=[0, 1],
                   train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=48,
                              batch_size=128, learning_rate=1e-2, warmup_iters=2, eval_interval=1000,
                              eval_iters=1, n_probe_stories=2, probe_len=16, dtype="float32"),
                   eval=dict(n_prompts=2, prefix_tokens=4, max_new_tokens=8)),
-    "demo": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2], data_seeds=[0, 1, 2],
+    "demo": dict(metrics=DEFAULT_METRICS, init_seeds=[0, 1, 2], data_seeds=[0, 1, 2], n_stories=4000,
+                 measured=dict(train_s_per_step=0.53, batch_size=18, eval_s_per_run=110),
                  train=dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=128,
                             batch_size=16, learning_rate=3e-3, warmup_iters=10, eval_interval=50, eval_iters=2,
                             n_probe_stories=8, probe_len=128, dtype="float32"),
@@ -117,7 +123,7 @@ def plan_runs(metrics, init_seeds, data_seeds):
     runs = []
     for condition, sampler, sort_by in conditions:
         for init_seed, data_seed in zip(init_seeds, data_seeds):
-            runs.append(dict(name=f"{condition}_s{init_seed}", condition=condition, sampler=sampler,
+            runs.append(dict(name=run_name(condition, init_seed), condition=condition, sampler=sampler,
                              sort_by=sort_by, init_seed=init_seed, data_seed=data_seed))
     return runs
 
@@ -160,7 +166,7 @@ def build_design(args):
     unknown = [m for m in metrics if m not in columns]
     if unknown:
         raise UserError(f"unknown metadata column(s) {', '.join(unknown)} — available: {', '.join(columns)}")
-    n_stories = args.n_stories or 0
+    n_stories = args.n_stories if args.n_stories is not None else preset.get("n_stories", 0)
     if n_stories < 0:
         raise UserError(f"--n_stories {n_stories} must be >= 0 (0 = the whole train split)")
     train = {**preset["train"], **parse_set(args.set)}
@@ -225,6 +231,37 @@ def planned_steps(design):
     return design["selection"]["steps_per_epoch"] * design["epochs"]
 
 
+def expected_seconds(design, n_runs, jobs):
+    """Wall seconds for n_runs runs from the preset's measured per-step and per-evaluation costs (None when the
+    preset has no measurement). Tiny models run one thread per run, so jobs up to the core count overlap."""
+    preset = PRESETS[design["preset"]]
+    measured = preset.get("measured")
+    shape = {k: v for k, v in design["train"].items() if k != "batch_size"}
+    if not measured or shape != {k: v for k, v in preset["train"].items() if k != "batch_size"}:
+        return None  # --set changed the model: the measurement does not apply
+    batch_scale = design["train"].get("batch_size", 16) / measured["batch_size"]  # step cost ∝ segments per step
+    per_run = planned_steps(design) * measured["train_s_per_step"] * batch_scale + measured["eval_s_per_run"]
+    return n_runs * per_run / max(1, min(jobs, os.cpu_count() or 1))
+
+
+def print_plan(design, exp_dir, todo, jobs):
+    """The plan before anything runs: conditions, seeds, selection, steps and the expected duration."""
+    runs = design["runs"]
+    conditions = list(dict.fromkeys(r["condition"] for r in runs))  # baseline first, then the sorted orders
+    print(f"durability experiment {design['name']} ({design['preset']} preset) → {exp_dir}\n"
+          f"  conditions: {', '.join(conditions)} × init seeds {design['init_seeds']} = {len(runs)} runs\n"
+          f"  each run: {design['selection']['n_stories']} stories × {design['epochs']} epoch(s) = "
+          f"{planned_steps(design)} steps of {design['selection']['segments_per_step']} segments, then eval.py")
+    seconds = expected_seconds(design, len(todo), jobs)
+    if not todo:
+        print("  every run is finished: only the analysis runs")
+    elif seconds is None:
+        print(f"  {len(todo)} run(s) to do; no measured duration for this preset/size")
+    else:
+        print(f"  {len(todo)} run(s) to do with --jobs {jobs}: expected ≈ {seconds / 60:.0f} min on a 2-core CPU "
+              f"(from the preset's measured step and eval times)")
+
+
 def training_state(run_dir, n_steps):
     """'done' | 'resume' (stopped after a resume checkpoint) | 'restart' (died before one) | 'new'."""
     if not run_dir.exists():
@@ -255,6 +292,7 @@ def child_env(jobs):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[ROOT_ENV] = str(root().resolve())  # the stages read data/ from the experiment's project root
     return env
 
 
@@ -339,15 +377,17 @@ def run_one(experiment, run, env):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="experiment name: out/experiments/durability/NAME")
-    p.add_argument("--dataset", default="storyworld")
-    p.add_argument("--vocab_size", type=int, default=512)
+    p.add_argument("--name", default=DEFAULT_EXPERIMENT,
+                   help=f"experiment name: out/experiments/durability/NAME (default {DEFAULT_EXPERIMENT})")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
+    p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB, help=f"vocab (default {DEFAULT_VOCAB})")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                    help="size preset (smoke: tests; demo: embedded corpus, minutes; full: GPU)")
     p.add_argument("--metrics", help=f"comma-separated metadata columns to sort by (default "
                                      f"{','.join(DEFAULT_METRICS)}; smoke: the first)")
-    p.add_argument("--n_stories", type=int, default=0,
-                   help="selection size (0 = the whole train split); drawn once with --selection_seed")
+    p.add_argument("--n_stories", type=int, default=None,
+                   help="selection size (0 = the whole train split; default: the preset's, demo 4000, else 0); "
+                        "drawn once with --selection_seed")
     p.add_argument("--selection_seed", type=int, default=0,
                    help="train.py's selection_seed: which stories a budget picks, the same in every run")
     p.add_argument("--epochs", type=int, default=1, help="passes over the selection (same in every run)")
@@ -356,10 +396,11 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, help="tokens eval.py generates per prompt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="extra modelling/train.py override for every run (repeatable), e.g. --set dim=64")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained/evaluated in parallel (each gets "
-                                                         "cpu_count/jobs threads)")
+    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="runs trained/evaluated in parallel (each gets "
+                                                                  f"cpu_count/jobs threads; default {DEFAULT_JOBS})")
     p.add_argument("--plan", action="store_true", help="print the runs and their commands, run nothing")
-    return p.parse_args(argv)
+    add_root_argument(p)
+    return apply_root(p.parse_args(argv))
 
 
 def main(argv=None):
@@ -369,20 +410,18 @@ def main(argv=None):
     if args.epochs < 1 or args.jobs < 1:
         raise UserError(f"--epochs {args.epochs} and --jobs {args.jobs} must be >= 1")
     design = build_design(args)
-    exp_dir = EXPERIMENTS_DIR / args.name
+    exp_dir = experiments_dir() / args.name
+    runs = design["runs"]
+    todo = [r for r in runs if not run_finished(exp_dir / "runs" / r["name"], planned_steps(design))]
+    todo.sort(key=lambda r: design["init_seeds"].index(r["init_seed"]))  # seed-major: every condition early
+    print_plan(design, exp_dir, todo, args.jobs)
     if args.plan:
-        for run in design["runs"]:
+        for run in runs:
             print(run["name"], " ".join(train_command(design, run, exp_dir / "runs" / run["name"], False)[1:]))
         return
     require(TRAIN_SCRIPT, "training stage", "modelling/train.py is missing from this checkout")
     require(EVAL_SCRIPT, "eval stage", "eval.py is missing from this checkout")
     experiment = Experiment(exp_dir, design)
-    runs = design["runs"]
-    print(f"durability experiment {args.name}: {len(runs)} runs "
-          f"({len(runs) // len(design['init_seeds'])} conditions × {len(design['init_seeds'])} seeds), "
-          f"{design['selection']['n_stories']} stories × {design['epochs']} epoch(s) per run → {exp_dir}")
-    todo = [r for r in runs if not run_finished(exp_dir / "runs" / r["name"], planned_steps(design))]
-    todo.sort(key=lambda r: design["init_seeds"].index(r["init_seed"]))  # seed-major: every condition early
     if len(todo) < len(runs):
         print(f"skipping {len(runs) - len(todo)} finished run(s): "
               f"{', '.join(r['name'] for r in runs if r not in todo)}")
