@@ -9,7 +9,7 @@ from measures.saturation import classify_curve, curve_columns
 
 # panel rows by family; the default panels are the first metrics of each family present in summary.csv
 FAMILIES = {
-    "loss": ["val_loss", "ppl_ref", "icl_score", "prefix_token_acc", "first_divergence"],
+    "loss": ["val_loss", "ppl_ref", "icl_context_gain", "icl_score", "prefix_token_acc", "first_divergence"],
     "text quality": ["flesch_ease", "mtld", "spelling_errors", "mean_sentence_len", "rep_2", "distinct2", "ttr",
                      "fk_grade", "n_tokens", "n_words", "bleu", "rougeL"],
     "sentiment / toxicity": ["sentiment", "sentiment_end", "toxicity", "tox_mass", "toxic_count"],
