@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from measures.saturation import classify_curve, curve_columns
+from measures.saturation import classify_curve, curve_columns, ramp_curve
 
 # panel rows by family; the default panels are the first metrics of each family present in summary.csv
 FAMILIES = {
@@ -90,6 +90,8 @@ def plot_curves(runs, path, x="step", metrics=None, title=None):
                 if kind != "cum":  # running means are drawn, not classified
                     res = classify_curve(steps, y, counts if kind == "in" else None)
                     text += f": {CLASS_STYLE[res.cls]}"
+                    if res.fit and kind == "out":  # the fitted ramp the class was read from, faint
+                        ax.plot(xs[pos], ramp_curve(res.fit, steps[pos]), color="grey", lw=0.8, ls="-.", alpha=0.6)
                     if res.cls == "plateaued":
                         at = res.plateau_step if x == "step" else np.interp(
                             np.log10(res.plateau_step), np.log10(steps[steps > 0]), xs[steps > 0])
@@ -112,7 +114,8 @@ def plot_curves(runs, path, x="step", metrics=None, title=None):
         for col in range(used[fam], ncols):
             axes[row, col].axis("off")
     fig.suptitle(title or "saturation: raw units, log step; output (solid, 95% CI band), input per interval "
-                          "(thin); dotted line / triangle = plateau", fontsize=10)
+                          "(thin), cumulative (dashed); dotted line / triangle = plateau; grey = fitted ramp",
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     save_png(fig, path, dpi=90)
     return path

@@ -21,7 +21,8 @@ scale). The rule, per curve (`classify_curve`):
    MIN_TAIL_POINTS checkpoints after it, or a broken line that keeps moving after its knee (in the
    direction of the change, knee no later than the plateau's latest start) fits better than the flat tail by
    more than CHI2_TAIL sigma^2.
-6. otherwise plateaued from step 10**c (the fitted knee; it can lie between checkpoints).
+6. otherwise plateaued from step 10**c (the fitted knee; it can lie between checkpoints). A curve that turns
+   back after its knee (e.g. a score that peaks) is plateaued too, and its reason says so.
 
 Measured on synthetic curves (tests/test_saturation.py; README, section 3): change / noise = 10 on the demo's
 19 checkpoints: the knee within 15% of the log-step span in >= 90% of curves; still improving by >= 3 noise
@@ -188,14 +189,19 @@ def classify_curve(steps, values, counts=None):
         return Saturation("improving", **result, reason="the change runs into the last checkpoints")
     if (u >= c).sum() < MIN_TAIL_POINTS:
         return Saturation("improving", **result, reason=f"fewer than {MIN_TAIL_POINTS} checkpoints after the knee")
-    # does a line that keeps moving after its knee fit better than the flat tail, beyond noise?
-    sse_broken, _, _ = _broken_fit(u, y, w, knots, np.sign(change), u[-1] - MIN_TAIL_SPAN * total)
-    gain = (sse - sse_broken) / sigma ** 2 if np.isfinite(sse_broken) else 0.0
+    # does a line that keeps moving after its knee fit better than the flat tail, beyond noise? (a tail slope
+    # against the change is no better than a flat one, so the gain is >= 0)
+    last_knee = u[-1] - MIN_TAIL_SPAN * total
+    sse_on, _, _ = _broken_fit(u, y, w, knots, np.sign(change), last_knee)
+    gain = max(0.0, (sse - sse_on) / sigma ** 2) if np.isfinite(sse_on) else 0.0
     result["tail_chi2"] = gain
     if gain > CHI2_TAIL:
         return Saturation("improving", **result, reason=f"still moving after the knee (chi2 {gain:.1f})")
+    sse_back, _, _ = _broken_fit(u, y, w, knots, -np.sign(change), last_knee)
+    back = (sse - sse_back) / sigma ** 2 if np.isfinite(sse_back) else 0.0
+    note = f"; turns back after it (chi2 {back:.1f})" if back > CHI2_TAIL else ""
     return Saturation("plateaued", plateau_step=float(10 ** c), **result,
-                      reason=f"no trend after the knee (chi2 {gain:.1f}, {source})")
+                      reason=f"no further change after the knee (chi2 {gain:.1f}, noise from {source}){note}")
 
 def ramp_curve(fit, steps):
     """The fitted ramp at these steps (for plotting)."""
@@ -312,7 +318,7 @@ def saturation_table(summary, seeds=()):
         res = classify_curve(steps, values, counts if side == "input" else None)
         rows.append({"metric": name, "side": side, "column": col, "class": res.cls,
                      "plateau_step": round(res.plateau_step, 1) if np.isfinite(res.plateau_step) else np.nan,
-                     "plateau_tokens": _interp_log(res.plateau_step, steps, tokens),
+                     "plateau_tokens": np.round(_interp_log(res.plateau_step, steps, tokens)),
                      "noise": res.noise, "change": res.change, "snr": res.snr, "tail_chi2": res.tail_chi2,
                      "n_points": res.n_points, "n_runs": 1 + len(seeds) if np.ndim(values) == 2 else 1,
                      "saturated": res.cls == "plateaued", "reason": res.reason, "method": METHOD})

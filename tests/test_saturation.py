@@ -143,3 +143,26 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     res = _run(args, tmp_path)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "out/a/tables/saturation.csv").exists()
+
+
+def suite_report():
+    """The synthetic suite's measured rates (`python -m tests.test_saturation`; quoted in the README)."""
+    ORDER = ("plateaued", "improving", "flat", "too_noisy")
+    print("case | plateaued | improving | flat | too_noisy | knee within 15% (of all) | median |error| (decades)")
+    for snr in (3, 5, 10):
+        for knee in (16, 64, 150):
+            classes, found = suite(lambda: knee_curve(knee, float(snr)), seed=knee)
+            err = np.abs(np.log10(found / knee))
+            rates = " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER)
+            median = np.nanmedian(err) if np.isfinite(err).any() else np.nan
+            print(f"knee {knee}, change/noise {snr} | {rates} | {(err <= 0.15 * SPAN).mean():.2f} | {median:.3f}")
+    for total in (6, 12, 20):
+        classes, _ = suite(lambda: total * (1 - np.log10(DEMO_STEPS) / SPAN), seed=11)
+        print(f"improving to the end, change/noise {total} ({total / 4:.1f} sd over the last quarter) | "
+              + " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER) + " | – | –")
+    classes, _ = suite(lambda: np.zeros(len(DEMO_STEPS)), seed=3)
+    print("pure noise | " + " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER) + " | – | –")
+
+
+if __name__ == "__main__":
+    suite_report()
