@@ -16,11 +16,11 @@ scale). The rule, per curve (`classify_curve`):
    c0 lets the curve idle first (a loss curve does little in its first steps).
 3. flat: a constant curve, or one the ramp explains no better than a constant beyond noise:
    (SSE_const - SSE_ramp) / sigma^2 < CHI2_FLAT (pure noise exceeds it in ~2% of curves, tests).
-4. too_noisy: fewer than MIN_POINTS checkpoints, or a real but small fitted change (< SNR_MIN sigma).
-5. improving: the knee lies in the last MIN_TAIL_SPAN of the run's log-step span or has fewer than
-   MIN_TAIL_POINTS checkpoints after it, or a broken line that keeps moving after its knee (in the
-   direction of the change, knee no later than the plateau's latest start) fits better than the flat tail by
-   more than CHI2_TAIL sigma^2.
+4. too_noisy: fewer than MIN_POINTS checkpoints, a real but small fitted change (< SNR_MIN sigma), or fewer
+   than MIN_TAIL_POINTS checkpoints after the knee.
+5. improving: the knee lies in the last MIN_TAIL_SPAN of the run's log-step span, or a broken line that
+   keeps moving after its knee (in the direction of the change, knee no later than the plateau's latest
+   start) fits better than the flat tail by more than CHI2_TAIL sigma^2.
 6. otherwise plateaued from step 10**c (the fitted knee; it can lie between checkpoints). A curve that turns
    back after its knee (e.g. a score that peaks) is plateaued too, and its reason says so.
 
@@ -188,7 +188,7 @@ def classify_curve(steps, values, counts=None):
     if c > u[-1] - MIN_TAIL_SPAN * total:
         return Saturation("improving", **result, reason="the change runs into the last checkpoints")
     if (u >= c).sum() < MIN_TAIL_POINTS:
-        return Saturation("improving", **result, reason=f"fewer than {MIN_TAIL_POINTS} checkpoints after the knee")
+        return Saturation("too_noisy", **result, reason=f"fewer than {MIN_TAIL_POINTS} checkpoints after the knee")
     # does a line that keeps moving after its knee fit better than the flat tail, beyond noise? (a tail slope
     # against the change is no better than a flat one, so the gain is >= 0)
     last_knee = u[-1] - MIN_TAIL_SPAN * total

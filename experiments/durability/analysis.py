@@ -131,6 +131,20 @@ def plateau_steps(runs, outcomes):
     return plateaus, f"measures.saturation.classify_curve ({METHOD})"
 
 
+# ---- end point ----
+
+def _by_condition(runs):
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["condition"], []).append(r)
+    return groups
+
+
+def final_values(runs, outcomes):
+    return {(r["name"], c): float(r["summary"][c].dropna().iloc[-1]) if r["summary"][c].notna().any() else np.nan
+            for r in runs for c in outcomes}
+
+
 def results_table(runs, outcomes, finals, plateaus, baseline):
     groups = _by_condition(runs)
     rows = []
