@@ -4,8 +4,10 @@ input metrics per training interval next to output metrics per checkpoint.
     python visualize_sat_curves.py --out_dir out/RUN [--seeds out/RUN_s2 ...] [--compare out/RUN2 ...]
                                    [--metrics a,b]
 
-Reads  out/RUN/tables/summary.csv (written by eval.py); --seeds: the same run trained with other seeds (each
-       curve is then classified on the mean over the runs, with their spread as its noise).
+Reads  out/RUN/tables/summary.csv (written by eval.py), tables/attn_stats.csv if visualize_attn.py made it
+       (induction_max = the best head's induction score per step, drawn beside icl_score); --seeds: the same
+       run trained with other seeds (each curve is then classified on the mean over the runs, with their
+       spread as its noise).
 Writes out/RUN/tables/saturation.csv (+ saturation.json), out/RUN/visualize/sat_curves.png (vs step),
        out/RUN/visualize/sat_curves_tokens.png (vs tokens seen), and with --compare sat_compare.png.
 
@@ -20,10 +22,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
+
 from common.errors import run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
 from measures.sat_figure import plot_curves  # noqa: E402
 from measures.saturation import CLASSES, METHOD, curve_columns, load_summary, saturation_table  # noqa: E402
+
+
+def with_induction(summary, run_dir):
+    """summary + induction_max (the best head's induction score per step, from visualize_attn.py's
+    tables/attn_stats.csv when it exists), so the in-context-learning panels show it beside icl_score."""
+    path = Path(run_dir) / "tables" / "attn_stats.csv"
+    if not path.exists() or "induction_max" in summary:
+        return summary
+    stats = pd.read_csv(path)
+    if not {"step", "induction"} <= set(stats.columns):
+        return summary
+    best = stats.groupby("step")["induction"].max().rename("induction_max")
+    return summary.join(best, on="step")
 
 
 def main(argv=None):
@@ -35,7 +52,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     run_dir = Path(args.out_dir)
-    summary = load_summary(run_dir)
+    summary = with_induction(load_summary(run_dir), run_dir)
     curve_columns(summary, metrics)  # validates --metrics before anything is written
     seeds = [load_summary(s) for s in args.seeds]
 
@@ -51,7 +68,7 @@ def main(argv=None):
         runs = dict(single)
         for other in args.compare:
             label = Path(other).name if Path(other).name not in runs else str(other)
-            runs[label] = load_summary(other)
+            runs[label] = with_induction(load_summary(other), other)
         written.append(plot_curves(runs, vis / "sat_compare.png", "step", metrics,
                                    title="saturation, runs overlaid (solid = output, thin = input per interval)"))
     counts = {c: int((table["class"] == c).sum()) for c in CLASSES}

@@ -9,9 +9,10 @@ from measures.saturation import classify_curve, curve_columns, ramp_curve
 
 # panel rows by family; the default panels are the first metrics of each family present in summary.csv
 FAMILIES = {
-    "loss": ["val_loss", "ppl_ref", "icl_context_gain", "icl_score", "prefix_token_acc", "first_divergence"],
+    "loss": ["val_loss", "ppl_ref", "prefix_token_acc", "first_divergence", "bleu"],
+    "in-context learning": ["icl_context_gain", "icl_score", "induction_max"],
     "text quality": ["flesch_ease", "mtld", "spelling_errors", "mean_sentence_len", "rep_2", "distinct2", "ttr",
-                     "fk_grade", "n_tokens", "n_words", "bleu", "rougeL"],
+                     "fk_grade", "n_tokens", "n_words", "rougeL"],
     "sentiment / toxicity": ["sentiment", "sentiment_end", "toxicity", "tox_mass", "toxic_count"],
     "bias / gender": ["bias_stereotype", "bias_mean", "gender_balance", "occ_stereo", "occ_anti", "female_terms",
                       "male_terms"],
@@ -22,8 +23,9 @@ KIND_COLOR = {"out": "tab:blue", "in": "tab:orange", "cum": "tab:red"}
 
 
 def family_of(metric):
+    metric = metric.removeprefix("out_")
     for family, names in FAMILIES.items():
-        if metric in names or metric.startswith(("bias", "occ_")) and family == "bias / gender":
+        if metric in names or (metric.startswith(("bias", "occ_")) and family == "bias / gender"):
             return family
     return "other"
 
@@ -31,7 +33,7 @@ def family_of(metric):
 def default_panels(summary):
     """[(family, panel)] with at most PER_FAMILY panels per family, in FAMILIES order."""
     panels = curve_columns(summary)
-    by_name = {p[0]: p for p in panels}
+    by_name = {p[0].removeprefix("out_"): p for p in panels}  # output-only columns keep their out_ title
     chosen = []
     for family, names in FAMILIES.items():
         chosen += [(family, by_name[n]) for n in names if n in by_name][:PER_FAMILY]
@@ -91,7 +93,13 @@ def plot_curves(runs, path, x="step", metrics=None, title=None):
                     res = classify_curve(steps, y, counts if kind == "in" else None)
                     text += f": {CLASS_STYLE[res.cls]}"
                     if res.fit and kind == "out":  # the fitted ramp the class was read from, faint
-                        ax.plot(xs[pos], ramp_curve(res.fit, steps[pos]), color="grey", lw=0.8, ls="-.", alpha=0.6)
+                        seen = pos & np.isfinite(y)
+                        ax.plot(xs[seen], ramp_curve(res.fit, steps[seen]), color="grey", lw=0.8, ls="-.", alpha=0.6)
+                    if res.cls in ("improving", "too_noisy") and pos.any():  # marked at the last checkpoint
+                        last = np.flatnonzero(pos & np.isfinite(y))
+                        if len(last):
+                            ax.plot(xs[last[-1]], y[last[-1]], ls="none", color=color, ms=8,
+                                    marker=">" if res.cls == "improving" else "x")
                     if res.cls == "plateaued":
                         at = res.plateau_step if x == "step" else np.interp(
                             np.log10(res.plateau_step), np.log10(steps[steps > 0]), xs[steps > 0])
@@ -114,7 +122,8 @@ def plot_curves(runs, path, x="step", metrics=None, title=None):
         for col in range(used[fam], ncols):
             axes[row, col].axis("off")
     fig.suptitle(title or "saturation: raw units, log step; output (solid, 95% CI band), input per interval "
-                          "(thin), cumulative (dashed); dotted line / triangle = plateau; grey = fitted ramp",
+                          "(thin), cumulative (dashed); plateau: dotted line + triangle, improving: >, too noisy: x; "
+                          "grey = fitted ramp",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     save_png(fig, path, dpi=90)

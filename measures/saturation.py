@@ -215,8 +215,8 @@ def ramp_curve(fit, steps):
 NON_METRIC = {"step", "tokens_seen", "interval_start", "interval_end", "n_stories_interval", "n_stories_cum",
               "n_generations", "n_prompts", "icl_stories"}
 # output-only columns worth a panel (besides out_<metric>)
-OUTPUT_EXTRA = ["val_loss", "icl_score", "icl_context_gain", "out_bleu", "out_rougeL", "out_prefix_token_acc",
-                "out_first_divergence", "bias_mean", "bias_stereotype", "tox_mass"]
+OUTPUT_EXTRA = ["val_loss", "icl_score", "icl_context_gain", "induction_max", "out_bleu", "out_rougeL",
+                "out_prefix_token_acc", "out_first_divergence", "bias_mean", "bias_stereotype", "tox_mass"]
 CI_SUFFIXES = ("_lo", "_hi")  # <column>_lo / <column>_hi: a 95% CI of <column> (drawn as a band)
 TABLE_COLUMNS = ["metric", "side", "column", "class", "plateau_step", "plateau_tokens", "noise", "change", "snr",
                  "tail_chi2", "n_points", "n_runs", "saturated", "reason", "method"]
@@ -314,12 +314,13 @@ def saturation_table(summary, seeds=()):
             if col in other:
                 aligned = other.set_index("step")[col].reindex(steps)
                 values.append(pd.to_numeric(aligned, errors="coerce").to_numpy(float))
-        values = np.vstack(values) if len(values) > 1 else y
+        n_runs = len(values)
+        values = np.vstack(values) if n_runs > 1 else y
         res = classify_curve(steps, values, counts if side == "input" else None)
         rows.append({"metric": name, "side": side, "column": col, "class": res.cls,
                      "plateau_step": round(res.plateau_step, 1) if np.isfinite(res.plateau_step) else np.nan,
                      "plateau_tokens": np.round(_interp_log(res.plateau_step, steps, tokens)),
                      "noise": res.noise, "change": res.change, "snr": res.snr, "tail_chi2": res.tail_chi2,
-                     "n_points": res.n_points, "n_runs": 1 + len(seeds) if np.ndim(values) == 2 else 1,
+                     "n_points": res.n_points, "n_runs": n_runs,
                      "saturated": res.cls == "plateaued", "reason": res.reason, "method": METHOD})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

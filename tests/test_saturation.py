@@ -120,12 +120,17 @@ def test_stage_writes_table_and_figures(tmp_path):
     for name, seed in (("a", 0), ("b", 1), ("a2", 2)):
         (tmp_path / "out" / name / "tables").mkdir(parents=True)
         _summary(seed=seed).to_csv(tmp_path / "out" / name / "tables" / "summary.csv", index=False)
+    # visualize_attn.py's per-head stats: the best head's induction score joins the curves as induction_max
+    heads = pd.DataFrame([(s, h, 0.05 + 0.4 * (s >= 100) * (h == 1)) for s in DEMO_STEPS.astype(int) for h in (0, 1)],
+                         columns=["step", "head", "induction"]).assign(layer=0, entropy=1.0, prev_token=0.1)
+    heads.to_csv(tmp_path / "out/a/tables/attn_stats.csv", index=False)
     res = _run(["--out_dir", "out/a", "--compare", "out/b", "--seeds", "out/a2"], tmp_path)
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(tmp_path / "out/a/tables/saturation.csv")
+    assert table.set_index("column").loc["induction_max", "class"] == "plateaued"
     assert {"metric", "side", "column", "class", "plateau_step", "plateau_tokens", "noise", "snr", "n_runs",
             "reason", "method"} <= set(table.columns)
-    assert (table["n_runs"] == 2).all()
+    assert (table.loc[table["column"] != "induction_max", "n_runs"] == 2).all()  # the seed run has no attn stats
     for png in ("sat_curves.png", "sat_curves_tokens.png", "sat_compare.png"):
         data = (tmp_path / "out/a/visualize" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
