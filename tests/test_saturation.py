@@ -161,6 +161,15 @@ def suite_report():
             rates = " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER)
             median = np.nanmedian(err) if np.isfinite(err).any() else np.nan
             print(f"knee {knee}, change/noise {snr} | {rates} | {(err <= 0.15 * SPAN).mean():.2f} | {median:.3f}")
+    for knee in (16, 64):  # four seeds of the same run, each with change = 3 noise sd (--seeds)
+        rng = np.random.default_rng(knee)
+        results = [classify_curve(DEMO_STEPS, knee_curve(knee, 3.0) + rng.normal(0, 1, (4, len(DEMO_STEPS))))
+                   for _ in range(SUITE_N)]
+        classes = np.array([r.cls for r in results])
+        err = np.abs(np.log10(np.array([r.plateau_step for r in results]) / knee))
+        rates = " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER)
+        print(f"knee {knee}, change/noise 3, 4 seeds | {rates} | {(err <= 0.15 * SPAN).mean():.2f} | "
+              f"{np.nanmedian(err):.3f}")
     for total in (6, 12, 20):
         classes, _ = suite(lambda: total * (1 - np.log10(DEMO_STEPS) / SPAN), seed=11)
         print(f"improving to the end, change/noise {total} ({total / 4:.1f} sd over the last quarter) | "
