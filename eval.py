@@ -33,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from measures.icl import icl_scores  # noqa: E402
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
 from modelling.data import SegmentBatches, story_loss  # noqa: E402
 
@@ -254,6 +255,7 @@ def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, se
         rows[-1].update({"bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
     gens = pd.concat([pd.DataFrame(rows), metrics.reset_index(drop=True)], axis=1)
     probe_rows = [{"probe": "val_loss", "value": val_loss(model, val_rows)}]
+    probe_rows += [{"probe": k, "value": v} for k, v in icl_scores(model, val_rows).items()]  # measures/icl.py
     probe_rows += bias_probe(model, *probes_in["bias"]) + toxicity_probe(model, probes_in["tox"])
     probes = pd.DataFrame(probe_rows)
     probes.insert(0, "step", int(step))

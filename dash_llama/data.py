@@ -152,7 +152,7 @@ class Store:
         run_dir = self.run_dir(name)
         path = run_dir / "tables" / f"{table}.csv"
         if table == "summary":  # it has a reader of its own (sorted by step, checked)
-            from visualize_sat_curves import load_summary
+            from measures.saturation import load_summary
             if not path.exists():
                 raise Missing(f"{name}/tables/summary.csv not found yet — run "
                               f"`python eval.py --out_dir {self.out_dir.as_posix()}/{name}`")

@@ -1,14 +1,15 @@
 """Saturation page: for one metric, what went in (mean over the stories of each interval between checkpoints,
 and cumulatively) beside what came out (mean over each checkpoint's generations), with the plateau steps of
-tables/saturation.csv marked (the saturation module detects them on the cumulative input and the output
-curves); other runs can be overlaid. Metrics are paired by visualize_sat_curves.curve_columns."""
+tables/saturation.csv marked (measures.saturation classifies the interval input and the output curves:
+improving, plateaued at a step, flat or too noisy); other runs can be overlaid. Metrics are paired by
+measures.saturation.curve_columns."""
 import math
 
 from dash import Input, Output, State, dcc, html
 
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, table, table_data
-from visualize_sat_curves import curve_columns
+from measures.saturation import curve_columns
 
 SIDES = {"in": "input (interval)", "cum": "input (cumulative)", "out": "output (generations)"}
 X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen"}
@@ -38,7 +39,7 @@ def layout():
 
 
 def panels(store, name):
-    """{metric: {side: summary column}} from the saturation module's own pairing (visualize_sat_curves):
+    """{metric: {side: summary column}} from the saturation module's own pairing (measures.saturation):
     paired metrics have in_/cum_/out_ columns, output-only ones (val_loss, probes) just an output."""
     found = {}
     for title, out_col, in_col, cum_col in curve_columns(store.table(name, "summary")):
@@ -51,13 +52,18 @@ def summary_metrics(store, name):
 
 
 def _plateaus(store, name):
-    """{summary column: (plateau_step, plateau_tokens, saturated)} from tables/saturation.csv ({} if absent)."""
+    """{summary column: (plateau_step, plateau_tokens, class)} from tables/saturation.csv ({} if absent; a
+    table from before the classes gives 'plateaued' or 'not saturated')."""
     try:
         sat = store.table(name, "saturation")
     except Missing:
         return {}
-    return {str(row["column"]): (row.get("plateau_step"), row.get("plateau_tokens"), bool(row.get("saturated")))
-            for row in sat.to_dict("records") if "column" in row}
+    out = {}
+    for row in sat.to_dict("records"):
+        if "column" in row:
+            cls = row.get("class") or ("plateaued" if row.get("saturated") else "not saturated")
+            out[str(row["column"])] = (row.get("plateau_step"), row.get("plateau_tokens"), str(cls))
+    return out
 
 
 def _finite(value):
@@ -100,14 +106,14 @@ def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")
                                     "width": 1.2 if side == "in" else 2}, "marker": {"size": 4}})
             if column not in plateaus:
                 continue
-            p_step, p_tokens, saturated = plateaus[column]
+            p_step, p_tokens, cls = plateaus[column]
             at = p_step if x == "step" else p_tokens
-            if not (saturated and _finite(at)):
-                note_lines.append(f"{name}: {column} not saturated")
+            if not (cls == "plateaued" and _finite(at)):
+                note_lines.append(f"{name}: {column} {cls.replace('_', ' ')}")
                 continue
             shapes.append({"type": "line", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": at, "x1": at,
                            "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 2}})
-            y_at = summary.loc[summary["step"] >= p_step, column].head(1)
+            y_at = summary.loc[summary["step"] >= p_step, column].head(1)  # first checkpoint on the plateau
             traces.append({"type": "scatter", "mode": "markers", "x": [at], "y": y_at.tolist(),
                            "xaxis": f"x{axis}", "yaxis": f"y{axis}", "legendgroup": name,
                            "marker": {"symbol": "x", "size": 12, "color": color, "line": {"width": 2}},
@@ -121,7 +127,8 @@ def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")
     for k, panel in enumerate(shown_panels, start=1):
         axis = "" if k == 1 else str(k)
         lo, hi = (k - 1) / n + (0.04 if k > 1 else 0), k / n - (0.04 if k < n else 0)
-        layout[f"xaxis{axis}"] = {"domain": [lo, hi], "title": {"text": X_AXES[x]}, "anchor": f"y{axis}"}
+        layout[f"xaxis{axis}"] = {"domain": [lo, hi], "title": {"text": X_AXES[x]}, "anchor": f"y{axis}",
+                                  "type": "log"}  # learning curves change on a log scale (checkpoints too)
         layout[f"yaxis{axis}"] = {"title": {"text": f"{metric} ({panel})"}, "anchor": f"x{axis}"}
         layout["annotations"].append({"text": f"<b>{panel}</b>", "xref": "paper", "yref": "paper",
                                       "x": (lo + hi) / 2, "y": 1.08, "showarrow": False})

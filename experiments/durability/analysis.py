@@ -120,22 +120,17 @@ def curves_table(runs, outcomes, design):
 
 
 def plateau_steps(runs, outcomes):
-    """Plateau step of each run's outcome curve, from the saturation module (visualize_sat_curves)."""
-    from visualize_sat_curves import detect_plateau
+    """Plateau step of each run's outcome curve (NaN unless measures.saturation classifies it plateaued)."""
+    from measures.saturation import METHOD, classify_curve
     plateaus = {}
     for r in runs:
         for column in outcomes:
             s = r["summary"][["step", column]].dropna()
             if len(s) < 3:
                 continue
-            result = detect_plateau(s["step"].to_numpy(), s[column].to_numpy())
-            plateaus[(r["name"], column)] = _plateau_step(result)
-    return plateaus, "visualize_sat_curves.detect_plateau"
-
-
-def _plateau_step(plateau):
-    """detect_plateau's answer (a Plateau or None = not saturated) as a step, NaN when not saturated."""
-    return np.nan if plateau is None else float(plateau.x)
+            result = classify_curve(s["step"].to_numpy(), s[column].to_numpy())
+            plateaus[(r["name"], column)] = result.plateau_step if result.cls == "plateaued" else np.nan
+    return plateaus, f"measures.saturation.classify_curve ({METHOD})"
 
 
 # ---- end point ----
@@ -307,9 +302,9 @@ def plot_endpoint(results, outcomes, styles, baseline, path):
 
 
 def plot_saturation_compare(runs, design, path):
-    """The saturation module's own overlay (visualize_sat_curves.plot_curves: normalised output, interval and
-    cumulative input curves, plateaus marked) for the first init seed of every condition -> path or None."""
-    from visualize_sat_curves import plot_curves as sat_plot_curves
+    """The saturation figure (measures.sat_figure.plot_curves: raw-unit output and input curves, classes
+    marked) for the first init seed of every condition -> path."""
+    from measures.sat_figure import plot_curves as sat_plot_curves
     seed = design["init_seeds"][0]
     first = {r["condition"]: r["summary"] for r in runs if r["init_seed"] == seed}
     return sat_plot_curves(first, path, "step", design["metrics"],
@@ -387,9 +382,9 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
                   "|---|---|---|---|---|---|---|"]
         for _, row in results[results.outcome == column].iterrows():
             delta = "–" if row.condition == baseline else _ci(row.diff_vs_baseline, row.diff_ci_lo, row.diff_ci_hi)
-            plateau = (f"not saturated (0/{row.n_seeds})" if row.n_saturated == 0 else
+            plateau = (f"not plateaued (0/{row.n_seeds})" if row.n_saturated == 0 else
                        _ci(row.plateau_step_mean, row.plateau_ci_lo, row.plateau_ci_hi)
-                       + f" ({row.n_saturated}/{row.n_seeds} saturated)")
+                       + f" ({row.n_saturated}/{row.n_seeds} plateaued)")
             lines.append(f"| {row.condition} | {_ci(row['mean'], row.ci_lo, row.ci_hi)} | {delta} | "
                          f"{_fmt(row.p_perm, 2)} | {_fmt(row.q_fdr, 2)} | {_fmt(row.hedges_g, 2)} | {plateau} |")
         lines.append("")
@@ -416,7 +411,8 @@ def write_report(exp_dir, design, runs, check, rhos, results, divergence, platea
         "- `figures/endpoint.png` — final difference from the baseline with bootstrap CIs.",
         "- `figures/divergence.png` — pairwise KL and embedding similarity between all final models, grouped "
         "by init seed (blocks on the diagonal = runs that share their init).",
-        "- `figures/sat_compare.png` — the saturation module's normalised input/output curves of the first "
+        "- `figures/sat_compare.png` — the saturation figure (measures/sat_figure.py: raw units, classes "
+        "marked) of the first "
         "init seed's run of every condition, overlaid.", "",
         "![curves](figures/curves.png)", "", "![input order](figures/input_order.png)", "",
         "![end point](figures/endpoint.png)", "", "![divergence](figures/divergence.png)", "",
