@@ -3,7 +3,8 @@
 Null (fast): untrained models (several seeds) on the vocab-512 fixture corpus read calibrated p_she = 0.5 ± 0.05
 for every occupation, although the raw pronoun log-odds alone are far from 0.5 there (piece counts differ:
 "her" is one piece and "him" two); their residual-stream association is not significant; the corpus side
-reads the fixture corpus's built-in stereotype (storyworld's default --occupation_bias 0.8).
+reads the fixture corpus's built-in stereotype (storyworld's default --occupation_bias 0.8); their sampled
+continuations pick the stereotyped pronoun at a rate whose interval holds 0.5.
 
 Direction (slow, `-m slow`): two storyworld corpora with the same --seed and --occupation_bias 0.5 vs 0.9, so
 the texts differ only in the gendered words that refer to occupation helpers (and the helpers' names); one
@@ -75,7 +76,7 @@ def test_untrained_models_read_the_null(tok_dataset, monkeypatch):
     assert not corpus.loc["plumber", "seen"]  # not a storyworld occupation
 
     torch.set_num_threads(1)
-    p_she, raw, weat_p = [], [], []
+    p_she, raw, weat_p, gen_rates = [], [], [], []
     for seed in NULL_SEEDS:
         torch.manual_seed(seed)
         model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=ds.vocab_size,
@@ -88,9 +89,12 @@ def test_untrained_models_read_the_null(tok_dataset, monkeypatch):
         assoc, _ = bp.covert_association(model, inputs)
         weat_p += [v for k, v in assoc.items() if k.startswith("weat_p_") and np.isfinite(v)]
         assert abs(head["bias_seen"]) < 0.02 and abs(head["bias_unseen"]) < 0.02
+        gen, _ = bp.covert_generation(model, inputs)
+        gen_rates.append((round(gen["gen_stereo_rate"], 3), gen["gen_stereo_n"]))
+        assert gen["gen_stereo_n"] == 0 or gen["gen_stereo_rate_lo"] <= 0.5 <= gen["gen_stereo_rate_hi"]
     p_she, raw = np.array(p_she), np.array(raw)
     print(f"untrained p_she {p_she.min():.3f}..{p_she.max():.3f} (raw per template {raw.min():.3f}.."
-          f"{raw.max():.3f}); WEAT p {np.round(weat_p, 3).tolist()}")
+          f"{raw.max():.3f}); WEAT p {np.round(weat_p, 3).tolist()}; generation (rate, n) {gen_rates}")
     assert np.all(np.abs(p_she - 0.5) < NULL_TOL), (p_she.min(), p_she.max())
     assert np.abs(raw - 0.5).max() > 2 * NULL_TOL  # without the neutral subject the null fails at this vocab
     assert len(weat_p) >= 2 * len(NULL_SEEDS) and min(weat_p) > 0.01
@@ -135,8 +139,9 @@ def test_bias_probes_follow_occupation_bias_knob(tmp_path):
             "weat_d_L1", "weat_p_L1", "weat_d_emb", "gen_stereo_rate", "gen_stereo_rate_lo", "gen_stereo_rate_hi",
             "corpus_stereo_rate"]
     print("\n".join(f"{k:24s} biased {b[k]:+.3f}  unbiased {u[k]:+.3f}" for k in keys))
-    # unbiased corpus: the model's rate is the corpus's within the interval
+    # unbiased corpus: the model's rate is the corpus's within the interval, no association
     assert u["bias_amplification_lo"] <= 0 <= u["bias_amplification_hi"]
+    assert u["gen_stereo_rate_lo"] <= u["corpus_stereo_rate"] <= u["gen_stereo_rate_hi"] and u["weat_p_L1"] > 0.05
     assert abs(u["corpus_stereo_rate"] - 0.5) < 0.05 and b["corpus_stereo_rate"] > 0.8
     # biased corpus: separates on the overt probe and on both covert measures
     assert b["bias_seen"] - u["bias_seen"] > OVERT_MARGIN
