@@ -34,6 +34,8 @@ from tqdm import tqdm  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
 from measures.icl import icl_scores  # noqa: E402
+from metadata import bias_probe  # noqa: E402
+from metadata.bias_probe import continuation_logprobs, split_continuation  # noqa: E402
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
 from modelling.data import SegmentBatches, story_loss  # noqa: E402
 
@@ -124,7 +126,7 @@ def text_overlap(generated_text, expected_text, rouge):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# next-token measurements: validation loss, bias and toxicity probes
+# next-token measurements: validation loss, toxicity probe (bias probes: metadata/bias_probe.py)
 
 @torch.inference_mode()
 def val_loss(model, val_set, batch=EVAL_BATCH):
@@ -134,88 +136,14 @@ def val_loss(model, val_set, batch=EVAL_BATCH):
     return story_loss(model, batches, story_ids, batch)
 
 
-def split_continuation(sp, bos, context, word):
-    """(context ids, word ids) from encoding context and context + ' ' + word; the context part is the longest
-    common prefix, so a tokenizer merge across the boundary cannot misalign them."""
-    ctx = [bos] + sp.encode(context)
-    full = [bos] + sp.encode(context + " " + word)
-    common = 0
-    while common < min(len(ctx), len(full)) and ctx[common] == full[common]:
-        common += 1
-    return tuple(full[:common]), full[common:]
-
-
-@torch.inference_mode()
-def continuation_logprobs(model, items):
-    """log p(continuation | context) for items [(context ids tuple, continuation ids)], summed over the
-    continuation's tokens. Each distinct context runs once through the KV cache; its continuations then run
-    from there in batches of equal length (no padding), attending to the cached context keys/values."""
-    out = np.zeros(len(items))
-    by_ctx = {}
-    for i, (ctx, cont) in enumerate(items):
-        by_ctx.setdefault(ctx, []).append(i)
-    dtype = model.output.weight.dtype
-    # next-token log-probs after every context, all contexts in right-padded batches (causal: padding after
-    # a context never changes its last position)
-    contexts = list(by_ctx)
-    first = {}
-    for start in range(0, len(contexts), EVAL_BATCH * 4):
-        chunk = contexts[start:start + EVAL_BATCH * 4]
-        x = torch.zeros(len(chunk), max(len(c) for c in chunk), dtype=torch.long)
-        for r, c in enumerate(chunk):
-            x[r, :len(c)] = torch.tensor(c)
-        last = torch.log_softmax(model(x)[torch.arange(len(chunk)), [len(c) - 1 for c in chunk]], dim=-1)
-        first.update(zip(chunk, last))
-    for ctx, rows in by_ctx.items():
-        n = len(ctx)
-        by_len = {}
-        for i in rows:
-            by_len.setdefault(len(items[i][1]), []).append(i)
-        ctx_cache = None
-        for length, group in by_len.items():
-            conts = torch.tensor([items[i][1] for i in group], dtype=torch.long)
-            lp = first[ctx][conts[:, 0]]
-            if length > 1:
-                if ctx_cache is None:  # the context's keys/values, computed once, shared by its continuations
-                    ctx_cache = model._new_cache(1, n, torch.device("cpu"), dtype)
-                    model(torch.tensor([ctx], dtype=torch.long), cache=ctx_cache, pos=0)
-                cache = model._new_cache(len(group), n + length - 1, torch.device("cpu"), dtype)
-                for (k, v), (k0, v0) in zip(cache, ctx_cache):
-                    k[:, :n], v[:, :n] = k0, v0
-                later = torch.log_softmax(model(conts[:, :-1], cache=cache, pos=n, return_attn=True), dim=-1)
-                lp = lp + later.gather(-1, conts[:, 1:, None])[..., 0].sum(-1)
-            out[group] = lp.double().numpy()
-    return out
-
-
-def probe_items(sp, bos):
-    """Token ids of the bias and toxicity probes, encoded once per eval: {"bias": (contexts, items),
-    "tox": [items per prompt]} with items [(context ids, continuation ids)] for continuation_logprobs."""
-    from metadata.bias_templates import TOXICITY_PROMPTS, bias_contexts, toxic_words
-    contexts = bias_contexts()
-    bias_items = []
-    for c in contexts:
-        bias_items += [split_continuation(sp, bos, c["context"], c["female"]),
-                       split_continuation(sp, bos, c["context"], c["male"])]
+def probe_items(sp, bos, corpus=None):
+    """Token ids of the bias and toxicity probes, encoded once per eval: {"bias": bias_probe.prepare(...),
+    "tox": [items per prompt]} with items [(context ids, continuation ids)] for continuation_logprobs.
+    corpus: bias_probe.corpus_rates of the training stories (which occupations are seen, their rates)."""
+    from metadata.bias_templates import TOXICITY_PROMPTS, toxic_words
     words = toxic_words()
     tox_items = [[split_continuation(sp, bos, prompt, w) for w in words] for prompt in TOXICITY_PROMPTS]
-    return {"bias": (contexts, bias_items), "tox": tox_items}
-
-
-def bias_probe(model, contexts, items):
-    """Rows {probe, value}: per occupation the mean over templates of log p(female word) - log p(male word),
-    their mean over occupations, and bias_stereotype = mean over female-stereotyped occupations minus mean
-    over male-stereotyped ones (> 0: the model follows the stereotype)."""
-    lp = continuation_logprobs(model, items)
-    df = pd.DataFrame(contexts)
-    df["score"] = lp[0::2] - lp[1::2]
-    per_occ = df.groupby("occupation", sort=False).agg(score=("score", "mean"), stereotype=("stereotype", "first"))
-    rows = [{"probe": f"bias:{occ}", "value": float(s)} for occ, s in per_occ["score"].items()]
-    female = per_occ.loc[per_occ["stereotype"] == "female", "score"].mean()
-    male = per_occ.loc[per_occ["stereotype"] == "male", "score"].mean()
-    rows += [{"probe": "bias_mean", "value": float(per_occ["score"].mean())},
-             {"probe": "bias_stereotype", "value": float(female - male)}]
-    return rows
+    return {"bias": bias_probe.prepare(sp, bos, corpus), "tox": tox_items}
 
 
 def toxicity_probe(model, items_per_prompt):
@@ -255,8 +183,10 @@ def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, se
         rows[-1].update({"bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
     gens = pd.concat([pd.DataFrame(rows), metrics.reset_index(drop=True)], axis=1)
     probe_rows = [{"probe": "val_loss", "value": val_loss(model, val_rows)}]
-    probe_rows += [{"probe": k, "value": v} for k, v in icl_scores(model, val_rows).items()]  # measures/icl.py
-    probe_rows += bias_probe(model, *probes_in["bias"]) + toxicity_probe(model, probes_in["tox"])
+    batches, val_ids = val_rows
+    probe_rows += [{"probe": k, "value": v}  # measures/icl.py
+                   for k, v in icl_scores(model, [batches.sequence(s) for s in val_ids]).items()]
+    probe_rows += bias_probe.bias_probe(model, probes_in["bias"]) + toxicity_probe(model, probes_in["tox"])
     probes = pd.DataFrame(probe_rows)
     probes.insert(0, "step", int(step))
     return gens, probes, int(ckpt.get("tokens_seen", -1))
@@ -424,7 +354,7 @@ def main(argv=None):
         val_ids = val_ids[np.linspace(0, len(val_ids) - 1, min(args.val_stories, len(val_ids))).round().astype(int)]
         val_rows = (SegmentBatches(ds, max_len, int(ds.manifest["bos_id"])), val_ids)
         rouge = rouge_scorer.RougeScorer(["rougeL"])
-        probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]))
+        probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]), bias_probe.dataset_corpus_rates(ds))
         torch.set_num_threads(args.threads or (1 if small_model(run.config) else torch.get_num_threads()))
         torch.manual_seed(args.seed)
         print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
@@ -464,7 +394,7 @@ def main(argv=None):
         print(f"evaluated {len(todo)} checkpoint(s) in {time.time() - t0:.1f}s")
     last = summary.iloc[-1]
     print(f"step {int(last['step'])}: val_loss {last['val_loss']:.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
-          f"bias_stereotype {last['bias_stereotype']:+.3f}, tox_mass {last['tox_mass']:.2e}")
+          f"bias_amplification {last['bias_amplification']:+.3f}, tox_mass {last['tox_mass']:.2e}")
     print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}")
 
 

@@ -187,24 +187,35 @@ def toxic_count(words_lower, toxic_first):
     return count
 
 
-def occupation_refs(words_lower):
-    """Per occupation mention (wordlists.OCCUPATION_HEADS), the first gendered pronoun within OCC_WINDOW words
-    after it is taken as the one that refers to it. Returns (mentions, she, he, stereo, anti); stereo/anti
-    count only occupations that carry a stereotype."""
-    mentions = she = he = stereo = anti = 0
+def occupation_pronouns(words_lower):
+    """Per occupation mention (wordlists.OCCUPATION_HEADS, in text order): (occupation, gender) with gender
+    'female'/'male' from the first gendered pronoun within OCC_WINDOW words after it (taken as the one that
+    refers to it), None when there is none. eval's bias probe measures the corpus rate per occupation with it."""
+    refs = []
     for i, w in enumerate(words_lower):
         occupation = _OCC_HEADS.get(w)
         if occupation is None:
             continue
-        mentions += 1
+        gender = None
         for v in words_lower[i + 1:i + 1 + OCC_WINDOW]:
             gender = "female" if v in _FEMALE_PRONOUNS else "male" if v in _MALE_PRONOUNS else None
             if gender:
-                she, he = she + (gender == "female"), he + (gender == "male")
-                stereotype = wordlists.OCCUPATIONS[occupation]
-                if stereotype:
-                    stereo, anti = stereo + (gender == stereotype), anti + (gender != stereotype)
                 break
+        refs.append((occupation, gender))
+    return refs
+
+
+def occupation_refs(words_lower):
+    """Counts over occupation_pronouns(): (mentions, she, he, stereo, anti); stereo/anti count only
+    occupations that carry a stereotype."""
+    mentions = she = he = stereo = anti = 0
+    for occupation, gender in occupation_pronouns(words_lower):
+        mentions += 1
+        if gender:
+            she, he = she + (gender == "female"), he + (gender == "male")
+            stereotype = wordlists.OCCUPATIONS[occupation]
+            if stereotype:
+                stereo, anti = stereo + (gender == stereotype), anti + (gender != stereotype)
     return mentions, she, he, stereo, anti
 
 

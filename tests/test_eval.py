@@ -56,16 +56,19 @@ def test_generations_probes_and_summary_tables(eval_run):
     assert val["first_divergence"].between(0, 24).all()
 
     probes = pd.read_csv(tables / "probes.csv")
-    for probe in ["val_loss", "icl_score", "bias_mean", "bias_stereotype", "tox_mass", "bias:nurse", "tox:0"]:
+    for probe in ["val_loss", "icl_score", "bias_seen", "bias_amplification", "tox_mass", "p_she:nurse", "tox:0"]:
         assert (probes["probe"] == probe).sum() == len(steps), probe
     tox = probes[probes["probe"] == "tox_mass"]["value"]
     assert tox.between(0, 1).all() and (tox > 0).all()
 
     summary = pd.read_csv(tables / "summary.csv")
     assert summary["step"].tolist() == steps
-    assert summary["tokens_seen"].tolist() == [s * 8 * 128 for s in steps]  # batch 8 x 128 positions per step
+    from modelling.batch_log import BatchLog
+    trained = np.cumsum(BatchLog(eval_run["dir"]).steps(1, max(steps))["n_tokens"].reshape(-1, 8).sum(1))
+    assert summary["tokens_seen"].tolist() == [int(trained[s - 1]) for s in steps]  # targets trained so far
     assert summary["val_loss"].iloc[-1] < summary["val_loss"].iloc[0] - 0.5  # it learns in 40 steps
-    for col in ["out_n_words", "out_bleu", "in_n_words", "cum_n_words", "bias_stereotype", "tox_mass", "icl_score"]:
+    for col in ["out_n_words", "out_bleu", "in_n_words", "cum_n_words", "bias_amplification", "weat_d_L1",
+                "gen_stereo_rate", "tox_mass", "icl_score"]:
         assert col in summary.columns, col
 
 
