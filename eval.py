@@ -1,7 +1,7 @@
 """Evaluate every checkpoint of a run: generations with their metrics, validation loss, bias and toxicity
 probes, and one summary row per checkpoint joined with the metrics of the stories trained on.
 
-    python eval.py --out_dir out/RUN [--steps 64 128 ...] [--n_prompts 8] [--prefix_tokens 32]
+    python eval.py [--out_dir out/demo] [--steps 64 128 ...] [--n_prompts 8] [--prefix_tokens 32]
                    [--max_new_tokens 200] [--temperature 0] [--seed 1337] [--scorer ngram] [--rebuild]
 
 Reads  out/RUN (config, checkpoints, batch log; modelling/checkpoints.py), the run's dataset
@@ -33,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance  # noqa: E402
+from common.paths import DEFAULT_RUN, add_root_argument, apply_root, default_run_dir  # noqa: E402
 from measures.icl import icl_scores  # noqa: E402
 from metadata import bias_probe  # noqa: E402
 from metadata.bias_probe import continuation_logprobs, split_continuation  # noqa: E402
@@ -48,7 +49,7 @@ MIN_EXPECTED = 16      # a prompt story must have at least this many tokens afte
 SEED = 1337            # sampling seed (temperature > 0); checkpoint k samples with SEED + step
 EVAL_BATCH = 16        # sequences per forward pass for val loss
 SMALL_DIM = 256        # models up to this width run single-threaded by default (--threads)
-EVAL_VERSION = "1"     # bump when any eval measurement changes: a re-run then asks for --rebuild
+EVAL_VERSION = "2"     # bump when any eval measurement changes: a re-run then asks for --rebuild
 SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
                 "val_stories", "scorer")
 
@@ -269,7 +270,8 @@ def read_table(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", required=True, help="run folder made by modelling/train.py")
+    parser.add_argument("--out_dir", default=None,
+                        help=f"run folder made by modelling/train.py (default: out/{DEFAULT_RUN})")
     parser.add_argument("--steps", type=int, nargs="*", default=None, help="only these checkpoint steps")
     parser.add_argument("--n_prompts", type=int, default=N_PROMPTS, help="val-story prompts (plus one BOS prompt)")
     parser.add_argument("--prefix_tokens", type=int, default=PREFIX_TOKENS, help="story tokens in each prompt")
@@ -284,7 +286,8 @@ def main(argv=None):
                         help="torch threads (0 = 1 for models with dim <= 256, which run fastest single-threaded "
                              "on a shared CPU, else torch's default)")
     parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
-    args = parser.parse_args(argv)
+    add_root_argument(parser)
+    args = apply_root(parser.parse_args(argv))
     if args.n_prompts < 0 or args.prefix_tokens < 1 or args.max_new_tokens < 1 or args.temperature < 0 \
             or args.acc_tokens < 1 or args.val_stories < 1:
         raise UserError("need --n_prompts >= 0, --prefix_tokens >= 1, --max_new_tokens >= 1, --temperature >= 0, "
@@ -296,7 +299,7 @@ def main(argv=None):
     from rouge_score import rouge_scorer
     from tokenization.dataset import TokenizedDataset
 
-    run_dir = Path(args.out_dir)
+    run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
     run = load_run(run_dir)
     if not run.checkpoints:
         raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")

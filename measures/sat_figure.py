@@ -14,7 +14,7 @@ FAMILIES = {
     "text quality": ["flesch_ease", "mtld", "spelling_errors", "mean_sentence_len", "rep_2", "distinct2", "ttr",
                      "fk_grade", "n_tokens", "n_words", "rougeL"],
     "sentiment / toxicity": ["sentiment", "sentiment_end", "toxicity", "tox_mass", "toxic_count"],
-    "bias / gender": ["bias_stereotype", "bias_mean", "gender_balance", "occ_stereo", "occ_anti", "female_terms",
+    "bias / gender": ["bias_seen", "bias_amplification", "gen_stereo_rate", "gender_balance", "occ_stereo", "occ_anti", "female_terms",
                       "male_terms"],
 }
 PER_FAMILY = 4

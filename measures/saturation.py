@@ -216,7 +216,8 @@ NON_METRIC = {"step", "tokens_seen", "interval_start", "interval_end", "n_segmen
               "n_generations", "n_prompts", "icl_stories"}
 # output-only columns worth a panel (besides out_<metric>)
 OUTPUT_EXTRA = ["val_loss", "icl_score", "icl_context_gain", "induction_max", "out_bleu", "out_rougeL",
-                "out_prefix_token_acc", "out_first_divergence", "bias_mean", "bias_stereotype", "tox_mass"]
+                "out_prefix_token_acc", "out_first_divergence", "bias_seen", "bias_amplification",
+                "gen_stereo_rate", "tox_mass"]
 CI_SUFFIXES = ("_lo", "_hi")  # <column>_lo / <column>_hi: a 95% CI of <column> (drawn as a band)
 TABLE_COLUMNS = ["metric", "side", "column", "class", "plateau_step", "plateau_tokens", "noise", "change", "snr",
                  "tail_chi2", "n_points", "n_runs", "saturated", "reason", "method"]

@@ -17,7 +17,8 @@ import argparse
 
 import pandas as pd
 
-from common.errors import UserError, run_main
+from common.errors import run_main
+from common.paths import DEFAULT_RUN, add_root_argument, apply_root, default_run_dir
 from modelling.batch_table import step_table
 from modelling.checkpoints import load_run
 from tokenization.dataset import TokenizedDataset
@@ -25,18 +26,20 @@ from tokenization.dataset import TokenizedDataset
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out_dir", default="out/demo", help="run folder (default: out/demo)")
+    ap.add_argument("--out_dir", default=None, help=f"run folder (default: out/{DEFAULT_RUN})")
     ap.add_argument("--step", type=int, default=1, help="optimizer step, 1-based (default: 1)")
     ap.add_argument("--columns", default="", help="comma-separated metadata columns (default: all)")
     ap.add_argument("--chars", type=int, default=300, help="characters of text per segment (0 = no text, -1 = all)")
-    a = ap.parse_args()
+    add_root_argument(ap)
+    a = apply_root(ap.parse_args())
 
-    run = load_run(a.out_dir)
+    out_dir = a.out_dir or default_run_dir()
+    run = load_run(out_dir)
     cfg = run.config["config"]
     ds = TokenizedDataset(cfg["dataset"], cfg["vocab_size"])
     columns = [c.strip() for c in a.columns.split(",") if c.strip()]
     table = step_table(run, a.step, columns, ds)
-    print(f"{a.out_dir} step {a.step}/{len(run.batch_log)}: {len(table)} segments in {table['row'].nunique()} rows, "
+    print(f"{out_dir} step {a.step}/{len(run.batch_log)}: {len(table)} segments in {table['row'].nunique()} rows, "
           f"{int(table['n_tokens'].sum())} tokens trained (dataset {cfg['dataset']}, vocab {cfg['vocab_size']}, "
           f"sampler {cfg['sampler']})")
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", None):

@@ -32,7 +32,8 @@ from metadata.table import read_metadata  # noqa: E402
 from experiments.durability import stats  # noqa: E402
 
 # output columns of tables/summary.csv compared besides val_loss and out_<sort metric>, when eval wrote them
-EXTRA_OUTCOMES = ["out_ppl_ref", "out_bleu", "out_rougeL", "out_prefix_token_acc", "bias_stereotype", "tox_mass"]
+EXTRA_OUTCOMES = ["out_ppl_ref", "out_bleu", "out_rougeL", "out_prefix_token_acc", "bias_seen", "bias_amplification",
+                  "tox_mass"]
 FIG_DPI = 90
 
 
