@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.paths import root
 
 # llama2.c's shapes (README "models" table and its 260K recipe)
 PRESETS = {
@@ -107,7 +108,7 @@ def validate(cfg):
         raise UserError(f"--device={cfg['device']} but CUDA is not available here — use --device=cpu")
     if cfg["dtype"] == "float16" and not cfg["device"].startswith("cuda"):
         raise UserError("--dtype=float16 needs CUDA (it uses a grad scaler); on CPU use bfloat16 or float32")
-    out = Path(cfg["out_dir"])
+    out = root() / cfg["out_dir"]
     if out.exists() and not out.is_dir():
         raise UserError(f"--out_dir={out} is an existing file — pick a folder path")
 

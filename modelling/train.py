@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from common.errors import UserError, run_main
 from common.io import provenance, sha256_file
+from common.paths import root
+from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, cpu_flags, parse_config, resolve_dtype, validate
@@ -136,7 +138,7 @@ def main(argv):
     if cfg["init_from"] == "resume":
         cfg, resume = resume_config(cfg, overrides)
     globals().update(cfg)  # from here on the config is read as the module constants above
-    out = Path(out_dir)
+    out = root() / out_dir  # relative to the project root (--root / $LLAMA_PREBIAS_ROOT, else the cwd)
 
     # distributed: torchrun sets RANK/WORLD_SIZE; each rank takes its rows of every global step
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -237,8 +239,11 @@ def main(argv):
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(train_model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-    # run folder (rank 0): config, probes, logs and batch log behind the recorder
+    # run folder (rank 0): one writer at a time, then config, probes, logs and batch log behind the recorder
     if master:
+        lock = RunLock(out).acquire()  # a second writer is refused naming this pid; a dead holder's is taken over
+        if existing_run_check(out, cfg):  # again under the lock: another process may have written it meanwhile
+            return
         run_provenance = provenance()
         run_info = {"config": cfg, "dtype_used": dtype_used, "cpu_flags": cpu_flags(), "world_size": world,
                     "segments_per_step": segments_per_step, "n_steps": n_steps,
@@ -330,6 +335,7 @@ def main(argv):
     bar.close()
     if master:
         recorder.close()
+        lock.release()
         print(f"done: {out} ({step} steps, {tokens_seen} tokens)")
     if ddp:
         from torch.distributed import destroy_process_group

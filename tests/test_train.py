@@ -153,8 +153,28 @@ def test_resume_after_kill_equals_uninterrupted(tiny_run, tok_dataset):
     assert [s for s, _ in list_checkpoints(resumed)] == TINY_CKPTS
 
 
+def test_a_second_writer_on_the_same_run_folder_is_refused(tiny_run, tok_dataset):
+    """Two train.py on one out_dir with different seeds: the second is refused with one line naming the first's
+    pid, and the first finishes untouched."""
+    ws = tok_dataset["workspace"]
+    args = train_args(**{**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"],
+                         "out_dir": "out/contended", "max_iters": 30})
+    first = subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *args], cwd=ws,
+                             env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (ws / "out/contended/train_log.csv").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = run_stage(ws, "modelling/train.py", *args, "--seed=8", check=False, env=ONE_THREAD)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
+    assert f"in use by pid {first.pid}" in second.stderr or "already holds a different run" in second.stderr
+    assert json.loads((ws / "out/contended/config.json").read_text())["config"]["seed"] == TINY_CONFIG["seed"]
+    assert len(read_rows(ws / "out/contended/train_log.csv")) == 30
+
+
 def test_config_validation_fails_before_any_work(in_workspace, tok_dataset):
     from modelling import train
+    (in_workspace / "a_file").write_text("not a folder")
     for argv, message in ((["--bogus=1"], "unknown config key 'bogus'; valid keys: out_dir, eval_interval"),
                           (["--batch_size=abc"], "--batch_size=abc: expected int"),
                           (["--learning_rate=fast"], "expected float"),
@@ -168,7 +188,7 @@ def test_config_validation_fails_before_any_work(in_workspace, tok_dataset):
                           (["--batch_size=0"], "--batch_size=0: must be in [1, ∞)"),
                           (["--dropout=1.5"], "--dropout=1.5: must be in"),
                           (["--min_lr=0.5"], "is above --learning_rate"),
-                          (["--out_dir=README.md"], "is an existing file")):
+                          (["--out_dir=a_file"], "is an existing file")):
         with pytest.raises(UserError, match=re.escape(message)):
             train.main(["--out_dir=out/never"] + argv)
     data_args = [f"--dataset={tok_dataset['dataset']}", f"--vocab_size={tok_dataset['vocab_size']}",
