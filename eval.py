@@ -559,9 +559,11 @@ def main(argv=None):
                                          "sha256": prompts_sha(prompts), "prompts": prompts})
         scorer = load_scorer(args.scorer, ds, vocab_size)
         # the dataset's fixed validation samples (the same stories for every run of it), cut to the window
-        val_rows = {name: [np.asarray(ds.tokens(int(s)))[:max_len + 1]
-                           for s in ds.validation_sample(kind, n=args.val_stories)]
-                    for name, kind in (("val_loss", "iid"), ("val_loss_novel", "novel"))}
+        val_ids = {name: ds.validation_sample(kind, n=args.val_stories)
+                   for name, kind in (("val_loss", "iid"), ("val_loss_novel", "novel"))}
+        val_rows = {name: [np.asarray(ds.tokens(int(s)))[:max_len + 1] for s in ids] for name, ids in val_ids.items()}
+        val_record = {name: {"n_stories": len(ids), "story_ids_sha256": hashlib.sha256(
+            np.asarray(ids, dtype="<i8").tobytes()).hexdigest()} for name, ids in val_ids.items()}
         vocabulary = load_vocabulary(ds.dir / VOCABULARY_FILE)
         if vocabulary is None:
             print(f"note: {ds.dir / VOCABULARY_FILE} is missing, so `oov` is NaN and only rep4 flags degenerate "
@@ -595,7 +597,7 @@ def main(argv=None):
             "provenance": provenance(dataset=dataset, vocab_size=vocab_size, scorer=args.scorer,
                                      tokenizer_sha256=ds.manifest.get("tokenizer_sha256")),
             "eval_version": EVAL_VERSION, "probe_version": PROBE_VERSION, "settings": settings,
-            "prompts_sha256": prompts_sha(prompts),
+            "prompts_sha256": prompts_sha(prompts), "validation_samples": val_record,
             "steps_done": sorted(done), "tokens_seen": {str(k): v for k, v in sorted(tokens_seen.items())}})
     if not gens_all:
         raise UserError(f"nothing evaluated in {run_dir} — no checkpoint selected")

@@ -115,14 +115,14 @@ def sentence_keys(stories):
 
 
 def sentence_overlap(keys, splits):
-    """{split: share of its sentences that occur verbatim in a train story} for every split but train (NaN
-    for an empty split). keys: per-sentence hashes; splits: per-sentence split names."""
+    """{split: share of its sentences that occur verbatim in a train story} for val and val_novel (None for
+    an empty split). keys: per-sentence hashes; splits: per-sentence split names."""
     splits = np.asarray(splits)
     train = np.unique(keys[splits == "train"])
     out = {}
     for name in ("val", "val_novel"):
         mine = keys[splits == name]
-        out[name] = round(float(np.isin(mine, train).mean()), 4) if len(mine) else float("nan")
+        out[name] = round(float(np.isin(mine, train).mean()), 4) if len(mine) else None
     return out
 
 
