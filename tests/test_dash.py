@@ -261,7 +261,7 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
     assert per_step["x"][:3] == [1, 2, 3] and len(per_step["x"]) == len(log)
     assert per_step["y"][2] == pytest.approx(np.nanmean(meta.loc[log.step(3), "flesch_ease"]), abs=1e-4)
     hist = data_page.histogram_figure(store, RUN, "flesch_ease")
-    assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val"}
+    assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val", "val_novel"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
     columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
     assert [r["story_id"] for r in rows] == log.step(5).tolist()
