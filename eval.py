@@ -1,18 +1,30 @@
-"""Evaluate every checkpoint of a run: generations with their metrics, validation loss, bias and toxicity
-probes, and one summary row per checkpoint joined with the metrics of the stories trained on.
+"""Evaluate every checkpoint of a run: generations with their metrics against the reference continuations,
+validation loss on the fixed validation samples (iid and novel), bias and toxicity probes, and one summary row
+per checkpoint joined with the metrics of the stories trained on.
 
-    python eval.py [--out_dir out/demo] [--steps 64 128 ...] [--n_prompts 8] [--prefix_tokens 32]
-                   [--max_new_tokens 200] [--temperature 0] [--seed 1337] [--scorer ngram] [--rebuild]
+    python eval.py [--out_dir out/demo] [--steps 64 128 ...] [--n_prompts 64] [--prefix_tokens 32]
+                   [--temperature 1.0] [--seed 1337] [--max_new_tokens 0] [--val_stories 2000]
+                   [--scorer ngram] [--rebuild]
 
 Reads  out/RUN (config, checkpoints, batch log; modelling/checkpoints.py), the run's dataset
-       (tokenization/dataset.py), its metadata.parquet and reference scorer (metadata/).
+       (tokenization/dataset.py), its metadata.parquet, vocabulary.txt and reference scorer (metadata/).
 Writes out/RUN/eval_prompts.json  the fixed prompt set (val-story prefixes + one BOS-only prompt)
        out/RUN/tables/generations.csv, probes.csv, summary.csv, eval.json (docs/FORMATS.md)
 
-Prompts: n_prompts validation stories (evenly spaced over the val split's ids, long enough for the prefix),
-each as BOS + its first prefix_tokens tokens; the story's next max_new_tokens tokens are the expected
-continuation. Generation uses the model's KV cache, all prompts of one length in one batch (the val prefixes
-share a length, the BOS prompt is its own batch), so greedy output equals the no-cache loop token for token.
+Generation protocol. Prompts: the first n_prompts stories of the dataset's fixed iid validation sample (in its
+draw order, TokenizedDataset.validation_sample) that have at least MIN_EXPECTED tokens after the prompt; each
+prompt is BOS + the story's first tokens up to prefix_tokens, cut back to a word boundary (the next story piece
+starts a new word, SentencePiece '▁'). Each prompt is continued by sampling (temperature 1.0 by default, top_k
+optional, --temperature 0 = greedy) with its own recorded seed (sample_seed = seed + prompt_id, the same at
+every checkpoint, so checkpoints are compared on common random numbers) until the model writes BOS (end of
+story in the llama2.c layout) or the sequence fills the model's max_seq_len positions (never a position it was
+not trained on; --max_new_tokens caps it further). The reference is the story's own continuation within the
+same window. Metrics (metadata/metrics.py, the ones of the training stories) are taken on the generated and the
+reference continuation cut to the same number of words (the shorter of the two), BLEU/ROUGE-L on that pair
+too; the untruncated lengths are new_tokens/ended and ref_new_tokens/ref_ended. summary.csv carries, per
+metric over the validation prompts, the mean and a 95% t-interval (out_<m>, out_<m>_lo, out_<m>_hi and
+ref_<m>, ref_<m>_lo, ref_<m>_hi). The BOS-only prompt's free generation is kept in generations.csv (its
+metrics on the whole text) but has no reference and is left out of those means.
 Incremental: checkpoints already in generations.csv are skipped; changed settings need --rebuild.
 """
 import argparse
@@ -39,16 +51,19 @@ from metadata import bias_probe  # noqa: E402
 from metadata.bias_probe import continuation_logprobs, split_continuation  # noqa: E402
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
 from modelling.data import SegmentBatches, story_loss  # noqa: E402
+from tokenization.dataset import VAL_SAMPLE_STORIES  # noqa: E402
 
-N_PROMPTS = 8          # validation-story prompts per checkpoint (plus the BOS-only prompt)
-PREFIX_TOKENS = 32     # story tokens after BOS given as the prompt
-MAX_NEW_TOKENS = 200
+N_PROMPTS = 64         # validation-story prompts per checkpoint (plus the BOS-only prompt)
+PREFIX_TOKENS = 32     # at most this many story tokens after BOS in a prompt (cut back to a word boundary)
+MIN_PREFIX = 4         # a prompt keeps at least this many story tokens even without a word boundary
+TEMPERATURE = 1.0
 ACC_TOKENS = 20        # prefix_token_acc: share of the first ACC_TOKENS generated tokens equal to the expected
-VAL_STORIES = 32       # validation stories for val_loss (the same at every checkpoint)
+VAL_STORIES = VAL_SAMPLE_STORIES  # stories of each fixed validation sample (iid, novel) for val_loss
 MIN_EXPECTED = 16      # a prompt story must have at least this many tokens after the prefix
-SEED = 1337            # sampling seed (temperature > 0); checkpoint k samples with SEED + step
+SEED = 1337            # sampling seeds: prompt i samples with SEED + i at every checkpoint
 EVAL_BATCH = 16        # sequences per forward pass for val loss
 SMALL_DIM = 256        # models up to this width run single-threaded by default (--threads)
+CI_LEVEL = 0.95        # summary.csv's intervals across prompts
 EVAL_VERSION = "2"     # bump when any eval measurement changes: a re-run then asks for --rebuild
 SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
                 "val_stories", "scorer")
@@ -57,23 +72,36 @@ SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "
 # ---------------------------------------------------------------------------------------------------------
 # prompts
 
-def choose_prompts(ds, n_prompts, prefix_tokens, max_new_tokens):
-    """Val-story prefix prompts (evenly spaced over the sorted val ids) and one BOS-only prompt."""
+def word_cut(sp, tokens, prefix_tokens):
+    """Story tokens to keep after BOS: the largest k <= prefix_tokens whose next piece starts a new word
+    (SentencePiece '▁'), so a prompt never ends inside a word; MIN_PREFIX when no such k is at least that."""
+    for k in range(min(prefix_tokens, len(tokens) - 2), MIN_PREFIX - 1, -1):
+        if sp.id_to_piece(int(tokens[1 + k])).startswith("\u2581"):
+            return k
+    return MIN_PREFIX
+
+
+def choose_prompts(ds, n_prompts, prefix_tokens, max_seq_len, val_stories=VAL_STORIES):
+    """Prompts from the fixed iid validation sample (draw order): {prompt_id, kind, story_id, sample_seed
+    (set by the caller), tokens (BOS + prefix), expected (the story's continuation within the window of
+    max_seq_len + 1 tokens), expected_ended (the story ends inside the window)}, and one BOS-only prompt."""
     bos = int(ds.manifest["bos_id"])
-    index = ds.index
-    long_enough = index[(index["split"] == "val") & (index["n_tokens"] >= 1 + prefix_tokens + MIN_EXPECTED)]
-    story_ids = np.sort(long_enough["story_id"].to_numpy())
-    if n_prompts > len(story_ids):
-        raise UserError(f"--n_prompts {n_prompts} but only {len(story_ids)} val stories have more than "
-                        f"{prefix_tokens + MIN_EXPECTED} tokens — lower --n_prompts or --prefix_tokens")
-    picks = story_ids[np.linspace(0, len(story_ids) - 1, n_prompts).round().astype(int)] if n_prompts else []
+    sp = ds.tokenizer
+    ranked = ds.validation_sample("iid", n=max(val_stories, n_prompts), ranked=True)
+    n_tokens = ds.index["n_tokens"].to_numpy()
+    picks = [int(s) for s in ranked if n_tokens[s] >= 1 + prefix_tokens + MIN_EXPECTED][:n_prompts]
+    if len(picks) < n_prompts:
+        raise UserError(f"--n_prompts {n_prompts} but only {len(picks)} stories of the validation sample have "
+                        f"more than {prefix_tokens + MIN_EXPECTED} tokens — lower --n_prompts or --prefix_tokens")
     prompts = []
     for sid in picks:
-        tokens = [int(t) for t in ds.tokens(int(sid))]
-        prompts.append({"prompt_id": len(prompts), "kind": "val_prefix", "story_id": int(sid),
-                        "tokens": tokens[:1 + prefix_tokens],
-                        "expected": tokens[1 + prefix_tokens:1 + prefix_tokens + max_new_tokens]})
-    prompts.append({"prompt_id": len(prompts), "kind": "bos", "story_id": None, "tokens": [bos], "expected": []})
+        tokens = [int(t) for t in ds.tokens(sid)]
+        k = word_cut(sp, tokens, prefix_tokens)
+        prompts.append({"prompt_id": len(prompts), "kind": "val_prefix", "story_id": sid,
+                        "tokens": tokens[:1 + k], "expected": tokens[1 + k:max_seq_len + 1],
+                        "expected_ended": len(tokens) <= max_seq_len + 1})
+    prompts.append({"prompt_id": len(prompts), "kind": "bos", "story_id": None, "tokens": [bos], "expected": [],
+                    "expected_ended": False})
     return prompts
 
 
@@ -82,26 +110,80 @@ def prompts_sha(prompts):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# generation and its comparison with the expected continuation
+# generation and its comparison with the reference continuation
 
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, generator=None):
-    """New token ids per prompt (list of lists). Prompts of one length share one KV-cache batch."""
+@torch.inference_mode()
+def generate(model, prompts, bos, temperature=TEMPERATURE, top_k=None, seeds=None, max_new_tokens=None):
+    """New token ids per prompt (list of lists), each ending with BOS when the model ended the story. A prompt
+    stops at BOS or when its sequence holds max_seq_len + 1 tokens (the last one predicted from position
+    max_seq_len - 1, the last position trained on), or after max_new_tokens. Prompts of one length share a
+    KV-cache batch; each samples with its own torch.Generator(seed), so its text does not depend on the batch."""
+    max_len = model.params.max_seq_len
+    dtype = model.output.weight.dtype
     out = [None] * len(prompts)
     by_len = {}
     for i, p in enumerate(prompts):
+        if len(p["tokens"]) > max_len:
+            raise UserError(f"prompt {i} has {len(p['tokens'])} tokens, more than max_seq_len {max_len}")
         by_len.setdefault(len(p["tokens"]), []).append(i)
     for length, rows in sorted(by_len.items()):
+        n_new = max_len + 1 - length if not max_new_tokens else min(max_new_tokens, max_len + 1 - length)
+        gens = [torch.Generator().manual_seed(int(seeds[i]) if seeds is not None else 0) for i in rows]
         idx = torch.tensor([prompts[i]["tokens"] for i in rows], dtype=torch.long)
-        full = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=True,
-                              generator=generator)
+        cache = model._new_cache(len(rows), max_len, idx.device, dtype)
+        logits = model(idx, cache=cache, pos=0)[:, -1]
+        new = [[] for _ in rows]
+        done = [False] * len(rows)
+        for t in range(n_new):
+            nxt = sample_rows(logits, temperature, top_k, gens)
+            for r, tok in enumerate(nxt.tolist()):
+                if not done[r]:
+                    new[r].append(tok)
+                    done[r] = tok == bos
+            if all(done) or t == n_new - 1:
+                break
+            logits = model(nxt[:, None], cache=cache, pos=length + t)[:, -1]
         for r, i in enumerate(rows):
-            out[i] = full[r, length:].tolist()
+            out[i] = new[r]
     return out
+
+
+def sample_rows(logits, temperature, top_k, generators):
+    """Next token per row of logits [B, V]: argmax at temperature 0, else a draw from each row's generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1)
+    return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(generators)])
 
 
 def cut_at_bos(ids, bos):
     """A generated BOS starts a new story: keep what came before it."""
     return ids[:ids.index(bos)] if bos in ids else ids
+
+
+def first_words(text, n):
+    """The text up to the end of its n-th word (metadata.metrics.WORD_RE); '' for n = 0."""
+    from metadata.metrics import WORD_RE
+    if n <= 0:
+        return ""
+    for i, m in enumerate(WORD_RE.finditer(text)):
+        if i == n - 1:
+            end = m.end()
+            rest = text[end:]  # keep the punctuation that closes the word's sentence ("walked by.")
+            return text[:end] + rest[:len(rest) - len(rest.lstrip(".!?\"'\u201d\u2019)"))]
+    return text
+
+
+def length_matched(generated_text, expected_text):
+    """(generated, reference, n words): both cut to the word count of the shorter, so metrics that grow or
+    shrink with length (counts, diversity, sentiment of the ending) compare like with like."""
+    from metadata.metrics import WORD_RE
+    n = min(len(WORD_RE.findall(generated_text)), len(WORD_RE.findall(expected_text)))
+    return first_words(generated_text, n), first_words(expected_text, n), n
 
 
 def compare(generated, expected, acc_tokens):
@@ -124,6 +206,40 @@ def text_overlap(generated_text, expected_text, rouge):
         return np.nan, np.nan
     bleu = sacrebleu.sentence_bleu(generated_text, [expected_text]).score
     return float(bleu), float(rouge.score(expected_text, generated_text)["rougeL"].fmeasure)
+
+
+def mean_ci(values, level=CI_LEVEL):
+    """(mean, lo, hi) of the finite values: a t-interval across prompts; NaN bounds with fewer than 2."""
+    from scipy import stats
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, np.nan, np.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+GEN_ID_COLUMNS = ("step", "prompt_id", "story_id", "sample_seed", "matched_words")
+
+
+def generation_summary(gens):
+    """Per step over the validation-prefix prompts: out_<c> (+ _lo, _hi) for every numeric generation column c
+    and ref_<m> (+ _lo, _hi) for its reference counterpart ref_<m>; a DataFrame indexed by step."""
+    val = gens[gens["prompt_kind"] == "val_prefix"] if "prompt_kind" in gens.columns else gens
+    numeric = [c for c in gens.columns if c not in GEN_ID_COLUMNS and pd.api.types.is_numeric_dtype(gens[c])]
+    rows = {}
+    for step, part in val.groupby("step"):
+        row = {}
+        for c in numeric:
+            name = c if c.startswith("ref_") else f"out_{c}"
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean_ci(part[c])
+        rows[step] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "step"
+    return out.reindex(sorted(gens["step"].unique()))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,35 +274,45 @@ def toxicity_probe(model, items_per_prompt):
 # ---------------------------------------------------------------------------------------------------------
 # one checkpoint
 
-def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, settings, rouge):
-    """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one checkpoint."""
+def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, settings, rouge, vocabulary=None):
+    """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one checkpoint. val_rows: {probe name
+    (val_loss, val_loss_novel): token rows}; vocabulary: the training corpus's words for `oov`."""
     from metadata.metrics import score_texts
     from modelling.checkpoints import load_model
     model, ckpt = load_model(path)
     sp, bos = ds.tokenizer, int(ds.manifest["bos_id"])
-    generator = None
-    if settings["temperature"] > 0:
-        generator = torch.Generator().manual_seed(settings["seed"] + int(step))
-    new_tokens = generate(model, prompts, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
-                          generator)
-    new_tokens = [cut_at_bos(ids, bos) for ids in new_tokens]
-    texts = [sp.decode(ids) for ids in new_tokens]
-    metrics = score_texts(texts, token_ids=[np.asarray([bos] + ids, dtype=np.int64) for ids in new_tokens],
-                          scorer=scorer)
-    rows = []
-    for p, ids, text in zip(prompts, new_tokens, texts):
-        expected_text = sp.decode(p["expected"])
+    seeds = [p["sample_seed"] for p in prompts]
+    raw = generate(model, prompts, bos, settings["temperature"], settings["top_k"], seeds,
+                   settings["max_new_tokens"] or None)
+    new_tokens = [cut_at_bos(ids, bos) for ids in raw]
+    rows, gen_texts, ref_texts = [], [], []
+    for p, ids, full in zip(prompts, new_tokens, raw):
+        text, expected_text = sp.decode(ids), sp.decode(p["expected"])
+        if p["kind"] == "val_prefix":
+            gen_matched, ref_matched, n_words = length_matched(text, expected_text)
+        else:  # no reference: the whole free generation is scored
+            gen_matched, ref_matched, n_words = text, "", np.nan
+        gen_texts.append(gen_matched)
+        ref_texts.append(ref_matched)
         acc, first_div = compare(ids, p["expected"], settings["acc_tokens"])
-        bleu, rouge_l = text_overlap(text, expected_text, rouge)
+        bleu, rouge_l = text_overlap(gen_matched, ref_matched, rouge)
+        has_ref = p["kind"] == "val_prefix"
         rows.append({"step": int(step), "prompt_id": p["prompt_id"], "prompt_kind": p["kind"],
+                     "story_id": p["story_id"], "sample_seed": p["sample_seed"],
                      "prompt_text": sp.decode(p["tokens"][1:]), "generated_text": text,
-                     "expected_text": expected_text})
-        rows[-1].update({"bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
-    gens = pd.concat([pd.DataFrame(rows), metrics.reset_index(drop=True)], axis=1)
-    probe_rows = [{"probe": "val_loss", "value": val_loss(model, val_rows)}]
-    batches, val_ids = val_rows
+                     "expected_text": expected_text, "new_tokens": len(ids), "ended": float(len(full) > len(ids)),
+                     "ref_new_tokens": len(p["expected"]) if has_ref else np.nan,
+                     "ref_ended": float(p["expected_ended"]) if has_ref else np.nan, "matched_words": n_words,
+                     "bleu": bleu, "rougeL": rouge_l, "prefix_token_acc": acc, "first_divergence": first_div})
+    metrics = score_texts(gen_texts + ref_texts, scorer=scorer, vocabulary=vocabulary)
+    gen_metrics = metrics.iloc[:len(prompts)].reset_index(drop=True)
+    ref_metrics = metrics.iloc[len(prompts):].reset_index(drop=True).add_prefix("ref_")
+    gens = pd.concat([pd.DataFrame(rows), gen_metrics, ref_metrics], axis=1)
+    probe_rows = [{"probe": name, "value": val_loss(model, val_set)} for name, val_set in val_rows.items()
+                  if len(val_set[1])]
+    batches, iid_ids = val_rows["val_loss"]
     probe_rows += [{"probe": k, "value": v}  # measures/icl.py
-                   for k, v in icl_scores(model, [batches.sequence(s) for s in val_ids]).items()]
+                   for k, v in icl_scores(model, [batches.sequence(s) for s in iid_ids]).items()]
     probe_rows += bias_probe.bias_probe(model, probes_in["bias"]) + toxicity_probe(model, probes_in["tox"])
     probes = pd.DataFrame(probe_rows)
     probes.insert(0, "step", int(step))
@@ -234,15 +360,14 @@ def input_metric_means(batch_log, steps, metadata):
 
 
 def build_summary(gens, probes, tokens_seen, run, metadata):
-    """summary.csv: step, tokens_seen, val_loss, out_<metric> means, probe aggregates, in_*/cum_* metrics."""
-    numeric = [c for c in gens.columns if c not in ("step", "prompt_id") and pd.api.types.is_numeric_dtype(gens[c])]
-    out = gens.groupby("step")[numeric].mean()
-    out.columns = [f"out_{c}" for c in out.columns]
+    """summary.csv: step, tokens_seen, val_loss, val_loss_novel, out_<metric>/ref_<metric> means with 95% CIs
+    (generation_summary), probe aggregates, in_*/cum_* metrics."""
+    out = generation_summary(gens)
     wide = probes[~probes["probe"].str.contains(":")].pivot(index="step", columns="probe", values="value")
     summary = wide.join(out, how="outer").reset_index().sort_values("step").reset_index(drop=True)
     summary.insert(1, "tokens_seen", [tokens_seen.get(int(s), np.nan) for s in summary["step"]])
     summary.insert(2, "n_generations", gens.groupby("step").size().reindex(summary["step"]).to_numpy())
-    lead = ["step", "tokens_seen", "val_loss"]
+    lead = ["step", "tokens_seen", "val_loss"] + (["val_loss_novel"] if "val_loss_novel" in summary else [])
     summary = summary[lead + [c for c in summary.columns if c not in lead]]
     if run.batch_log is not None and metadata is not None:
         summary = pd.concat([summary, input_metric_means(run.batch_log, summary["step"].to_numpy(), metadata)],
@@ -275,12 +400,14 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, nargs="*", default=None, help="only these checkpoint steps")
     parser.add_argument("--n_prompts", type=int, default=N_PROMPTS, help="val-story prompts (plus one BOS prompt)")
     parser.add_argument("--prefix_tokens", type=int, default=PREFIX_TOKENS, help="story tokens in each prompt")
-    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--max_new_tokens", type=int, default=0,
+                        help="cap on generated tokens (0 = until BOS or the model's max_seq_len positions)")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature; 0 = greedy")
     parser.add_argument("--top_k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=SEED, help="sampling seed (temperature > 0)")
+    parser.add_argument("--seed", type=int, default=SEED, help="prompt i samples with seed + i (recorded)")
     parser.add_argument("--acc_tokens", type=int, default=ACC_TOKENS)
-    parser.add_argument("--val_stories", type=int, default=VAL_STORIES)
+    parser.add_argument("--val_stories", type=int, default=VAL_STORIES,
+                        help="stories of each fixed validation sample (iid: val_loss, novel: val_loss_novel)")
     parser.add_argument("--scorer", default="ngram", help="reference scorer for ppl_ref: ngram | ckpt:PATH")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0 = 1 for models with dim <= 256, which run fastest single-threaded "
@@ -288,11 +415,12 @@ def main(argv=None):
     parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
     add_root_argument(parser)
     args = apply_root(parser.parse_args(argv))
-    if args.n_prompts < 0 or args.prefix_tokens < 1 or args.max_new_tokens < 1 or args.temperature < 0 \
+    if args.n_prompts < 0 or args.prefix_tokens < MIN_PREFIX or args.max_new_tokens < 0 or args.temperature < 0 \
             or args.acc_tokens < 1 or args.val_stories < 1:
-        raise UserError("need --n_prompts >= 0, --prefix_tokens >= 1, --max_new_tokens >= 1, --temperature >= 0, "
-                        "--acc_tokens >= 1, --val_stories >= 1")
+        raise UserError(f"need --n_prompts >= 0, --prefix_tokens >= {MIN_PREFIX}, --max_new_tokens >= 0, "
+                        f"--temperature >= 0, --acc_tokens >= 1, --val_stories >= 1")
 
+    from metadata.metrics import VOCABULARY_FILE, load_vocabulary
     from metadata.table import read_metadata
     from metadata.scorers import load_scorer
     from modelling.checkpoints import load_run
@@ -324,7 +452,13 @@ def main(argv=None):
     tables = run_dir / "tables"
     state_path, gens_path, probes_path = tables / "eval.json", tables / "generations.csv", tables / "probes.csv"
     prompts_path = run_dir / "eval_prompts.json"
-    prompts = choose_prompts(ds, args.n_prompts, args.prefix_tokens, args.max_new_tokens)
+    max_len = int(run.config.get("model_args", {}).get("max_seq_len", cfg.get("max_seq_len", 256)))
+    if args.prefix_tokens >= max_len:
+        raise UserError(f"--prefix_tokens {args.prefix_tokens} leaves no room in the model's max_seq_len {max_len} "
+                        f"— give fewer")
+    prompts = choose_prompts(ds, args.n_prompts, args.prefix_tokens, max_len, args.val_stories)
+    for p in prompts:
+        p["sample_seed"] = args.seed + p["prompt_id"]
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.rebuild else None
     if state is not None:
         recorded = {**state.get("settings", {}), "eval_version": state.get("eval_version"),
@@ -352,16 +486,25 @@ def main(argv=None):
         atomic_write_json(prompts_path, {"provenance": provenance(), "settings": settings,
                                          "sha256": prompts_sha(prompts), "prompts": prompts})
         scorer = load_scorer(args.scorer, ds, vocab_size)
-        max_len = int(run.config.get("model_args", {}).get("max_seq_len", cfg.get("max_seq_len", 256)))
-        val_ids = np.sort(ds.story_ids("val"))
-        val_ids = val_ids[np.linspace(0, len(val_ids) - 1, min(args.val_stories, len(val_ids))).round().astype(int)]
-        val_rows = (SegmentBatches(ds, max_len, int(ds.manifest["bos_id"])), val_ids)
+        # the dataset's fixed validation samples (the same stories for every run of it), every token
+        val_ids = {name: ds.validation_sample(kind, n=args.val_stories)
+                   for name, kind in (("val_loss", "iid"), ("val_loss_novel", "novel"))}
+        batches = SegmentBatches(ds, max_len, int(ds.manifest["bos_id"]))  # every token, segmented as in training
+        val_rows = {name: (batches, ids) for name, ids in val_ids.items()}
+        val_record = {name: {"n_stories": len(ids), "story_ids_sha256": hashlib.sha256(
+            np.asarray(ids, dtype="<i8").tobytes()).hexdigest()} for name, ids in val_ids.items()}
+        vocabulary = load_vocabulary(ds.dir / VOCABULARY_FILE)
+        if vocabulary is None:
+            print(f"note: {ds.dir / VOCABULARY_FILE} is missing, so `oov` is NaN and only rep4 flags degenerate "
+                  f"text — run metadata/batch_metadata.py compute_metadata --dataset {dataset} --vocab_size "
+                  f"{vocab_size}", file=sys.stderr)
         rouge = rouge_scorer.RougeScorer(["rougeL"])
         probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]), bias_probe.dataset_corpus_rates(ds))
         torch.set_num_threads(args.threads or (1 if small_model(run.config) else torch.get_num_threads()))
         torch.manual_seed(args.seed)
         print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
-              f"{len(prompts)} prompts x {args.max_new_tokens} tokens, {len(val_ids)} val stories")
+              f"{len(prompts)} prompts (temperature {args.temperature}, until BOS or {max_len} positions), "
+              f"{len(val_ids['val_loss'])} iid + {len(val_ids['val_loss_novel'])} novel val stories")
     else:
         print(f"all {len(steps)} checkpoint(s) of {run_dir} already evaluated — rebuilding summary only")
     paths = dict(run.checkpoints)
@@ -370,7 +513,7 @@ def main(argv=None):
     t0 = time.time()
     for step in tqdm(todo, desc="eval", unit="ckpt"):
         gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, probes_in, ds, scorer,
-                                                 settings, rouge)
+                                                 settings, rouge, vocabulary)
         gens_all.append(gens)
         probes_all.append(probes)
         tokens_seen[int(step)] = seen
@@ -383,7 +526,7 @@ def main(argv=None):
             "provenance": provenance(dataset=dataset, vocab_size=vocab_size, scorer=args.scorer,
                                      tokenizer_sha256=ds.manifest.get("tokenizer_sha256")),
             "eval_version": EVAL_VERSION, "probe_version": PROBE_VERSION, "settings": settings,
-            "prompts_sha256": prompts_sha(prompts),
+            "prompts_sha256": prompts_sha(prompts), "validation_samples": val_record,
             "steps_done": sorted(done), "tokens_seen": {str(k): v for k, v in sorted(tokens_seen.items())}})
     if not gens_all:
         raise UserError(f"nothing evaluated in {run_dir} — no checkpoint selected")
@@ -396,7 +539,8 @@ def main(argv=None):
     if todo:
         print(f"evaluated {len(todo)} checkpoint(s) in {time.time() - t0:.1f}s")
     last = summary.iloc[-1]
-    print(f"step {int(last['step'])}: val_loss {last['val_loss']:.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
+    print(f"step {int(last['step'])}: val_loss {last['val_loss']:.3f}, val_loss_novel "
+          f"{last.get('val_loss_novel', np.nan):.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
           f"bias_amplification {last['bias_amplification']:+.3f}, tox_mass {last['tox_mass']:.2e}")
     print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}")
 

@@ -6,6 +6,8 @@
 Reads data/<raw>/tok<V>/ through tokenization/dataset.py. Writes, each atomically:
   data/<raw>/tok<V>/metadata.parquet   one row per story_id (train and val): story_id, split, shard, every metric
   data/<raw>/tok<V>/metadata.json      provenance, metric version, scorer spec, column docs, input fingerprint
+  data/<raw>/tok<V>/vocabulary.txt     the train split's words (seen >= 2 times) with counts: `oov` of every
+                                       story here and of eval's generations is measured against it
   data/<raw>/tok<V>/ngram.npz/.json    the reference n-gram (scorer 'ngram'), fitted once on the train split
   out/tables/batch_metrics.csv (+.json) per shard, per split and overall: count, mean, std, quantiles per metric;
                                        one file for every dataset: this run replaces only its dataset+vocab rows
@@ -58,7 +60,8 @@ def summarize(df, shard_files, dataset, vocab_size):
     file, a split ('train'/'val') or 'all'."""
     names = [m.name for m in metrics.METRICS]
     scopes = [(f, df[df["shard"] == k]) for k, f in enumerate(shard_files)]
-    scopes += [(split, df[df["split"] == split]) for split in ("train", "val")] + [("all", df)]
+    scopes += [(split, df[df["split"] == split]) for split in ("train", "val", "val_novel")
+               if (df["split"] == split).any()] + [("all", df)]
     rows = []
     for scope, part in scopes:
         values = part[names].astype(np.float64)
@@ -117,13 +120,26 @@ def write_summary(df, ds):
     return table
 
 
+def build_vocabulary(ds, path):
+    """The train split's word vocabulary (metrics.corpus_vocabulary), shard by shard; written to path."""
+    from collections import Counter
+    index, counts = ds.index, Counter()
+    train = index["split"].to_numpy() == "train"
+    for k in tqdm(range(len(ds.manifest["shards"])), desc="vocabulary", unit="shard"):
+        ids = index["story_id"].to_numpy()[train & (index["shard"].to_numpy() == k)]
+        metrics.corpus_vocabulary((ds.text(i) for i in ids), counts=counts)
+    metrics.save_vocabulary(path, counts)
+    return metrics.load_vocabulary(path)
+
+
 def compute_metadata(args):
     from metadata.scorers import load_scorer
     from tokenization.dataset import TokenizedDataset
     ds = TokenizedDataset(args.dataset, args.vocab_size)  # missing folder: one line naming pretokenize
     out_parquet, out_json = ds.dir / "metadata.parquet", ds.dir / "metadata.json"
     fp = fingerprint(ds, args.scorer)
-    if out_parquet.exists() and out_json.exists() and not args.force:
+    vocab_path = ds.dir / metrics.VOCABULARY_FILE
+    if out_parquet.exists() and out_json.exists() and vocab_path.exists() and not args.force:
         try:
             old = json.loads(out_json.read_text())
         except (OSError, json.JSONDecodeError):
@@ -146,15 +162,17 @@ def compute_metadata(args):
     t0 = time.time()
     scorer = load_scorer(args.scorer, ds, args.vocab_size)
     index = ds.index
+    vocabulary = build_vocabulary(ds, vocab_path)
     parts = []
-    pool = metrics.worker_pool(args.workers) if args.workers > 1 else contextlib.nullcontext()
+    pool = metrics.worker_pool(args.workers, vocabulary) if args.workers > 1 else contextlib.nullcontext()
     # the bar is closed before an error propagates, so the error line is the last thing on screen
     with tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0) as bar, pool:
         for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
             story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
             texts = [ds.text(i) for i in story_ids]
             token_ids = [ds.tokens(i) for i in story_ids]
-            df = metrics.score_texts(texts, token_ids, scorer, bar=bar, pool=pool if args.workers > 1 else None)
+            df = metrics.score_texts(texts, token_ids, scorer, bar=bar, pool=pool if args.workers > 1 else None,
+                                     vocabulary=None if args.workers > 1 else vocabulary)
             df.insert(0, "story_id", story_ids)
             df.insert(1, "split", index["split"].to_numpy()[story_ids])
             df.insert(2, "shard", np.int16(k))
@@ -176,10 +194,13 @@ def compute_metadata(args):
             if hasattr(scorer, "info") else {})},
         "fingerprint": fp,
         "n_stories": len(df), "seconds": round(seconds, 2), "stories_per_s": round(len(df) / max(seconds, 1e-9), 1),
-        "columns": {"story_id": "story id (tokenization index)", "split": "'train' or 'val'",
+        "vocabulary": {"file": metrics.VOCABULARY_FILE, "words": len(vocabulary),
+                       "min_count": metrics.VOCAB_MIN_COUNT, "from": "train split"},
+        "columns": {"story_id": "story id (tokenization index)", "split": "'train', 'val' or 'val_novel'",
                     "shard": "position of the raw shard in manifest.json shards",
                     **{m.name: {"what": m.what, "range": m.range, "library": m.library} for m in metrics.METRICS},
-                    "nan_reason": "why a row's metrics are NaN ('' when scored)"},
+                    "nan_reason": "why a row's metrics are NaN ('' when fully scored; degenerate text: why "
+                                  "readability is NaN)"},
         "nan_counts": n_nan,
     })
     print(f"wrote {out_parquet} ({len(df):,} stories, {len(metrics.COLUMNS)} columns) in {seconds:.1f}s "

@@ -2,7 +2,12 @@
 and for generated text (eval.py) alike, so input and output curves are measured the same way.
 
     text_metrics(text) -> dict            every text-only metric (NaN + nan_reason when not scorable)
-    score_texts(texts, token_ids=None, scorer=None, workers=1) -> DataFrame   one row per text, every column
+    score_texts(texts, token_ids=None, scorer=None, workers=1, vocabulary=None) -> DataFrame   one row per text
+    corpus_vocabulary(texts) / save_vocabulary / load_vocabulary   the training corpus's word list (for `oov`)
+
+Degenerate text (`degenerate` = 1: oov > OOV_MAX or rep4 > REP4_MAX) gets NaN readability with a nan_reason:
+Flesch-type formulas reward short words and sentences, so "I an Grmer walked by." x6 would read as very easy.
+The other metrics are still scored; nan_reason is '' only for fully scored rows.
 
 Words are `WORD_RE` matches (letters with inner apostrophes), lowercased for every list lookup; sentences are
 `SENT_RE` spans ending in . ! or ? (plus closing quotes) that contain a word. METRICS documents each column.
@@ -20,7 +25,7 @@ from tqdm import tqdm
 
 from metadata import wordlists
 
-METRIC_VERSION = "1"  # bump when any metric's definition changes: compute_metadata then rebuilds
+METRIC_VERSION = "2"  # bump when any metric's definition changes: compute_metadata then rebuilds
 
 Metric = namedtuple("Metric", "name what range library")
 METRICS = [
@@ -35,10 +40,18 @@ METRICS = [
            "backward passes); NaN when no factor completes", "1..", "python"),
     Metric("distinct2", "distinct word bigrams / bigrams (1 = no repetition)", "0..1", "python"),
     Metric("distinct3", "distinct word trigrams / trigrams", "0..1", "python"),
+    Metric("rep4", "repeated word 4-grams: 1 - distinct 4-grams / 4-grams (Welleck et al. 2019 seq-rep-4; 0 = no "
+           "repetition); NaN under 4 words", "0..1", "python"),
+    Metric("oov", "share of words (lowercased, capitalised ones included) not in the training corpus's "
+           "vocabulary (words seen at least VOCAB_MIN_COUNT = 2 times in train stories; vocabulary.txt beside "
+           "metadata.parquet); NaN when no vocabulary is given", "0..1", "python"),
+    Metric("degenerate", "1 if oov > OOV_MAX (0.2) or rep4 > REP4_MAX (0.5): readability is then NaN", "0/1",
+           "python"),
     Metric("flesch_ease", "Flesch reading ease 206.835 - 1.015 words/sentence - 84.6 syllables/word (higher = "
            "easier; children's stories ~90-110); syllables by textstat's counter (CMUdict, Pyphen fallback), "
-           "cached per word", "..121", "textstat 0.7.8"),
-    Metric("fk_grade", "Flesch-Kincaid grade 0.39 words/sentence + 11.8 syllables/word - 15.59", "-3.4..",
+           "cached per word; NaN on degenerate text", "..121", "textstat 0.7.8"),
+    Metric("fk_grade", "Flesch-Kincaid grade 0.39 words/sentence + 11.8 syllables/word - 15.59; NaN on "
+           "degenerate text", "-3.4..",
            "textstat 0.7.8"),
     Metric("sentiment", "mean VADER compound over sentences (VADER's recipe for paragraphs)", "-1..1",
            "vaderSentiment"),
@@ -74,6 +87,12 @@ MTLD_THRESHOLD = 0.72
 ENDING_SENTENCES = 2
 OCC_WINDOW = 20  # words after an occupation mention searched for the pronoun that refers to it
 CACHE_LIMIT = 500_000  # per-process word/sentence caches are cleared past this many entries
+# degenerate text: thresholds far from real stories (storyworld and TinyStories stories: oov ~0, rep4 < 0.2)
+# and far from an untrained model's output (oov > 0.5 at vocab 512); tests/test_metrics.py checks both nulls
+OOV_MAX = 0.2
+REP4_MAX = 0.5
+VOCAB_MIN_COUNT = 2  # a word seen once in the training corpus is likely a typo: not part of the vocabulary
+VOCABULARY_FILE = "vocabulary.txt"
 _PUNCT = string.punctuation
 
 _state = {}  # lazily built per process: spell dictionary, toxic phrase index, VADER and syllable caches
@@ -169,6 +188,40 @@ def mtld(words, threshold=MTLD_THRESHOLD):
     return (one_pass(words) + one_pass(words[::-1])) / 2
 
 
+def corpus_vocabulary(texts, min_count=VOCAB_MIN_COUNT, counts=None):
+    """Counter of lowercased words (as `parse` lowercases them) over texts, and the vocabulary: the words seen
+    at least min_count times. Pass counts to keep counting into an existing Counter (shard by shard)."""
+    counts = Counter() if counts is None else counts
+    for t in texts:
+        counts.update(WORD_RE.findall(t.lower().replace("\u2019", "'")))
+    return counts, frozenset(w for w, c in counts.items() if c >= min_count)
+
+
+def save_vocabulary(path, counts, min_count=VOCAB_MIN_COUNT):
+    """vocabulary.txt: 'word<TAB>count' lines, most frequent first, words seen >= min_count times."""
+    from common.io import atomic_write_text
+    rows = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda x: (-x[1], x[0]))
+    atomic_write_text(path, "".join(f"{w}\t{c}\n" for w, c in rows))
+
+
+def load_vocabulary(path):
+    """The word set of a vocabulary.txt, or None when the file does not exist."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.exists():
+        return None
+    return frozenset(line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines() if line)
+
+
+def set_vocabulary(vocabulary):
+    """The word set `oov` is measured against in this process (None: oov is NaN). Workers forked later
+    inherit it."""
+    _vocab[0] = None if vocabulary is None else frozenset(vocabulary)
+
+
+_vocab = [None]
+
+
 def distinct_n(words, n):
     total = len(words) - n + 1
     return len(set(zip(*(words[i:] for i in range(n))))) / total if total > 0 else math.nan
@@ -255,6 +308,13 @@ def diversity_family(p):
             "distinct2": distinct_n(p.lower, 2), "distinct3": distinct_n(p.lower, 3)}
 
 
+def degenerate_family(p):
+    rep4 = 1.0 - distinct_n(p.lower, 4) if len(p.lower) >= 4 else math.nan
+    vocab = _vocab[0]
+    oov = math.nan if vocab is None else sum(c for w, c in p.counts.items() if w not in vocab) / len(p.lower)
+    return {"rep4": rep4, "oov": oov, "degenerate": float(oov > OOV_MAX or rep4 > REP4_MAX)}  # NaN compares False
+
+
 def readability_family(p):
     # textstat's whole-text functions re-split and re-look-up every word on each call; its per-word syllable
     # counter behind a per-word cache gives the same syllables several times faster (bench/bench_metadata.py)
@@ -303,7 +363,8 @@ def gender_family(p):
             **dict(zip(("occ_mentions", "occ_she", "occ_he", "occ_stereo", "occ_anti"), refs))}
 
 
-FAMILIES = {"size": size_family, "diversity": diversity_family, "readability": readability_family,
+FAMILIES = {"size": size_family, "diversity": diversity_family, "degenerate": degenerate_family,
+            "readability": readability_family,
             "sentiment": sentiment_family, "toxicity": toxicity_family, "spelling": spelling_family,
             "gender": gender_family}
 
@@ -317,10 +378,19 @@ def text_metrics(text):
     if p is None:
         return nan_row("empty text" if not text.strip() else "no words")
     row = {}
-    for family in FAMILIES.values():
+    for name, family in FAMILIES.items():
+        if name == "readability" and row["degenerate"]:
+            row.update(flesch_ease=math.nan, fk_grade=math.nan)
+            continue
         row.update(family(p))
-    row["nan_reason"] = ""
+    row["nan_reason"] = degenerate_reason(row) if row["degenerate"] else ""
     return row
+
+
+def degenerate_reason(row):
+    why = [f"oov {row['oov']:.2f} > {OOV_MAX}" if row["oov"] > OOV_MAX else "",
+           f"rep4 {row['rep4']:.2f} > {REP4_MAX}" if row["rep4"] > REP4_MAX else ""]
+    return "degenerate text (" + ", ".join(w for w in why if w) + "): readability not scored"
 
 
 def _metrics_chunk(texts):
@@ -331,25 +401,31 @@ def _chunks(seq, size):
     return [seq[i:i + size] for i in range(0, len(seq), size)]
 
 
-def worker_pool(workers):
-    """A process pool for score_texts(pool=...): forked after the dictionaries are loaded, reusable across
-    calls so each worker keeps its sentence and syllable caches warm."""
+def worker_pool(workers, vocabulary=None):
+    """A process pool for score_texts(pool=...): forked after the dictionaries (and the vocabulary for `oov`)
+    are loaded, reusable across calls so each worker keeps its sentence and syllable caches warm."""
     _init()
+    set_vocabulary(vocabulary)
     return mp.get_context("fork").Pool(workers)
 
 
 def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, desc="metrics", bar=None,
-                pool=None):
+                pool=None, vocabulary=None):
     """Score texts -> DataFrame with one row per text and every column of COLUMNS.
 
     token_ids: optional per-text token id sequences (a leading BOS is not counted); without them n_tokens
     comes from scorer.encode when a scorer is given, else NaN. scorer: see metadata/scorers.py; gives ppl_ref.
     workers > 1 spreads the text metrics over a process pool (fork), or pass a worker_pool() as pool. bar: a
-    tqdm bar to advance instead of this call's own (shown for 2,000 texts or more)."""
+    tqdm bar to advance instead of this call's own (shown for 2,000 texts or more). vocabulary: the training
+    corpus's word set for `oov` (load_vocabulary); a pool keeps the one given to worker_pool()."""
     texts = list(texts)
     if token_ids is not None and len(token_ids) != len(texts):
         raise ValueError(f"score_texts: {len(token_ids)} token id sequences for {len(texts)} texts")
     _init()  # load dictionaries before forking so every worker shares them
+    if pool is None:
+        set_vocabulary(vocabulary)
+    elif vocabulary is not None:
+        raise ValueError("score_texts: give the vocabulary to worker_pool(), not with a pool")
     chunks = _chunks(texts, chunk_size)
     own_bar = bar is None
     if own_bar:
@@ -378,6 +454,6 @@ def score_texts(texts, token_ids=None, scorer=None, workers=1, chunk_size=256, d
     df["n_tokens"], df["ppl_ref"] = n_tokens, ppl
     names = [m.name for m in METRICS]
     df[names] = df[names].astype(np.float64)  # one dtype whether or not a NaN row is present
-    unscorable = df["nan_reason"] != ""
+    unscorable = df["n_words"].isna()  # no words: degenerate rows keep their token count and perplexity
     df.loc[unscorable, ["n_tokens", "ppl_ref"]] = math.nan  # an empty text has no perplexity, not a fake one
     return df[COLUMNS]

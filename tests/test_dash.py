@@ -271,7 +271,7 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
     assert per_step["y"][2] == pytest.approx(np.average(meta.loc[step3["story_id"], "flesch_ease"],
                                                         weights=step3["n_tokens"]), abs=1e-4)
     hist = data_page.histogram_figure(store, RUN, "flesch_ease")
-    assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val"}
+    assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val", "val_novel"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
     columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
     assert [(r["story_id"], r["start"], r["n_tokens"]) for r in rows] == log.step(5)[["story_id", "start",

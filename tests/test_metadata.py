@@ -54,7 +54,7 @@ def test_batch_metrics_summary(meta):
     info, df, _ = meta
     table = pd.read_csv(info["workspace"] / "out" / "tables" / "batch_metrics.csv")
     shards = json.loads((info["dir"] / "manifest.json").read_text())["shards"]
-    assert set(table["scope"]) == {s["file"] for s in shards} | {"train", "val", "all"}
+    assert set(table["scope"]) == {s["file"] for s in shards} | {"train", "val", "val_novel", "all"}
     assert set(table["metric"]) == {m.name for m in metrics.METRICS}
     row = table[(table["scope"] == "all") & (table["metric"] == "n_words")].iloc[0]
     assert row["count"] == info["n_stories"]
@@ -192,7 +192,8 @@ def test_checkpoint_scorer(meta, tiny_run, monkeypatch):
     scorer = load_scorer(f"ckpt:{ckpt}", info["dataset"], info["vocab_size"])
     val = df.loc[df["split"] == "val", "story_id"].to_numpy()[:64]
     texts = [scorer.ds.text(i) for i in val]
-    out = metrics.score_texts(texts, [scorer.ds.tokens(i) for i in val], scorer)
+    vocabulary = metrics.load_vocabulary(info["dir"] / metrics.VOCABULARY_FILE)  # the one `oov` used there
+    out = metrics.score_texts(texts, [scorer.ds.tokens(i) for i in val], scorer, vocabulary=vocabulary)
     ppl = out["ppl_ref"].to_numpy()
     assert np.isfinite(ppl).all() and (ppl > 1).all() and np.median(ppl) < info["vocab_size"]  # beats uniform
     rng = np.random.default_rng(0)
@@ -205,3 +206,15 @@ def test_checkpoint_scorer(meta, tiny_run, monkeypatch):
     proc = run_stage(info["workspace"], "metadata/batch_metadata.py", "compute_metadata", "--dataset",
                      info["dataset"], "--vocab_size", info["vocab_size"], "--scorer", "ckpt:out/none.pt", check=False)
     assert proc.returncode == 2 and "out/none.pt" in proc.stderr
+
+
+def test_vocabulary_is_the_train_splits_words(meta):
+    info, df, recs = meta
+    meta_json = json.loads((info["dir"] / "metadata.json").read_text())
+    train = df.loc[df["split"] == "train", "story_id"].to_numpy()
+    _, want = metrics.corpus_vocabulary(recs[i]["story"] for i in train)
+    assert metrics.load_vocabulary(info["dir"] / metrics.VOCABULARY_FILE) == want
+    assert meta_json["vocabulary"]["words"] == len(want)
+    # its own training stories are all in-vocabulary and none is degenerate (the null of both measures)
+    assert (df.loc[df["split"] == "train", "oov"] == 0).all() and (df["degenerate"] == 0).all()
+    assert df["rep4"].between(0, 0.3).all()

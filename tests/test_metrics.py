@@ -134,3 +134,37 @@ def test_kneser_ney_normalises_and_is_deterministic(tmp_path):
     pattern = [np.array([1] + [3, 4, 5, 6] * 10) for _ in range(50)]
     lm = KneserNeyTrigram.fit(pattern, V)
     assert lm.perplexity(pattern[:1])[0] < 1.5 < 10 < lm.perplexity([rng.integers(3, 30, 40)])[0]
+
+
+def test_degenerate_text_flagged_real_stories_not():
+    """The nulls of rep4/oov/degenerate: real stories (not the ones the vocabulary came from) are not flagged
+    and keep their readability; repeated or non-word text is flagged and readability is NaN with a reason."""
+    corpus = [r["story"] for r in storyworld.generate(400, storyworld.StoryWorldConfig(seed=0))]
+    counts, vocabulary = metrics.corpus_vocabulary(corpus)
+    assert "lily" in vocabulary and counts["the"] > 1000
+    real = [r["story"] for r in storyworld.generate(60, storyworld.StoryWorldConfig(seed=1))]
+    looping = "I an Grmer walked by. " * 6  # the degenerate output the issue quotes: Flesch 110.8 before
+    gibberish = "Lilyowbed ingthe Tomar plak sa. Sheo wented the parkle, ando Benn lauged. Mom sayd hi Grmer."
+    df = score_texts(real + [looping, gibberish], vocabulary=vocabulary)
+    stories, bad = df.iloc[:len(real)], df.iloc[len(real):]
+    assert (stories["degenerate"] == 0).all() and (stories["nan_reason"] == "").all()
+    assert stories["oov"].max() < 0.05 and stories["rep4"].max() < 0.2 and stories["flesch_ease"].notna().all()
+    assert (bad["degenerate"] == 1).all() and bad["flesch_ease"].isna().all() and bad["fk_grade"].isna().all()
+    assert bad["rep4"].iloc[0] > 0.5 and "rep4" in bad["nan_reason"].iloc[0]
+    assert bad["oov"].iloc[1] > 0.2 and "oov" in bad["nan_reason"].iloc[1]
+    assert bad["oov"].iloc[0] == pytest.approx(6 / 30)  # "Grmer" counts: capitalised words are checked too
+    assert bad["n_words"].notna().all() and bad["sentiment"].notna().all()  # the rest is still scored
+    # rep4 = 1 - distinct 4-grams / 4-grams; without a vocabulary oov is NaN and only rep4 can flag
+    assert text_metrics("a b c d a b c d")["rep4"] == pytest.approx(1 - 4 / 5)
+    assert math.isnan(text_metrics("a b c")["rep4"])
+    plain = score_texts([gibberish, looping])
+    assert plain["oov"].isna().all() and plain["degenerate"].tolist() == [0.0, 1.0]
+
+
+def test_vocabulary_file_round_trip(tmp_path):
+    counts, vocabulary = metrics.corpus_vocabulary(["The cat sat. The cat ran.", "A dog’s bone."])
+    assert vocabulary == {"the", "cat"}  # seen at least VOCAB_MIN_COUNT = 2 times; ’ read as '
+    metrics.save_vocabulary(tmp_path / "vocabulary.txt", counts)
+    assert (tmp_path / "vocabulary.txt").read_text() == "cat\t2\nthe\t2\n"
+    assert metrics.load_vocabulary(tmp_path / "vocabulary.txt") == vocabulary
+    assert metrics.load_vocabulary(tmp_path / "missing.txt") is None

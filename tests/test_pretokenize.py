@@ -58,15 +58,60 @@ def test_round_trip_and_index_layout(in_workspace):
         assert (rows["offset"].to_numpy() == np.concatenate([[0], np.cumsum(rows["n_tokens"])[:-1]])).all()
         raw = np.fromfile(tok_folder(in_workspace) / s["bin"], dtype="<u2")
         assert len(raw) == s["n_tokens"] == rows["n_tokens"].sum() and (raw == bos).sum() == s["n_stories"]
-    # split: the documented text rule, ~val_fraction of stories, recorded in the manifest
+    # split: records the generator marked novel are val_novel, the rest follow the documented text rule with
+    # the val_fraction the dataset card asks for (storyworld: 0.1), recorded in the manifest
     frac = ds.manifest["val_fraction"]
-    rule = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big") / 2 ** 64 < frac
-            for t in texts]
-    assert (idx["split"] == "val").tolist() == rule
-    assert ds.manifest["n_val"] == sum(rule) and 0.01 < sum(rule) / n < 0.035
-    assert len(ds.story_ids("train")) + len(ds.story_ids("val")) == n
+    assert frac == 0.1
+    novel = [ds.record(i).get("split_hint") == "val_novel" for i in range(n)]
+    rule = [not nv and int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big") / 2 ** 64 < frac
+            for t, nv in zip(texts, novel)]
+    assert (idx["split"] == "val").tolist() == rule and (idx["split"] == "val_novel").tolist() == novel
+    assert ds.manifest["n_val"] == sum(rule) and 0.07 < sum(rule) / n < 0.11
+    assert ds.manifest["n_val_novel"] == sum(novel) and 0.05 < sum(novel) / n < 0.15
+    assert sum(len(ds.story_ids(s)) for s in ("train", "val", "val_novel")) == n
     assert ds.record(5)["story"].strip() == ds.text(5) and "characters" in ds.record(5)
     assert "blake2b" in ds.manifest["split_rule"] and ds.manifest["provenance"]["git_commit"]
+
+
+def test_validation_sample_fixed_and_novel_split_holds_out_combinations(in_workspace):
+    from download.storyworld import StoryWorldConfig, heldout_pair
+    from tokenization.dataset import TokenizedDataset
+    ds = TokenizedDataset("storyworld", 512)
+    fraction = StoryWorldConfig().heldout_pair_fraction  # the fixture corpus uses the generator's defaults
+    split = ds.index["split"].to_numpy()
+    for i in range(len(ds)):  # recomputed from the ground truth, not from the record's own heldout_pairs
+        r = ds.record(i)
+        hero = next(c["name"] for c in r["characters"] if c["role"] == "hero")
+        held = any(heldout_pair(hero, plot, fraction) for plot in r["plot"].split("+"))
+        assert held == (split[i] == "val_novel"), i  # no held-out (hero, plot) combination in train or val
+    # the sample: sorted ids of the split, a smaller one is the start of a larger one, seed from the manifest
+    for kind, name in (("iid", "val"), ("novel", "val_novel")):
+        full = ds.validation_sample(kind, n=None, ranked=True)
+        assert sorted(full) == sorted(ds.story_ids(name))
+        small = ds.validation_sample(kind, n=50)
+        assert np.array_equal(small, np.sort(full[:50])) and len(small) == 50
+    assert ds.manifest["validation_sample"]["seed"] == 20240613
+    with pytest.raises(UserError, match="iid"):
+        ds.validation_sample("test")
+
+
+def test_card_reports_sentence_overlap_novel_below_iid(in_workspace):
+    import yaml
+    from metadata.metrics import SENT_RE, WORD_RE
+    from tokenization.dataset import TokenizedDataset
+    ds = TokenizedDataset("storyworld", 512)
+    card = (in_workspace["workspace"] / "data/storyworld/README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    overlap = header["validation"]["sentence_overlap"]
+    assert "## Validation splits" in card and header["validation"] == ds.manifest["validation"]
+    # recompute: share of each validation split's sentences found verbatim in a train story
+    sents = {s: [] for s in ("train", "val", "val_novel")}
+    for i, s in enumerate(ds.index["split"]):
+        sents[s] += [x.strip() for x in SENT_RE.findall(ds.text(i)) if WORD_RE.search(x)]
+    train = set(sents["train"])
+    for s in ("val", "val_novel"):
+        assert overlap[s] == pytest.approx(np.mean([x in train for x in sents[s]]), abs=1e-4)
+    assert overlap["val_novel"] < overlap["val"] - 0.05
 
 
 def test_tokenizer_settings_byte_fallback(in_workspace):
@@ -102,6 +147,19 @@ def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
     for s in json.loads((out / "manifest.json").read_text())["shards"]:
         assert (fresh / s["bin"]).read_bytes() == (out / s["bin"]).read_bytes()
     assert (fresh / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
+    # the fixed validation samples are the same after a re-pretokenize (independent of any run seed)
+    from tokenization.dataset import TokenizedDataset
+    old = os.getcwd()
+    try:
+        samples = []
+        for where, vocab in ((ws, 512), (tmp_path, 0)):
+            os.chdir(where)
+            d = TokenizedDataset("storyworld", vocab)
+            samples.append([d.validation_sample(kind, n=500, ranked=True) for kind in ("iid", "novel")])
+    finally:
+        os.chdir(old)
+    for a, b in zip(*samples):
+        assert len(a) > 200 and np.array_equal(a, b)
 
     # a changed raw shard is detected, named, and nothing already written changes
     manifest_before = (fresh / "manifest.json").read_bytes()

@@ -6,7 +6,8 @@ experiments and the dashboard.
     ds.manifest              # dict from manifest.json
     ds.tokens(17)            # np.ndarray[uint16], BOS included (a memmap slice, O(1))
     ds.text(17)              # the raw story, stripped
-    ds.story_ids("train")    # np.ndarray[int64]
+    ds.story_ids("train")    # np.ndarray[int64]; splits 'train', 'val' (iid), 'val_novel' (held-out combinations)
+    ds.validation_sample("iid", n=2000)  # sorted story ids of the fixed validation sample (same for every run)
     ds.tokenizer             # sentencepiece.SentencePieceProcessor
     ds.dir                   # Path of the tok<V> folder
     ds.record(17)            # the full raw record (storyworld: the story's ground truth)
@@ -22,6 +23,22 @@ from common.errors import UserError
 from common.paths import raw_dir, tok_dir
 
 RAW_SHARDS_CACHED = 4  # raw JSON shards kept in memory by .text() (a TinyStories shard is ~40 MB)
+SPLITS = ("train", "val", "val_novel")
+VAL_KINDS = {"iid": "val", "novel": "val_novel"}  # validation_sample kind -> split
+VAL_SAMPLE_STORIES = 2000  # default size of the fixed validation sample (issue 13: >= 2,000 stories)
+# The fixed validation sample: stories of a validation split ranked by a keyed hash of their story id. Story ids
+# are fixed per dataset (pretokenize refuses to re-number), so the sample is the same for every run and every
+# re-pretokenize, independent of any run seed; a smaller sample is the start of a larger one.
+VALIDATION_SAMPLE = {"seed": 20240613, "rule": "ids of the split ranked by splitmix64(story_id XOR seed), first n"}
+
+
+def _splitmix64(x):
+    """splitmix64 finaliser on uint64 arrays (a fixed, well-mixed hash of the story id)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 class TokenizedDataset:
@@ -106,12 +123,25 @@ class TokenizedDataset:
         return self._raw[int(self._shard[i])][self._record[i]]
 
     def story_ids(self, split=None):
-        """Story ids of a split ('train' or 'val'), or all ids when split is None."""
+        """Story ids of a split ('train', 'val' or 'val_novel'), or all ids when split is None."""
         if split is None:
             return self.index["story_id"].to_numpy(dtype=np.int64)
-        if split not in ("train", "val"):
-            raise UserError(f"unknown split '{split}' — use 'train' or 'val'")
+        if split not in SPLITS:
+            raise UserError(f"unknown split '{split}' — use one of {', '.join(SPLITS)}")
         return self.index.loc[self.index["split"] == split, "story_id"].to_numpy(dtype=np.int64)
+
+    def validation_sample(self, kind="iid", n=VAL_SAMPLE_STORIES, ranked=False):
+        """The fixed validation sample of this dataset: min(n, split size) story ids of split 'val' (kind
+        'iid') or 'val_novel' (kind 'novel'; empty when the dataset has no novel split), chosen by
+        VALIDATION_SAMPLE's rule with the seed recorded in the manifest. Sorted ids, or in draw order with
+        ranked=True (then the first k ids are the sample of size k). n=None: the whole split."""
+        if kind not in VAL_KINDS:
+            raise UserError(f"unknown validation kind '{kind}' — use 'iid' or 'novel'")
+        ids = self.story_ids(VAL_KINDS[kind])
+        seed = int(self.manifest.get("validation_sample", VALIDATION_SAMPLE)["seed"])
+        keys = _splitmix64(ids.astype(np.uint64) ^ np.uint64(seed))
+        picked = ids[np.argsort(keys, kind="stable")][:len(ids) if n is None else int(n)]
+        return picked if ranked else np.sort(picked)
 
     @cached_property
     def tokenizer(self):

@@ -8,6 +8,13 @@ before every story (llama2.c layout), index.parquet (story_id, shard, record, of
 manifest.json (written last: a folder without it is incomplete). Story ids are 0..N-1 over sorted shard names
 and record order; the raw shards' SHA-256 are recorded and every later run checks them, so a changed shard is
 an error rather than a silent re-numbering.
+
+Splits: `val_novel` for records whose generator marked them (`split_hint: "val_novel"`, storyworld's held-out
+entity combinations; a story with the same text as one goes there too), else `val` by the text hash rule
+(SPLIT_RULE), else `train`. --val_fraction defaults to the dataset card's `val_fraction` (storyworld: 0.1) or
+0.02. The sentence overlap of each validation split with train (share of its sentences, as metadata.metrics
+splits them, that occur verbatim in a train story) goes into the manifest and the card's "Validation splits"
+section.
 """
 import argparse
 import hashlib
@@ -26,17 +33,20 @@ import pandas as pd  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from common.card import read_card, update_card_section  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import (atomic_path, atomic_write_json, atomic_write_text, provenance, removed_if_failed,  # noqa: E402
                        sha256_file)
 from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, raw_dir, tok_dir  # noqa: E402
+from tokenization.dataset import VALIDATION_SAMPLE  # noqa: E402
 
 MAX_VOCAB = 65535          # token ids are stored as uint16
-VAL_FRACTION = 0.02        # share of stories in the validation split
+VAL_FRACTION = 0.02        # share of stories in the validation split, unless the dataset card names another
 ENCODE_BATCH = 2048        # stories per SentencePiece encode call (one progress-bar step)
 WORD_CACHE_MAX = 1_000_000  # distinct words kept by StoryEncoder before it starts a fresh cache (memory bound)
 SPLIT_RULE = ("val if int.from_bytes(blake2b(story.strip().encode('utf-8'), digest_size=8).digest(), 'big') "
-              "/ 2**64 < val_fraction, else train (text-based: identical stories share a split)")
+              "/ 2**64 < val_fraction, else train (text-based: identical stories share a split); records with "
+              "split_hint 'val_novel', and stories with the same text, are val_novel")
 # llama2.c's train_vocab settings, plus remove_extra_whitespaces=False (as in Llama 2's tokenizer) so that
 # decoding a story's tokens gives back its exact text
 SPM_SETTINGS = dict(model_type="bpe", input_format="text", character_coverage=1.0,
@@ -77,8 +87,9 @@ def raw_shards(dataset):
     return shards
 
 
-def load_stories(path):
-    """The stripped story texts of one raw shard, in record order."""
+def load_stories(path, hints=False):
+    """The stripped story texts of one raw shard, in record order; with hints=True also each record's
+    split_hint (None when absent)."""
     try:
         records = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -90,12 +101,44 @@ def load_stories(path):
         if not isinstance(r, dict) or not isinstance(r.get("story"), str):
             raise UserError(f"raw shard {path} record {n} has no string 'story' field — re-run the download stage")
         stories.append(r["story"].strip())
-    return stories
+    return (stories, [r.get("split_hint") for r in records]) if hints else stories
+
+
+def story_hash(story):
+    return hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest()
 
 
 def is_val(story, val_fraction):
-    h = hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2 ** 64 < val_fraction
+    return int.from_bytes(story_hash(story), "big") / 2 ** 64 < val_fraction
+
+
+def split_of(story, hint, val_fraction):
+    return "val_novel" if hint == "val_novel" else "val" if is_val(story, val_fraction) else "train"
+
+
+def sentence_keys(stories):
+    """(per-sentence hash, per-sentence story position) for the stories' sentences (metadata.metrics.SENT_RE
+    spans that hold a word, stripped): the raw material of the sentence-overlap figures."""
+    from metadata.metrics import SENT_RE, WORD_RE
+    keys, owner = [], []
+    for i, story in enumerate(stories):
+        for sent in SENT_RE.findall(story):
+            if WORD_RE.search(sent):
+                keys.append(hash(sent.strip()))
+                owner.append(i)
+    return np.asarray(keys, dtype=np.int64), np.asarray(owner, dtype=np.int64)
+
+
+def sentence_overlap(keys, splits):
+    """{split: share of its sentences that occur verbatim in a train story} for val and val_novel (None for
+    an empty split). keys: per-sentence hashes; splits: per-sentence split names."""
+    splits = np.asarray(splits)
+    train = np.unique(keys[splits == "train"])
+    out = {}
+    for name in ("val", "val_novel"):
+        mine = keys[splits == name]
+        out[name] = round(float(np.isin(mine, train).mean()), 4) if len(mine) else None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,6 +346,9 @@ def encode_shard(encoder, stories, bar):
 
 def cmd_pretokenize(args):
     check_vocab_size(args.vocab_size, allow_zero=True)
+    card = read_card(raw_dir(args.dataset)) or {}
+    if args.val_fraction is None:
+        args.val_fraction = float(card.get("val_fraction", VAL_FRACTION))
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val_fraction {args.val_fraction} must be in [0, 1)")
     shards = raw_shards(args.dataset)
@@ -333,16 +379,19 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path):
                         f"use a smaller vocab")
     tok_sha = sha256_file(model)
     if manifest and manifest.get("tokenizer_sha256") == tok_sha and manifest.get("val_fraction") == args.val_fraction \
-            and outputs_complete(out, manifest):
+            and "validation" in manifest and outputs_complete(out, manifest):
+        if "validation" in manifest and card.get("validation") != manifest["validation"]:
+            write_card_validation(args.dataset, manifest["validation"])
         print(f"{out}: up to date ({manifest['n_stories']} stories, {manifest['n_tokens']} tokens) — nothing to do")
         return
 
     total = 0
     index_parts, shard_rows, first_id = [], [], 0
+    story_hashes, sent_keys, sent_owner = [], [], []
     encoder = StoryEncoder(sp, args.threads or os.cpu_count())
     with tqdm(total=None, desc="encode stories", unit="story") as bar:
         for k, path in enumerate(shards):
-            stories = load_stories(path)
+            stories, hints = load_stories(path, hints=True)
             bar.total = (bar.total or 0) + len(stories)  # grows shard by shard; raw shards are read lazily
             tokens, lengths = encode_shard(encoder, stories, bar)
             bin_name = path.stem + ".bin"
@@ -355,28 +404,59 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path):
                 "record": np.arange(len(stories), dtype=np.int32),
                 "offset": offsets,
                 "n_tokens": lengths.astype(np.int32),
-                "split": ["val" if is_val(s, args.val_fraction) else "train" for s in stories],
+                "split": [split_of(s, h, args.val_fraction) for s, h in zip(stories, hints)],
             }))
+            story_hashes += [story_hash(s) for s in stories]
+            keys, owner = sentence_keys(stories)
+            sent_keys.append(keys)
+            sent_owner.append(owner + first_id)
             shard_rows.append({"file": path.name, "sha256": shard_hashes[path.name], "n_stories": len(stories),
                                "first_story_id": first_id, "bin": bin_name, "n_tokens": int(len(tokens))})
             first_id += len(stories)
             total += len(tokens)
     index = pd.concat(index_parts, ignore_index=True)
+    # a story with the text of a novel one is novel too: no held-out combination reaches train by a twin
+    hashes = np.array(story_hashes, dtype=object)
+    novel = set(hashes[(index["split"] == "val_novel").to_numpy()])
+    if novel:
+        twin = np.fromiter((h in novel for h in hashes), dtype=bool, count=len(hashes))
+        index.loc[twin, "split"] = "val_novel"
+    overlap = sentence_overlap(np.concatenate(sent_keys) if sent_keys else np.zeros(0, np.int64),
+                               index["split"].to_numpy()[np.concatenate(sent_owner)] if sent_owner else [])
     with atomic_path(out / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
     for stale in set(p.name for p in out.glob("*.bin")) - {s["bin"] for s in shard_rows}:
         (out / stale).unlink()
     n_val = int((index["split"] == "val").sum())
+    n_novel = int((index["split"] == "val_novel").sum())
+    validation = {"val_fraction": args.val_fraction, "n_train": len(index) - n_val - n_novel, "n_val": n_val,
+                  "n_val_novel": n_novel, "sentence_overlap": overlap}
     atomic_write_json(manifest_path, {
         "provenance": provenance(), "dataset": args.dataset, "raw_dir": str(raw_dir(args.dataset)),
         "vocab_size": sp.vocab_size(), "tokenizer": model.name, "tokenizer_sha256": tok_sha,
         "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id(), "dtype": "uint16 little-endian",
-        "shards": shard_rows, "n_stories": len(index), "n_train": len(index) - n_val, "n_val": n_val,
-        "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
-        "encoder": encoder.method,
+        "shards": shard_rows, "n_stories": len(index), "n_train": validation["n_train"], "n_val": n_val,
+        "n_val_novel": n_novel, "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
+        "validation": validation, "validation_sample": VALIDATION_SAMPLE, "encoder": encoder.method,
     })
-    print(f"wrote {len(shards)} token shards, {len(index)} stories ({len(index) - n_val} train, {n_val} val), "
-          f"{total} tokens to {out}")
+    write_card_validation(args.dataset, validation)
+    print(f"wrote {len(shards)} token shards, {len(index)} stories ({validation['n_train']} train, {n_val} val, "
+          f"{n_novel} val_novel), {total} tokens to {out}; sentence overlap with train: val {overlap['val']}, "
+          f"val_novel {overlap['val_novel']}")
+
+
+def write_card_validation(dataset, validation):
+    """The card's "Validation splits" section (the split does not depend on the vocab, only on val_fraction)."""
+    ov = validation["sentence_overlap"]
+    prose = (f"pretokenize (val_fraction {validation['val_fraction']}): {validation['n_train']} train, "
+             f"{validation['n_val']} val (iid, text-hash rule), {validation['n_val_novel']} val_novel (held-out "
+             f"entity combinations; 0 when the source marks none).\n"
+             f"Sentence overlap with train (share of validation sentences that occur verbatim in a train story): "
+             f"val {ov['val']}, val_novel {ov['val_novel']}. A high overlap means validation loss largely "
+             f"measures recall of template sentences.\n"
+             f"Fixed validation samples: tokenization/dataset.py validation_sample(kind), seed "
+             f"{VALIDATION_SAMPLE['seed']}, the same for every run.\n")
+    update_card_section(raw_dir(dataset), "validation", validation, "Validation splits", prose)
 
 
 def main(argv=None):
@@ -391,7 +471,8 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB,
                    help=f"pieces of a train_vocab tokenizer, 0 = --tokenizer (default {DEFAULT_VOCAB})")
     p.add_argument("--tokenizer", default=None, help="existing tokenizer.model, with --vocab_size 0")
-    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--val_fraction", type=float, default=None,
+                   help=f"iid validation share (default: the dataset card's val_fraction, else {VAL_FRACTION})")
     p.add_argument("--threads", type=int, default=0, help="encoding threads (0 = all cores)")
     for parser in (t, p):
         add_root_argument(parser)

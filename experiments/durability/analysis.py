@@ -260,6 +260,10 @@ def plot_curves(curves, columns, styles, results, path, title):
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     for ax, column in zip(axes.flat, columns):
+        ax.set_title(column, fontsize=10)
+        if not curves.loc[curves.column == column, "mean"].notna().any():  # e.g. readability of degenerate text
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+            continue
         for condition, style in styles.items():
             c = curves[(curves.condition == condition) & (curves.column == column)]
             if c.empty:
@@ -272,7 +276,6 @@ def plot_curves(curves, columns, styles, results, path, title):
                     ax.axvline(hit.plateau_step_mean.iloc[0], color=style["color"], ls=":", lw=1)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers: no mathtext to lay out
-        ax.set_title(column, fontsize=10)
         ax.set_xlabel("step")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
