@@ -281,7 +281,7 @@ def curve_sides(summary):
     import pandas as pd
     out = []
     for col in summary.columns:
-        if col in NON_METRIC or col.startswith("cum_") or is_ci_column(col, summary.columns):
+        if col in NON_METRIC or col.startswith(("cum_", "ref_")) or is_ci_column(col, summary.columns):
             continue
         if not pd.api.types.is_numeric_dtype(summary[col]):
             continue

@@ -23,7 +23,8 @@ from modelling.checkpoints import ckpt_name, list_checkpoints
 
 TRAIN_LOG_FIELDS = ["step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s", "n_segments", "n_rows",
                     "pad_fraction"]
-VAL_LOG_FIELDS = ["step", "tokens_seen", "train_loss", "val_loss"]
+# val_loss_sub: the first n of the dataset's fixed validation sample (eval.py's val_loss uses all of it)
+VAL_LOG_FIELDS = ["step", "tokens_seen", "train_loss", "val_loss_sub"]
 
 
 def save_torch(obj, path):

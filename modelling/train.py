@@ -96,7 +96,6 @@ compile = False  # torch.compile the training forward
 seed = 1337  # weight init (and dropout)
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-VAL_SAMPLE_SEED = 0  # the validation sample is the same for every run of a dataset, whatever its seeds
 
 
 def fixed_sample(ids, n, seed, tag):
@@ -178,8 +177,10 @@ def main(argv):
     if len(val_ids) == 0:
         raise UserError(f"dataset {dataset} has no validation stories — re-run pretokenize with a larger "
                         f"--val_fraction")
+    # the loss at each checkpoint: the first n stories of the dataset's fixed validation sample (the same for
+    # every run of the dataset; eval.py scores all of it) and n fixed stories of the selection
     n_eval = eval_iters * batch_size
-    val_sample = fixed_sample(val_ids, n_eval, VAL_SAMPLE_SEED, 1)
+    val_sample = np.sort(ds.validation_sample("iid", n=n_eval, ranked=True))
     train_sample = fixed_sample(schedule.selection, n_eval, selection_seed, 2)
     ckpt_steps = set(checkpoint_steps(n_steps, eval_interval))
     if master:
@@ -320,9 +321,10 @@ def main(argv):
                 train_loss = story_loss(model, batches, train_sample, batch_size, ctx, dev)
                 attn, probe_loss = capture_attn(model, attn_probes, ctx, dev) if instrument else ({}, {})
                 model.train()
-                bar.write(f"step {step}: val loss {val_loss:.4f}, train loss {train_loss:.4f}")
+                bar.write(f"step {step}: val loss (first {len(val_sample)} of the validation sample) {val_loss:.4f}, "
+                          f"train loss {train_loss:.4f}")
                 weights = {"model": model.state_dict(), "model_args": args.to_dict(), "config": cfg, "step": step,
-                           "tokens_seen": tokens_seen, "val_loss": val_loss, "train_loss": train_loss,
+                           "tokens_seen": tokens_seen, "val_loss_sub": val_loss, "train_loss": train_loss,
                            "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance}
                 resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "model_args": args.to_dict(), "config": cfg,
@@ -330,7 +332,7 @@ def main(argv):
                                 "sampler": {"step": step, "selection_sha256": schedule.selection_sha256},
                                 "rng": rng_states}
                 recorder.checkpoint(step, weights, {"step": step, "tokens_seen": tokens_seen,
-                                                    "train_loss": repr(train_loss), "val_loss": repr(val_loss)},
+                                                    "train_loss": repr(train_loss), "val_loss_sub": repr(val_loss)},
                                     resume_state)
     bar.close()
     if master:

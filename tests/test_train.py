@@ -41,7 +41,7 @@ def test_run_folder_is_complete(tiny_run):
     assert list(run.train_log["step"]) == list(range(1, TINY_STEPS + 1))
     assert list(run.train_log.columns) == ["step", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_s",
                                            "n_segments", "n_rows", "pad_fraction"]
-    assert list(run.val_log["step"]) == TINY_CKPTS and run.val_log["val_loss"].iloc[-1] < run.val_log["val_loss"].iloc[0]
+    assert list(run.val_log["step"]) == TINY_CKPTS and run.val_log["val_loss_sub"].iloc[-1] < run.val_log["val_loss_sub"].iloc[0]
     assert run.train_log["loss"].iloc[-5:].mean() < run.train_log["loss"].iloc[:5].mean() - 0.5
     assert len(run.batch_log) == TINY_STEPS and run.batch_log.meta["segments_per_step"] == TINY_CONFIG["batch_size"]
     assert np.all(run.batch_log.segments_per_step() == TINY_CONFIG["batch_size"])

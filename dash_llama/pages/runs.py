@@ -56,13 +56,13 @@ def runs_table(store):
             "params": cfg.get("n_params"),
             "sampler": cfg.get("sampler"),
             "step": step, "tokens_seen": _last(run.train_log, "tokens_seen"),
-            "train_loss": _last(run.train_log, "loss"), "val_loss": _last(run.val_log, "val_loss"),
+            "train_loss": _last(run.train_log, "loss"), "val_loss_sub": _last(run.val_log, "val_loss_sub"),
             "checkpoints": len(run.checkpoints),
             "status": ("done" if step and max_iters and step >= max_iters else
                        f"{step or 0}/{max_iters} steps" if max_iters else ""),
         })
     columns = ["run", "dataset", "vocab", "shape", "params", "sampler", "step", "tokens_seen", "train_loss",
-               "val_loss", "checkpoints", "status"]
+               "val_loss_sub", "checkpoints", "status"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.dropna(axis=1, how="all")
 
@@ -96,10 +96,11 @@ def loss_figure(store, names, x="step", smoothing=0.0):
                        "y": shown["smoothed"].round(5).tolist(), "line": {"color": color, "width": 2},
                        "name": f"{name} train", "legendgroup": name})
         val = run.val_log
-        if not val.empty and "val_loss" in val.columns and x in val.columns:
+        if not val.empty and "val_loss_sub" in val.columns and x in val.columns:
             traces.append({"type": "scatter", "mode": "lines+markers", "x": val[x].tolist(),
-                           "y": val["val_loss"].tolist(), "line": {"color": color, "dash": "dot"},
-                           "marker": {"symbol": "diamond", "size": 7}, "name": f"{name} val",
+                           "y": val["val_loss_sub"].tolist(), "line": {"color": color, "dash": "dot"},
+                           "marker": {"symbol": "diamond", "size": 7},
+                           "name": f"{name} val (train.py's subset of the validation sample)",
                            "legendgroup": name})
     if not traces:
         raise Missing("; ".join(note_lines) or "no loss logged yet")
