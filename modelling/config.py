@@ -94,8 +94,6 @@ def validate(cfg):
         if too_low or (high is not None and value > high) or (isinstance(value, float) and not math.isfinite(value)):
             span = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else '∞'}{']' if high else ')'}"
             raise UserError(f"--{key}={value}: must be in {span}")
-    if cfg["min_lr"] > cfg["learning_rate"]:
-        raise UserError(f"--min_lr={cfg['min_lr']} is above --learning_rate={cfg['learning_rate']}")
     if cfg["dim"] % cfg["n_heads"] or (cfg["dim"] // cfg["n_heads"]) % 2:
         raise UserError(f"--dim={cfg['dim']} must be divisible by --n_heads={cfg['n_heads']} into an even head size")
     if cfg["n_heads"] % cfg["n_kv_heads"]:

@@ -187,6 +187,8 @@ def main(argv):
         if n_stories > len(schedule.selection):
             warn(f"--n_stories={n_stories} but only {len(schedule.selection)} stories are available — training "
                  f"on all {len(schedule.selection)}")
+        if decay_lr and min_lr > learning_rate:
+            warn(f"--min_lr={min_lr} is above --learning_rate={learning_rate}: the cosine schedule rises after warmup")
         if decay_lr and warmup_iters > n_steps:
             warn(f"--warmup_iters={warmup_iters} is longer than the run ({n_steps} steps): the learning rate never "
                  f"reaches --learning_rate={learning_rate}")

@@ -13,7 +13,7 @@ TINY_STEPS = 40
 TINY_CKPTS = [1, 2, 4, 8, 10, 16, 20, 30, 32, 40]
 TINY_CONFIG = dict(out_dir="out/tiny", max_iters=TINY_STEPS, eval_interval=10, eval_iters=2, batch_size=8,
                    max_seq_len=128, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
-                   learning_rate=3e-3, warmup_iters=5, min_lr=3e-4, n_probe_stories=2, probe_len=48,
+                   learning_rate=1e-2, warmup_iters=5, min_lr=1e-3, n_probe_stories=2, probe_len=48,
                    dtype="float32", data_seed=7, seed=7)
 # tiny models run fastest single-threaded, and the test machine is shared
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
