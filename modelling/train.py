@@ -112,7 +112,7 @@ def dataset_fingerprint(ds):
 
 def resume_config(cfg, overrides):
     """(config, resume state) of the run in out_dir: its own config, only the harmless keys from the command."""
-    resume_path = Path(cfg["out_dir"]) / "ckpt" / "resume.pt"
+    resume_path = root() / cfg["out_dir"] / "ckpt" / "resume.pt"
     if not resume_path.exists():
         raise UserError(f"nothing to resume: {resume_path} not found — start the run with --init_from=scratch")
     resume = load_checkpoint(resume_path)
