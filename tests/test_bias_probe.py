@@ -32,7 +32,7 @@ N_STORIES = 3000
 VOCAB = 2048
 STEPS = 800
 SEED = 1
-TRAIN = dict(max_iters=STEPS, eval_interval=STEPS, eval_iters=1, batch_size=8, max_seq_len=256, dim=64,
+TRAIN = dict(max_iters=STEPS, eval_interval=STEPS, eval_iters=1, batch_size=16, max_seq_len=256, dim=64,
              n_layers=1, n_heads=4, n_kv_heads=4, multiple_of=16, learning_rate=1e-2, warmup_iters=10,
              min_lr=1e-3, n_probe_stories=1, probe_len=32, dtype="float32", seed=SEED, data_seed=SEED,
              n_stories=0, epochs=10)

@@ -149,15 +149,12 @@ def test_rerun_up_to_date_and_ids_stable_in_fresh_build(tok_dataset, tmp_path):
     assert (fresh / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
     # the fixed validation samples are the same after a re-pretokenize (independent of any run seed)
     from tokenization.dataset import TokenizedDataset
-    old = os.getcwd()
-    try:
-        samples = []
-        for where, vocab in ((ws, 512), (tmp_path, 0)):
-            os.chdir(where)
+    samples = []
+    for where, vocab in ((ws, 512), (tmp_path, 0)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ROOT_ENV, str(where))
             d = TokenizedDataset("storyworld", vocab)
             samples.append([d.validation_sample(kind, n=500, ranked=True) for kind in ("iid", "novel")])
-    finally:
-        os.chdir(old)
     for a, b in zip(*samples):
         assert len(a) > 200 and np.array_equal(a, b)
 

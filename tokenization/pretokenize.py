@@ -365,10 +365,10 @@ def cmd_pretokenize(args):
         check_story_ids(manifest, shard_hashes, manifest_path)
 
     with removed_if_failed(out):  # a failed first pretokenize leaves no tok<V>/ behind
-        _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path)
+        _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
 
 
-def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path):
+def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card):
     model = install_tokenizer(args, out)
     sp = load_sp(model)
     if args.vocab_size and sp.vocab_size() != args.vocab_size:

@@ -16,7 +16,6 @@ are skipped, a run killed mid-training continues from its resume checkpoint (or 
 before one), and eval.py only evaluates checkpoints it has not seen.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
