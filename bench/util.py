@@ -15,3 +15,33 @@ def quiet_in(folder):
     finally:
         os.environ.pop("TQDM_DISABLE", None)
         os.chdir(old)
+
+
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f")
+
+
+def machine_info():
+    """What a figure depends on: CPU model, cores, the bf16/AMX flags and the 1/5/15-minute load average now."""
+    try:
+        cpuinfo = open("/proc/cpuinfo").read()
+    except OSError:
+        cpuinfo = ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown")
+    return {"cpu": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def machine_note(info=None):
+    info = info or machine_info()
+    flags = ", ".join(f"{f}={'yes' if v else 'no'}" for f, v in info["flags"].items())
+    return f"{info['cpu']}, {info['cores']} cores, {flags}, load {'/'.join(map(str, info['load_avg']))}"
+
+
+def ratio_stats(ratios):
+    """min / median / max of per-pair ratios (interleaved A/B pairs), and a note string."""
+    import statistics
+    ratios = [float(r) for r in ratios]
+    stats = {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios), "n": len(ratios)}
+    return stats, f"pairs {len(ratios)}: min {stats['min']:.2f}, median {stats['median']:.2f}, max {stats['max']:.2f}"
