@@ -1,5 +1,6 @@
 # Two commands for a newcomer: `make demo` (whole pipeline on the embedded corpus, then the dashboard)
 # and `make test`. Both create .venv and install requirements.txt first.
+# `make bench` (QUICK=1 for the small sizes, BENCHES="train generate" for some) measures against llama2.c.
 PY         := .venv/bin/python
 DASH       ?= 1
 PORT       ?= 8050
@@ -35,4 +36,4 @@ test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(if $(QUICK),--quick) $(BENCHES)
