@@ -5,7 +5,10 @@
    eval.py uses), from BOS alone and from a prompt that run.c tokenizes itself;
 2. training: llama2.c's model.py and its configure_optimizers, fed the exact batches our modelling/train.py took
    (read back from the run's batch log), follow the same fp32 loss trajectory for 20 steps from the same initial
-   weights (same seed), and end at the same weights as train.py's last checkpoint.
+   weights (same seed), and end at the same weights as train.py's last checkpoint;
+3. llama2.c's own batches (its Task iterator over our stories in its .bin layout) through its training loop give
+   our model and its model the same 20 losses. (train.py itself cannot take llama2.c's batches: it reads
+   one story per row from the pretokenized dataset; 2. covers it.)
 """
 import importlib.util
 import shutil
@@ -166,13 +169,19 @@ def llama2c_args(llama2c, vocab_size):
     return llama2c.ModelArgs(**{k: PARITY_CONFIG[k] for k in keys}, vocab_size=vocab_size, dropout=0.0)
 
 
-def llama2c_train(llama2c, vocab_size, batches):
-    """llama2.c train.py's inner loop (fp32 CPU, no accumulation, constant lr): forward, backward, clip, step."""
+def llama2c_train(llama2c, vocab_size, batches, ours=False):
+    """llama2.c train.py's inner loop (fp32 CPU, no accumulation, constant lr): forward, backward, clip, step —
+    on llama2.c's model, or (ours=True) on ours with llama2.c's own optimizer set-up."""
     torch.manual_seed(PARITY_CONFIG["seed"])
-    model = llama2c.Transformer(llama2c_args(llama2c, vocab_size))
+    if ours:
+        keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len")
+        model = Transformer(ModelArgs(**{k: PARITY_CONFIG[k] for k in keys}, vocab_size=vocab_size))
+    else:
+        model = llama2c.Transformer(llama2c_args(llama2c, vocab_size))
     model.train()
-    optimizer = model.configure_optimizers(PARITY_CONFIG["weight_decay"], PARITY_CONFIG["learning_rate"],
-                                           (PARITY_CONFIG["beta1"], PARITY_CONFIG["beta2"]), "cpu")
+    optimizer = llama2c.Transformer.configure_optimizers(
+        model, PARITY_CONFIG["weight_decay"], PARITY_CONFIG["learning_rate"],
+        (PARITY_CONFIG["beta1"], PARITY_CONFIG["beta2"]), "cpu")
     losses = []
     for x, y in batches:
         model(x, y)
@@ -236,3 +245,28 @@ def test_llama2c_loss_trajectory_differs_on_other_batches(tok_dataset, parity_ru
     ours = pd.read_csv(parity_run / "train_log.csv")["loss"].to_numpy()
     shuffled, _ = llama2c_train(llama2c, tok_dataset["vocab_size"], batches[::-1])
     assert np.max(np.abs(shuffled - ours) / ours) > 100 * LOSS_RTOL
+
+
+def test_llama2c_task_batches_train_both_models_alike(tok_dataset, monkeypatch):
+    """llama2.c's own data path — its Task iterator (tinystories.py) over our stories written in its
+    data/tok512/*.bin layout — feeds its model and ours through its training loop: the same 20 fp32 losses."""
+    need_reference()
+    from bench.reference import llama2c_workdir
+    llama2c = import_llama2c_model()
+    work = llama2c_workdir(tok_dataset["workspace"], tok_dataset["dataset"], tok_dataset["vocab_size"])
+    monkeypatch.chdir(work)  # its DATA_CACHE_DIR is data/, relative
+    monkeypatch.syspath_prepend(str(work))
+    spec = importlib.util.spec_from_file_location("llama2c_tinystories", work / "tinystories.py")
+    tinystories = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tinystories)
+    batch_iter = tinystories.Task.iter_batches(batch_size=PARITY_CONFIG["batch_size"], device="cpu",
+                                               max_seq_len=PARITY_CONFIG["max_seq_len"],
+                                               vocab_size=tok_dataset["vocab_size"], vocab_source="custom",
+                                               split="train")
+    batches = [next(batch_iter) for _ in range(PARITY_STEPS)]
+    assert all(x.shape == (PARITY_CONFIG["batch_size"], PARITY_CONFIG["max_seq_len"]) for x, _ in batches)
+    torch.set_num_threads(1)
+    theirs, _ = llama2c_train(llama2c, tok_dataset["vocab_size"], batches)
+    ours, _ = llama2c_train(llama2c, tok_dataset["vocab_size"], batches, ours=True)
+    np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
+    assert ours[-1] < ours[0] - 0.5
