@@ -7,6 +7,8 @@
    shape (dim 288, 6 layers, 6 heads, seq 256, batch 16, vocab 512; quick: dim 128, 4 layers, seq 128), run as
    interleaved A/B pairs (the order alternates), reporting real-target tok/s of each and the per-pair ratio
    ours / llama2.c as min / median / max, with the load average and the CPU's AMX / AVX512-BF16 flags.
+   llama2.c runs twice per pair: stock, and with OMP_WAIT_POLICY=PASSIVE in its environment (its code unchanged)
+   — train.py sets PASSIVE, and on a loaded CPU the spinning default alone changes the ratio several-fold.
    Our variants: fp32 eager (llama2.c's math), dtype auto (bf16 where the CPU has it), auto + compile, and the
    thread settings: OMP_WAIT_POLICY PASSIVE (train.py's default) vs ACTIVE, and (full mode) 1 thread vs all cores.
    Real targets: llama2.c packs rows (all B*T targets are real); ours pads each story's row, pads not counted.
@@ -97,51 +99,50 @@ def llama2c_throughput(rows, shape, skip):
 
 
 def side_by_side(ws, quick):
-    """Interleaved pairs: llama2.c stock, then each of our variants (reversed order every other pair)."""
+    """Interleaved pairs: llama2.c (stock, and with OMP_WAIT_POLICY=PASSIVE as train.py sets it), then each of our
+    variants (reversed order every other pair); ratios are taken within a pair."""
     shape = QUICK_SHAPE if quick else SHAPE
     iters, skip, n_pairs = (8, 3, 2) if quick else (20, 5, 3)
     variants = VARIANTS_QUICK if quick else VARIANTS_FULL
     ref_compile = not quick
     work = llama2c_workdir(ws, "storyworld", shape["vocab_size"])
-    ref_args = {k: v for k, v in shape.items()}
-    loads, ref_tok_s, ours = [], [], {name: [] for name, _, _ in variants}
+    refs = [("llama2c_stock", {}), ("llama2c_omp_passive", {"OMP_WAIT_POLICY": "PASSIVE"})]
+    loads, tok_s, dtypes = [], {name: [] for name, _ in refs}, {}
+    tok_s.update({name: [] for name, _, _ in variants})
     flops_per_token = {}
     for pair in range(n_pairs):
-        jobs = [("llama2c", None, None)] + list(variants)
+        jobs = [(name, None, env) for name, env in refs] + list(variants)
         for name, overrides, env in (jobs if pair % 2 == 0 else jobs[::-1]):
             loads.append(os.getloadavg()[0])
-            if name == "llama2c":
-                rows = run_llama2c_train(work, iters, compile=ref_compile, **ref_args)
-                ref_tok_s.append(llama2c_throughput(rows, shape, skip)[0])
+            if overrides is None:
+                rows = run_llama2c_train(work, iters, env=env, compile=ref_compile, **shape)
+                tok_s[name].append(llama2c_throughput(rows, shape, skip)[0])
             else:
                 log, cfg = train(ws, name, env, **shape, **OURS, **overrides, max_iters=iters + 1,
                                  eval_interval=iters + 1)
-                ours[name].append(throughput(log, skip + 1)[0])  # our steps are 1-based, llama2.c's 0-based
-                flops_per_token[name] = (cfg["flops_per_token"], cfg["dtype_used"])
+                tok_s[name].append(throughput(log, skip + 1)[0])  # our steps are 1-based, llama2.c's 0-based
+                flops_per_token[name], dtypes[name] = cfg["flops_per_token"], cfg["dtype_used"]
     info = machine_info()
     label = (f"d{shape['dim']} L{shape['n_layers']} H{shape['n_heads']} T{shape['max_seq_len']} "
              f"B{shape['batch_size']} V{shape['vocab_size']}, {iters - skip} timed steps")
     load_note = f"load during runs {min(loads):.2f}-{max(loads):.2f}; {machine_note(info)}"
-    ref_stats, ref_note = ratio_stats(ref_tok_s)
-    rows = [{"bench": BENCH, "metric": "llama2c_stock_tokens_per_s", "value": ref_stats["median"], "unit": "tok/s",
-             "note": f"llama2.c train.py --device=cpu --compile={ref_compile} (fp32), {label}; median of "
-                     f"{n_pairs} (min {ref_stats['min']:.0f}, max {ref_stats['max']:.0f}); {load_note}"}]
-    results = {"llama2c": ref_tok_s, "ours": ours, "loads": loads, "machine": info, "shape": shape}
+    rows = []
+    for name, env in refs:
+        stats, _ = ratio_stats(tok_s[name])
+        rows.append({"bench": BENCH, "metric": f"{name}_tokens_per_s", "value": stats["median"], "unit": "tok/s",
+                     "note": f"llama2.c train.py --device=cpu --compile={ref_compile} (fp32) {env or ''}, {label}; "
+                             f"median of {n_pairs} (min {stats['min']:.0f}, max {stats['max']:.0f})"
+                             + (f"; {load_note}" if name == "llama2c_stock" else "")})
     for name, _, env in variants:
-        tok_s = ours[name]
-        ratios = [o / r for o, r in zip(tok_s, ref_tok_s)]
-        stats, note = ratio_stats(ratios)
-        fpt, dtype_used = flops_per_token[name]
-        mfu = 100 * fpt * statistics.median(tok_s) / PEAK["float32"]
-        rows += [
-            {"bench": BENCH, "metric": f"ours_{name}_tokens_per_s", "value": statistics.median(tok_s),
-             "unit": "tok/s", "note": f"modelling/train.py dtype={dtype_used} {env or ''} median of {len(tok_s)}; "
-                                      f"{mfu:.1f}% of the 0.3 TFLOP/s fp32 peak"},
-            {"bench": BENCH, "metric": f"ours_{name}_vs_llama2c", "value": stats["median"], "unit": "x",
-             "note": note + " (ours / llama2.c per pair)"},
-        ]
-    results["rows"] = rows
-    return rows, results
+        mfu = 100 * flops_per_token[name] * statistics.median(tok_s[name]) / PEAK["float32"]
+        rows.append({"bench": BENCH, "metric": f"ours_{name}_tokens_per_s", "value": statistics.median(tok_s[name]),
+                     "unit": "tok/s", "note": f"modelling/train.py dtype={dtypes[name]} {env or ''} median of "
+                                              f"{n_pairs}; {mfu:.1f}% of the 0.3 TFLOP/s fp32 peak"})
+        for ref, _ in refs:
+            stats, note = ratio_stats([o / r for o, r in zip(tok_s[name], tok_s[ref])])
+            rows.append({"bench": BENCH, "metric": f"ours_{name}_vs_{ref}", "value": stats["median"], "unit": "x",
+                         "note": note + " (ours / llama2.c per pair)"})
+    return rows, {"tok_s": tok_s, "loads": loads, "machine": info, "shape": shape}
 
 
 def run(quick=False):
