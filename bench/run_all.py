@@ -2,7 +2,7 @@
 JSON per bench), with the CPU flags and load average at start and end.
 
     make bench                         # every bench, full size (a quiet machine: tens of minutes)
-    make bench QUICK=1                 # every bench, small sizes (<= 5 minutes)
+    make bench QUICK=1                 # small sizes, without the scale row (a few minutes on a quiet machine)
     make bench QUICK=1 BENCHES="train generate"      # only the benches whose names contain these words
 
 Each bench module defines run(quick=False) -> list of rows {bench, metric, value, unit, note}. Figures are
@@ -19,6 +19,7 @@ from bench.util import machine_info, machine_note  # noqa: E402
 from common.io import atomic_write_json, provenance  # noqa: E402
 
 OUT = Path("out/bench")
+SLOW = ("bench_scale",)  # whole-pipeline runs: left out of a quick run unless named
 
 
 def main():
@@ -26,6 +27,8 @@ def main():
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
     names = [n for n in names if not only or any(o in n for o in only)]
+    if quick and not only:
+        names = [n for n in names if n not in SLOW]  # run them by name: make bench QUICK=1 BENCHES=scale
     all_rows, failed = [], []
     start = machine_info()
     print(f"machine at start: {machine_note(start)}", flush=True)
