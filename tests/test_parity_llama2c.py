@@ -11,6 +11,7 @@
    one story per row from the pretokenized dataset; 2. covers it.)
 """
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from modelling.data import StoryBatches
 from modelling.model import ModelArgs, Transformer
 from tests.fixtures_data import REPO, run_stage
 from tests.fixtures_run import ONE_THREAD, train_args
+from tokenization.dataset import TokenizedDataset
 
 LLAMA2C = REPO.parent / "shared" / "reference" / "llama2.c"
 if not LLAMA2C.exists():  # a worktree sits beside main; the reference lives in the workspace's shared/
@@ -196,8 +198,6 @@ def llama2c_train(llama2c, vocab_size, batches, ours=False):
 
 def run_batches(tok_dataset, run_dir):
     """The (x, y) tensors of every step of our run, rebuilt from its batch log by the trainer's own reader."""
-    from tokenization.dataset import TokenizedDataset
-    import os
     cwd = os.getcwd()
     os.chdir(tok_dataset["workspace"])
     try:
