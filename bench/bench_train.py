@@ -113,7 +113,7 @@ def side_by_side(ws, quick):
     loads, tok_s, dtypes = [], {name: [] for name, _ in refs}, {}
     tok_s.update({name: [] for name, _, _ in variants})
     with_ckpt = {name: [] for name, _, _ in variants}
-    flops_per_token = {}
+    flops_per_token, n_ckpt_timed = {}, 0
     for pair in range(n_pairs):
         jobs = [(name, None, env) for name, env in refs] + list(variants)
         for name, overrides, env in (jobs if pair % 2 == 0 else jobs[::-1]):
@@ -128,6 +128,7 @@ def side_by_side(ws, quick):
                 tok_s[name].append(throughput(log, skip + 1, cfg["checkpoint_steps"])[0])
                 with_ckpt[name].append(throughput(log, skip + 1)[0])
                 flops_per_token[name], dtypes[name] = cfg["flops_per_token"], cfg["dtype_used"]
+                n_ckpt_timed = sum(1 for c in cfg["checkpoint_steps"] if skip + 1 <= c <= iters)
     info = machine_info()
     label = (f"d{shape['dim']} L{shape['n_layers']} H{shape['n_heads']} T{shape['max_seq_len']} "
              f"B{shape['batch_size']} V{shape['vocab_size']}, {iters - skip} timed steps")
@@ -148,7 +149,7 @@ def side_by_side(ws, quick):
         rows.append({"bench": BENCH, "metric": f"ours_{name}_with_checkpoints_tokens_per_s",
                      "value": statistics.median(with_ckpt[name]), "unit": "tok/s",
                      "note": f"every timed step, incl. the log-spaced checkpoints' evaluation + probes + saves "
-                             f"(1 per {iters - skip} steps here, ~1 per 26 in the demo)"})
+                             f"({n_ckpt_timed} in {iters - skip} steps here, ~1 per 26 in the demo)"})
         for ref, _ in refs:
             stats, note = ratio_stats([o / r for o, r in zip(tok_s[name], tok_s[ref])])
             rows.append({"bench": BENCH, "metric": f"ours_{name}_vs_{ref}", "value": stats["median"], "unit": "x",
