@@ -2,6 +2,7 @@
 # and `make test`. Both create .venv and install requirements.txt first. The demo runs exactly the published
 # commands, each with no arguments: the defaults are the embedded corpus (storyworld), vocab 512 and the run
 # out/demo.
+# `make bench` (QUICK=1 for the small sizes, BENCHES="train generate" for some) measures against llama2.c.
 PY         := .venv/bin/python
 DASH       ?= 1
 PORT       ?= 8050
@@ -41,4 +42,4 @@ test-fast: setup
 	$(PY) -m pytest -q --durations=15 -m "not slow" tests
 
 bench: setup
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(if $(QUICK),--quick) $(BENCHES)
