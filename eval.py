@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: the CPU is shared
+from common.machine import choose_omp_wait_policy  # noqa: E402
+
+choose_omp_wait_policy()  # before torch starts its threads: spin on a quiet CPU, sleep on a busy one
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_train import prepare_workspace  # noqa: E402
 from modelling.config import resolve_dtype  # noqa: E402
-from modelling.data import SegmentBatches, pack_rows  # noqa: E402
+from modelling.data import SegmentBatches, one_per_row, pack_rows  # noqa: E402
 from modelling.model import ModelArgs, Transformer  # noqa: E402
 
 SHAPE = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32)  # the demo model
@@ -35,9 +35,7 @@ def layout_rows(segments, layout, max_seq_len):
         return pack_rows(segments, max_seq_len)
     if layout == "truncated":
         segments = segments[segments["start"] == 0]
-    out = segments.copy()
-    out["row"] = np.arange(len(out))
-    return out
+    return one_per_row(segments)
 
 
 def measure(batches, steps, layout, model, optimizer, ctx):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.machine import machine_info
 from common.paths import root
 
 # llama2.c's shapes (README "models" table and its 260K recipe)
@@ -111,15 +112,6 @@ def validate(cfg):
         raise UserError(f"--out_dir={out} is an existing file — pick a folder path")
 
 
-def cpu_flags():
-    """The CPU's bf16-relevant flags (amx_bf16, amx_tile, avx512_bf16, avx512f), recorded in config.json."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2"})
-
-
 def resolve_dtype(dtype, device):
     """auto: bfloat16 on CUDA (float16 where bf16 is missing) and on CPUs with native bf16 (AMX or
     AVX512-BF16), else float32 (emulated bf16 is slower than fp32)."""
@@ -127,4 +119,5 @@ def resolve_dtype(dtype, device):
         return dtype
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if {"amx_bf16", "avx512_bf16"} & set(cpu_flags()) else "float32"
+    flags = machine_info()["flags"]
+    return "bfloat16" if flags["amx_bf16"] or flags["avx512_bf16"] else "float32"

@@ -80,6 +80,14 @@ def pack_rows(segments, max_seq_len, min_rows=1):
     return out
 
 
+def one_per_row(segments):
+    """The segments with `row` set to one row each (padded, unpacked: llama2.c's one-sequence-per-row layout;
+    train.py --pack=False, for comparisons)."""
+    out = np.asarray(segments, dtype=SEGMENT_DTYPE).copy()
+    out["row"] = np.arange(len(out))
+    return out
+
+
 def split_rows(packed, n_parts):
     """The packed segments of a step split into n_parts groups of whole rows (row r goes to group r % n_parts),
     for gradient-accumulation micro-batches and DDP ranks. Each group keeps its rows' order."""

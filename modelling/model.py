@@ -7,8 +7,9 @@ Two additions for the toolkit:
 - `generate(..., use_cache=True)` uses a KV cache; `use_cache=False` is the plain full-sequence loop and gives
   the same greedy tokens.
 
-forward() returns the logits of every position [B, T, V] (float32) and, like llama2.c, stores the loss in
-`model.last_loss` (cross-entropy with ignore_index=-1, None without targets).
+forward() returns the logits of every position [B, T, V] (float32) without targets; with targets, like llama2.c,
+it stores the loss in `model.last_loss` (mean cross-entropy over targets != -1, computed in chunks by
+modelling/losses.py) and returns only the last position's logits [B, 1, V].
 """
 import math
 from dataclasses import dataclass, asdict
@@ -17,6 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from modelling.losses import chunked_cross_entropy
 
 
 @dataclass
@@ -198,8 +201,9 @@ class Transformer(nn.Module):
 
     def forward(self, tokens, targets=None, return_attn=False, cache=None, pos=0, positions=None,
                 segment_ids=None):
-        """Logits [B, T, V] for every position (float32). Sets last_loss (targets given; -1 = ignored) and
-        last_attn (return_attn: list per layer of attention probabilities [B, H, T, T_keys], else None).
+        """Logits [B, T, V] (float32; with targets only the last position, [B, 1, V]). Sets last_loss (targets
+        given; -1 = ignored) and last_attn (return_attn: list per layer of attention probabilities
+        [B, H, T, T_keys], else None).
         Packed rows (modelling/data.py) pass positions [B, T] (RoPE position of each token, restarting per
         segment) and segment_ids [B, T]: a token attends causally to earlier tokens of its own segment only."""
         _, t = tokens.shape
@@ -220,12 +224,14 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h, probs = layer(h, freqs_cos, freqs_sin, return_attn, None if cache is None else cache[i], pos, mask)
             attn.append(probs)
-        logits = self.output(self.norm(h)).float()
-        self.last_loss = None
-        if targets is not None:
-            self.last_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        h = self.norm(h)
         self.last_attn = attn if return_attn else None
-        return logits
+        if targets is None:
+            self.last_loss = None
+            return self.output(h).float()
+        # the loss chunk by chunk: the full [B, T, V] fp32 logits are never held (0.5 GB at vocab 32000, 16x256)
+        self.last_loss = chunked_cross_entropy(h, self.output.weight, targets)
+        return self.output(h[:, [-1], :]).float()
 
     def num_params(self, non_embedding=False):
         """Parameters counted once (the tied embedding/output matrix once); optionally without it."""

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# OpenMP threads that sleep instead of spinning when idle: on a shared CPU, spinning threads of several processes
-# starve each other (measured 3x slower steps here); set OMP_WAIT_POLICY=ACTIVE to opt out.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from common.machine import choose_omp_wait_policy, machine_info  # noqa: E402
+
+# before torch starts its threads: spin on a quiet CPU, sleep on a busy one (an explicit OMP_WAIT_POLICY wins)
+THREAD_POLICY = choose_omp_wait_policy()
 
 import time
 from contextlib import nullcontext
@@ -35,8 +36,8 @@ from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
-from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, cpu_flags, parse_config, resolve_dtype, validate
-from modelling.data import SegmentBatches, pack_rows, split_rows, story_loss
+from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, parse_config, resolve_dtype, validate
+from modelling.data import SegmentBatches, one_per_row, pack_rows, split_rows, story_loss
 from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
@@ -58,6 +59,7 @@ dataset = "storyworld"
 vocab_size = 512  # 0 = the Llama 2 tokenizer given to pretokenize (32000)
 batch_size = 16  # segments per micro-batch (packed into at most this many rows)
 max_seq_len = 256  # positions per row; a longer story is cut into segments of at most this many targets
+pack = True  # pack a step's segments into rows (attention kept per segment); False: one segment per row, padded
 data_seed = 1337  # data order; separate from the weight-init seed (seed) and the selection (selection_seed)
 selection_seed = 0  # which stories an n_stories budget picks; two orders of one selection share it
 sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined
@@ -248,7 +250,8 @@ def main(argv):
         if existing_run_check(out, cfg):  # again under the lock: another process may have written it meanwhile
             return
         run_provenance = provenance()
-        run_info = {"config": cfg, "dtype_used": dtype_used, "cpu_flags": cpu_flags(), "world_size": world,
+        run_info = {"config": cfg, "dtype_used": dtype_used, "machine": machine_info(), "threads": {**THREAD_POLICY, "torch_threads": torch.get_num_threads()},
+                    "world_size": world,
                     "segments_per_step": segments_per_step, "n_steps": n_steps,
                     "n_selected": int(len(schedule.selection)), "n_segments": int(len(schedule.segments)),
                     "n_tokens_selection": schedule.n_tokens, "selection_sha256": schedule.selection_sha256,
@@ -274,7 +277,8 @@ def main(argv):
         lr = get_lr(step, n_steps, learning_rate, warmup_iters, min_lr, decay_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        packed = pack_rows(schedule.step_segments(step), max_seq_len, min_rows=n_micro)
+        segments = schedule.step_segments(step)
+        packed = pack_rows(segments, max_seq_len, min_rows=n_micro) if pack else one_per_row(segments)
         n_step_tokens = int(packed["n_tokens"].sum())
         micro_batches = split_rows(packed, n_micro)[rank * gradient_accumulation_steps:
                                                     (rank + 1) * gradient_accumulation_steps]

@@ -25,7 +25,7 @@ import torch
 
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint, load_model
-from modelling.data import StoryBatches
+from modelling.data import SegmentBatches
 from modelling.model import ModelArgs, Transformer
 from tests.fixtures_data import REPO, run_stage
 from tests.fixtures_run import ONE_THREAD, train_args
@@ -39,7 +39,8 @@ PARITY_STEPS = 20
 PARITY_CONFIG = dict(out_dir="out/parity", max_iters=PARITY_STEPS, eval_interval=PARITY_STEPS, eval_iters=1,
                      batch_size=8, max_seq_len=64, dim=48, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
                      learning_rate=3e-3, decay_lr=False, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-                     dtype="float32", compile=False, n_probe_stories=1, probe_len=32, data_seed=3, seed=11)
+                     dtype="float32", compile=False, n_probe_stories=1, probe_len=32, data_seed=3, seed=11,
+                     pack=False)  # one segment per row: llama2.c's model has no segment mask
 LOSS_RTOL = 1e-5
 RANDOM_SHAPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=16,
                     max_seq_len=128)
@@ -98,9 +99,9 @@ def our_greedy(model, prompt_ids, steps):
     return prompt_ids + new
 
 
-def random_checkpoint(path, tokenizer, seed=0):
+def random_checkpoint(path, seed=0):
     """A GQA model with large random weights (so greedy text is varied, not one repeated word) saved as train.py
-    saves checkpoints."""
+    saves checkpoints (its config names the session corpus, whose tokenizer export.py picks up)."""
     torch.manual_seed(seed)
     model = Transformer(ModelArgs(**RANDOM_SHAPE))
     with torch.no_grad():
@@ -108,7 +109,7 @@ def random_checkpoint(path, tokenizer, seed=0):
             p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("norm.weight") else 0.15 * torch.randn_like(p))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "model_args": model.params.to_dict(), "step": 1,
-                "config": {"tokenizer_model": str(tokenizer)}}, path)
+                "config": {"dataset": "storyworld", "vocab_size": RANDOM_SHAPE["vocab_size"]}}, path)
     return path
 
 
@@ -126,7 +127,7 @@ def test_runc_generates_our_greedy_tokens(tiny_run, run_c, tmp_path, which):
     workspace = tiny_run.parent.parent
     tokenizer = workspace / "data/storyworld/tok512/tokenizer.model"
     ckpt = list_checkpoints(tiny_run)[-1][1] if which == "trained" else \
-        random_checkpoint(tmp_path / "ckpt" / "step_000001.pt", tokenizer)
+        random_checkpoint(tmp_path / "ckpt" / "step_000001.pt")
     model_bin = tmp_path / "export" / "model.bin"
     run_stage(workspace, "modelling/export.py", "--ckpt", ckpt, "--format", "llama2c", "--out", model_bin)
     model, _ = load_model(ckpt)
@@ -145,10 +146,9 @@ def test_runc_generates_our_greedy_tokens(tiny_run, run_c, tmp_path, which):
 def test_runc_output_depends_on_weights(tiny_run, run_c, tmp_path):
     """The null: other weights (another seed) print different text."""
     workspace = tiny_run.parent.parent
-    tokenizer = workspace / "data/storyworld/tok512/tokenizer.model"
     texts = []
     for seed in (0, 1):
-        ckpt = random_checkpoint(tmp_path / f"s{seed}" / "ckpt" / "step_000001.pt", tokenizer, seed)
+        ckpt = random_checkpoint(tmp_path / f"s{seed}" / "ckpt" / "step_000001.pt", seed)
         model_bin = tmp_path / f"s{seed}" / "model.bin"
         run_stage(workspace, "modelling/export.py", "--ckpt", ckpt, "--format", "llama2c", "--out", model_bin)
         texts.append(run_c_generate(run_c, model_bin, 60))
@@ -204,9 +204,11 @@ def run_batches(tok_dataset, run_dir):
         ds = TokenizedDataset(tok_dataset["dataset"], tok_dataset["vocab_size"])
     finally:
         os.chdir(cwd)
-    reader = StoryBatches(ds, PARITY_CONFIG["max_seq_len"], bos_id=1)
+    reader = SegmentBatches(ds, PARITY_CONFIG["max_seq_len"], bos_id=1)
     log = BatchLog(run_dir)
-    return [reader.batch(log.step(k)) for k in range(1, len(log) + 1)]
+    batches = [reader.batch(log.step(k)) for k in range(1, len(log) + 1)]
+    assert all(positions is None and segment_ids is None for _, _, positions, segment_ids in batches)
+    return [(x, y) for x, y, _, _ in batches]
 
 
 def test_llama2c_initial_weights_equal_ours(tok_dataset):
@@ -231,11 +233,13 @@ def test_llama2c_loss_trajectory_equals_train_py(tok_dataset, parity_run):
     theirs, model = llama2c_train(llama2c, tok_dataset["vocab_size"], batches)
     np.testing.assert_allclose(theirs, ours, rtol=LOSS_RTOL, atol=0)
     assert ours[-1] < ours[0] - 0.5  # it learned: the trajectories compared are not flat
-    # the end weights too: train.py's last checkpoint vs llama2.c after the same 20 steps
+    # the end weights too: train.py's last checkpoint vs llama2.c after the same 20 steps (to 1e-5: our loss is
+    # summed chunk by chunk, another fp32 order than F.cross_entropy's; AdamW turns those last-bit gradient
+    # differences into ~1e-6 weight differences where a gradient is near zero)
     final = load_checkpoint(list_checkpoints(parity_run)[-1][1])["model"]
     for name, tensor in model.state_dict().items():
         if name in final:
-            torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_llama2c_loss_trajectory_differs_on_other_batches(tok_dataset, parity_run):
