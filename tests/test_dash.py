@@ -144,7 +144,7 @@ def test_runs_table_and_loss_curves_carry_the_logs(store):
     assert row["val_loss_sub"] == pytest.approx(run.val_log["val_loss_sub"].iloc[-1])
     figure, _ = runs.loss_figure(store, [RUN], "step", 0.0)
     train = next(t for t in figure["data"] if t["name"] == f"{RUN} train")
-    val = next(t for t in figure["data"] if t["name"] == f"{RUN} val")
+    val = next(t for t in figure["data"] if t["name"].startswith(f"{RUN} val"))
     assert train["x"] == run.train_log["step"].tolist()
     assert np.allclose(train["y"], run.train_log["loss"], atol=1e-5)
     assert val["y"] == run.val_log["val_loss_sub"].tolist()

@@ -63,9 +63,10 @@ def bootstrap_diff_ci(a, b, confidence=CONFIDENCE, n_resamples=N_RESAMPLES, seed
 
 def permutation_pvalue(a, b, n_resamples=N_RESAMPLES, seed=0):
     """Two-sided permutation test of equal means (labels shuffled between the groups); exact when the number
-    of relabelings is at most n_resamples, which it is for seed-sized groups. NaN when a group is empty."""
+    of relabelings is at most n_resamples, which it is for seed-sized groups. NaN when a group has fewer than two
+    finite values (e.g. readability of generations that are all degenerate, which is NaN by design)."""
     a, b = _finite(a), _finite(b)
-    if len(a) == 0 or len(b) == 0:
+    if len(a) < 2 or len(b) < 2:
         return np.nan
     if np.ptp(np.concatenate([a, b])) == 0:
         return 1.0  # all values identical: no evidence of a difference
