@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError, run_main
-from common.io import provenance, sha256_file
+from common.ids import run_ids
+from common.io import provenance
 from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
@@ -103,11 +104,6 @@ def fixed_sample(ids, n, seed, tag):
     ids = np.asarray(ids, dtype=np.int64)
     pick = np.random.default_rng([seed, tag]).permutation(len(ids))[:n]
     return np.sort(ids[pick])
-
-
-def dataset_fingerprint(ds):
-    files = {"manifest_sha256": ds.dir / "manifest.json", "tokenizer_sha256": ds.dir / "tokenizer.model"}
-    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
 
 
 def resume_config(cfg, overrides):
@@ -248,6 +244,9 @@ def main(argv):
         if existing_run_check(out, cfg):  # again under the lock: another process may have written it meanwhile
             return
         run_provenance = provenance()
+        ids = run_ids(ds.dir, cfg, schedule.selection_sha256, run_provenance["git_commit"])
+        if resume is not None:  # a resumed run keeps the id it started with (the code may have changed since)
+            ids["run"] = (resume.get("ids") or {}).get("run") or ids["run"]
         run_info = {"config": cfg, "dtype_used": dtype_used, "cpu_flags": cpu_flags(), "world_size": world,
                     "segments_per_step": segments_per_step, "n_steps": n_steps,
                     "n_selected": int(len(schedule.selection)), "n_segments": int(len(schedule.segments)),
@@ -255,11 +254,12 @@ def main(argv):
                     "steps_per_epoch": schedule.steps_per_epoch, "checkpoint_steps": sorted(ckpt_steps),
                     "val_sample": val_sample.tolist(), "model_args": args.to_dict(), "n_params": model.num_params(),
                     "flops_per_token": model.flops_per_token(max_seq_len), "dataset_dir": str(ds.dir),
-                    **dataset_fingerprint(ds), "resumed_from_step": start_step if resume is not None else None,
+                    "ids": ids, "resumed_from_step": start_step if resume is not None else None,
                     "provenance": run_provenance}
         attn_probes = make_attn_probes(ds, n_probe_stories, probe_len, max_seq_len, model_vocab)
         recorder = RunRecorder(out, run_info, attn_probes, segments_per_step, max_seq_len,
                                start_step if resume is not None else None, instrument, export_format)
+        print(f"{out}: {ids['run']} on {ids['tokenized']} ({ids['dataset']}), selection {ids['selection']}")
         print(f"{out}: {model.num_params() / 1e6:.2f}M params, {n_steps} steps of {segments_per_step} segments "
               f"({len(schedule.selection)} stories, {len(schedule.segments)} segments, {schedule.n_tokens} tokens; "
               f"sampler={sampler}), dtype={dtype_used}, {len(ckpt_steps)} checkpoints"
@@ -327,12 +327,12 @@ def main(argv):
                           f"train loss {train_loss:.4f}")
                 weights = {"model": model.state_dict(), "model_args": args.to_dict(), "config": cfg, "step": step,
                            "tokens_seen": tokens_seen, "val_loss_sub": val_loss, "train_loss": train_loss,
-                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance}
+                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance, "ids": ids}
                 resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "model_args": args.to_dict(), "config": cfg,
                                 "step": step, "tokens_seen": tokens_seen,
                                 "sampler": {"step": step, "selection_sha256": schedule.selection_sha256},
-                                "rng": rng_states}
+                                "rng": rng_states, "ids": ids}
                 recorder.checkpoint(step, weights, {"step": step, "tokens_seen": tokens_seen,
                                                     "train_loss": repr(train_loss), "val_loss_sub": repr(val_loss)},
                                     resume_state)
