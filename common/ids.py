@@ -164,7 +164,7 @@ def checkpoint_id(ckpt):
 # show
 
 def _resolve_data_dir(path_str, near):
-    """A dataset_dir recorded in config.json (relative to the root the run used), found from the run folder."""
+    """A path recorded in an artifact (relative to the root it was made under), found from the artifact."""
     p = Path(path_str)
     if p.is_absolute():
         return p
@@ -183,6 +183,15 @@ def lineage(path):
     if path.is_dir() and (path / "manifest.json").exists() and (path / "index.parquet").exists():
         ids = dataset_ids(path)
         return [("tokenized", ids["tokenized"], str(path), ""), ("dataset", ids["dataset"], str(path.parent), "")]
+    export_manifest = path / "export.json" if path.is_dir() else path.with_suffix(".json")
+    if export_manifest.exists() and path.suffix != ".pt":
+        info = _read_json(export_manifest)
+        if "checkpoint" in info and "format" in info:
+            ckpt_path = _resolve_data_dir(info["checkpoint"], path)
+            chain = lineage(ckpt_path) if ckpt_path is not None else []
+            ckpt_id = info.get("ids", {}).get("checkpoint") or (chain[0][1] if chain else None)
+            exp = export_id_of(ckpt_id, info["format"], info.get("dtype"), info.get("files_sha256"))
+            return [("export", exp, str(path), f"{info['format']} {info.get('dtype')}")] + chain
     if path.is_dir() and (path / "config.json").exists():
         info = _read_json(path / "config.json")
         ids = info.get("ids") or {}
@@ -209,14 +218,6 @@ def lineage(path):
         link = [("checkpoint", checkpoint_id(ckpt), str(path), f"step {ckpt.get('step')}")]
         run_dir = path.parent.parent if path.parent.name == "ckpt" else None
         return link + (lineage(run_dir) if run_dir and (run_dir / "config.json").exists() else [])
-    manifest = path / "export.json" if path.is_dir() else path.with_suffix(".json")
-    if manifest.exists():
-        info = _read_json(manifest)
-        if "checkpoint" in info and "format" in info:
-            chain = lineage(info["checkpoint"]) if Path(info["checkpoint"]).exists() else []
-            ckpt_id = info.get("ids", {}).get("checkpoint") or (chain[0][1] if chain else None)
-            exp = export_id_of(ckpt_id, info["format"], info.get("dtype"), info.get("files_sha256"))
-            return [("export", exp, str(path), f"{info['format']} {info.get('dtype')}")] + chain
     if path.is_dir() and any(path.glob("*.json")):
         return [("dataset", raw_id(path), str(path), "")]
     raise UserError(f"{path} is not a dataset, run, checkpoint or export folder of this project")

@@ -35,6 +35,7 @@ from common.io import provenance
 from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
+from modelling.cards import ModelCardHook
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, cpu_flags, parse_config, resolve_dtype, validate
 from modelling.data import SegmentBatches, pack_rows, split_rows, story_loss
@@ -42,6 +43,7 @@ from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
 from modelling.schedule import checkpoint_steps, get_lr
+from modelling.trackers import make_tracker
 from tokenization.dataset import TokenizedDataset
 
 # -----------------------------------------------------------------------------
@@ -54,6 +56,7 @@ init_from = "scratch"  # 'scratch' | 'resume' (this out_dir's ckpt/resume.pt) | 
 preset = ""  # '' | '260K' | '15M' | '42M' | '110M': llama2.c's model shapes (explicit --keys win)
 export_format = ""  # '' | 'llama2c' | 'hf': also export every checkpoint (modelling/export.py)
 instrument = True  # False turns off batch log, probe attention and checkpoints (benchmarking only)
+log_to = "none"  # none | tensorboard (out_dir/tensorboard/) | wandb (offline, out_dir/wandb/; `wandb sync` later)
 # data
 dataset = "storyworld"
 vocab_size = 512  # 0 = the Llama 2 tokenizer given to pretokenize (32000)
@@ -256,9 +259,13 @@ def main(argv):
                     "flops_per_token": model.flops_per_token(max_seq_len), "dataset_dir": str(ds.dir),
                     "ids": ids, "resumed_from_step": start_step if resume is not None else None,
                     "provenance": run_provenance}
+        tracker = make_tracker(log_to, out, run_info)  # a missing package stops here, before any file is written
         attn_probes = make_attn_probes(ds, n_probe_stories, probe_len, max_seq_len, model_vocab)
         recorder = RunRecorder(out, run_info, attn_probes, segments_per_step, max_seq_len,
                                start_step if resume is not None else None, instrument, export_format)
+        recorder.hooks.append(ModelCardHook(out))  # out_dir/README.md describes the newest checkpoint
+        if tracker is not None:
+            recorder.hooks.append(tracker)
         print(f"{out}: {ids['run']} on {ids['tokenized']} ({ids['dataset']}), selection {ids['selection']}")
         print(f"{out}: {model.num_params() / 1e6:.2f}M params, {n_steps} steps of {segments_per_step} segments "
               f"({len(schedule.selection)} stories, {len(schedule.segments)} segments, {schedule.n_tokens} tokens; "
