@@ -100,7 +100,13 @@ def _lineage(info):
         from modelling.checkpoints import load_checkpoint
         path = Path(init) if Path(init).exists() else root() / init
         lineage["parent_run"] = str(path.parent.parent if path.parent.name == "ckpt" else path)
-        if path.is_file():
+        if path.is_dir() and (path / "export.json").exists():  # an exported HF folder: its checkpoint is the parent
+            export = json.loads((path / "export.json").read_text())
+            ckpt_path = Path(export.get("checkpoint", ""))
+            lineage["parent_run"] = str(ckpt_path.parent.parent if ckpt_path.parent.name == "ckpt" else path)
+            lineage["parent_step"] = export.get("step")
+            lineage["parent_id"] = (export.get("ids") or {}).get("checkpoint")
+        elif path.is_file():
             parent = load_checkpoint(path)
             lineage["parent_step"] = parent.get("step", parent.get("iter_num"))
             if "model" in parent:
