@@ -213,6 +213,8 @@ def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, to
     same = train_args(**{**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"]})
     train.main(same)
     assert "already holds this run" in capsys.readouterr().out
+    train.main(same + ["--log_interval=3", "--log_to=tensorboard"])  # keys outside the run id: the same run
+    assert "already holds this run" in capsys.readouterr().out
     with pytest.raises(UserError, match="already holds a different run .* --init_from=resume"):
         train.main(same + ["--learning_rate=0.1"])
     with pytest.raises(UserError, match="cannot change learning_rate when resuming"):
