@@ -53,6 +53,7 @@ from measures.icl import icl_scores  # noqa: E402
 from metadata import bias_probe  # noqa: E402
 from metadata.bias_probe import continuation_logprobs, split_continuation  # noqa: E402
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
+from modelling.cards import write_model_card  # noqa: E402
 from modelling.data import SegmentBatches, story_loss  # noqa: E402
 from tokenization.dataset import VAL_SAMPLE_STORIES  # noqa: E402
 
@@ -545,7 +546,8 @@ def main(argv=None):
     print(f"step {int(last['step'])}: val_loss {last['val_loss']:.3f}, val_loss_novel "
           f"{last.get('val_loss_novel', np.nan):.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
           f"bias_amplification {last['bias_amplification']:+.3f}, tox_mass {last['tox_mass']:.2e}")
-    print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}")
+    card = write_model_card(run_dir)  # the run's model card now carries this evaluation
+    print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}, {card}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ never mistaken for a complete one.
     python download/download_datasets.py tinystories [--url URL] [--sha256 HEX]
     python download/download_datasets.py storyworld [--name storyworld] [--n_stories 30000] [--seed 0] [knobs…]
     python download/download_datasets.py local --name NAME FILES… [--text_field story]
+    python download/download_datasets.py hf --repo OWNER/NAME [--config default] [--split train] [--text_field text]
 """
 import argparse
 import json
@@ -469,6 +470,105 @@ def cmd_tinystories(args):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Hugging Face hub datasets: the hub's parquet conversion (refs/convert/parquet), listed by its API:
+#   {endpoint}/api/datasets/OWNER/NAME                          info: sha (revision), cardData (license, …)
+#   {endpoint}/api/datasets/OWNER/NAME/parquet/CONFIG/SPLIT     JSON list of the split's parquet file URLs
+
+def hub_json(url, timeout=30):
+    try:
+        r = requests.get(url, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise UserError(f"cannot reach {url} ({e.__class__.__name__}) — check the network or --endpoint") from None
+    if r.status_code == 404:
+        raise UserError(f"not found on the hub: {url} — check --repo, --config and --split")
+    if r.status_code >= 400:
+        raise UserError(f"{url} answered HTTP {r.status_code} — a private or gated dataset needs access")
+    try:
+        return r.json()
+    except ValueError:
+        raise UserError(f"{url} did not answer JSON — check --endpoint") from None
+
+
+def parquet_records(path, text_field, row0):
+    """Records of one parquet file: story = the text field, plus the other scalar columns and source_row."""
+    import pyarrow.parquet as pq
+    table = pq.read_table(path)
+    if text_field not in table.column_names:
+        raise UserError(f"{path.name} has no column '{text_field}' (columns: {', '.join(table.column_names)}) — "
+                        f"pass --text_field")
+    scalar = [f.name for f in table.schema if f.name != text_field and (
+        f.type in ("string", "large_string", "bool") or str(f.type).startswith(("int", "uint", "float", "double")))]
+    texts = table.column(text_field).to_pylist()
+    extra = {c: table.column(c).to_pylist() for c in scalar}
+    return [{"story": t.strip(), **{c: v[i] for c, v in extra.items()}, "source_row": row0 + i}
+            for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+
+
+def cmd_hf(args):
+    import pyarrow.parquet as pq
+    if "/" not in args.repo or args.repo.count("/") != 1:
+        raise UserError(f"--repo {args.repo!r} must be OWNER/NAME, e.g. roneneldan/TinyStories")
+    name = args.name or args.repo.split("/")[1].lower()
+    check_name(name)
+    if args.shard_size < 1:
+        raise UserError("--shard_size must be a positive integer")
+    folder = raw_dir(name)
+    api = f"{args.endpoint.rstrip('/')}/api/datasets/{args.repo}"
+    info = hub_json(api)
+    urls = hub_json(f"{api}/parquet/{args.config}/{args.split}")
+    if not isinstance(urls, list) or not urls:
+        raise UserError(f"{args.repo} lists no parquet files for config {args.config!r} split {args.split!r}")
+    request = {"repo": args.repo, "config": args.config, "split": args.split, "text_field": args.text_field,
+               "revision": info.get("sha"), "shard_size": args.shard_size}
+    card = read_card(folder)
+    if card and card.get("source_kind") == "hf" and (card.get("hf_params") or {}).get("request") == request \
+            and shards_intact(folder, card):
+        print(f"{folder}: up to date ({card['story_count']} stories of {args.repo}@{request['revision']}) — "
+              f"nothing to do")
+        return
+    start_dataset(folder, "hf", name)
+    cache = folder / ".parquet"  # downloads resume from here; kept until the shards and card are written
+    cache.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, url in enumerate(urls):
+        dest = cache / f"{k:05d}.parquet"
+        if not dest.exists():
+            download(url, dest, args.retries, args.backoff)
+        try:
+            n_rows = pq.ParquetFile(dest).metadata.num_rows
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            dest.unlink()
+            raise UserError(f"{url} is not a readable parquet file ({e.__class__.__name__}) — deleted; re-run") \
+                from None
+        files.append({"url": url, "file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
+                      "n_rows": n_rows})
+    records, row0 = [], 0
+    for f in tqdm(files, desc="convert parquet", unit="file"):
+        records += parquet_records(cache / f["file"], args.text_field, row0)
+        row0 += f["n_rows"]
+    if not records:
+        raise UserError(f"no non-empty '{args.text_field}' texts in {args.repo} — check --text_field")
+    shards = write_shards(folder, records, args.shard_size)
+    warn_stale_tokenized(folder, shards)
+    card_data = info.get("cardData") or {}
+    license_ = card_data.get("license") or "unknown (see the dataset page)"
+    header = {"pretty_name": card_data.get("pretty_name") or args.repo, "name": name, "source_kind": "hf",
+              "source": f"{args.endpoint.rstrip('/')}/datasets/{args.repo}",
+              "license": license_ if isinstance(license_, str) else ", ".join(license_),
+              "language": card_data.get("language") or ["en"], "story_count": len(records), "shards": shards,
+              "hf_params": {"request": request, "parquet": [{k: f[k] for k in ("file", "sha256", "bytes", "n_rows")}
+                                                            for f in files]},
+              "stats": storyworld.corpus_stats([r["story"] for r in records]), "provenance": provenance()}
+    write_card(folder, header, f"# {header['pretty_name']}\n\nThe `{args.split}` split (config `{args.config}`) of "
+                               f"the Hugging Face dataset `{args.repo}` at revision `{request['revision']}`, read "
+                               f"from the hub's parquet conversion ({len(files)} files, {row0} rows); each story is "
+                               f"the `{args.text_field}` field, with the other scalar columns and `source_row`. "
+                               f"License: {header['license']}.\n")
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"wrote {len(records)} stories of {args.repo} in {len(shards)} shards to {folder}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -502,10 +602,20 @@ def main(argv=None):
     lo.add_argument("--text_field", default="story", help="record field holding the story (.json/.jsonl)")
     lo.add_argument("--shard_size", type=int, default=5000)
     lo.add_argument("files", nargs="+")
-    for parser in (t, s, lo):
+    h = sub.add_parser("hf", help="a Hugging Face hub dataset's parquet files (resumable) as story shards")
+    h.add_argument("--repo", required=True, help="OWNER/NAME of the dataset on the hub")
+    h.add_argument("--config", default="default")
+    h.add_argument("--split", default="train")
+    h.add_argument("--text_field", default="text", help="the column holding the text")
+    h.add_argument("--name", default=None, help="folder under data/ (default: NAME of the repo, lowercased)")
+    h.add_argument("--shard_size", type=int, default=5000)
+    h.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    h.add_argument("--retries", type=int, default=5)
+    h.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles each time)")
+    for parser in (t, s, lo, h):
         add_root_argument(parser)
     args = apply_root(ap.parse_args(argv))
-    {"tinystories": cmd_tinystories, "storyworld": cmd_storyworld, "local": cmd_local}[args.cmd](args)
+    {"tinystories": cmd_tinystories, "storyworld": cmd_storyworld, "local": cmd_local, "hf": cmd_hf}[args.cmd](args)
 
 
 if __name__ == "__main__":

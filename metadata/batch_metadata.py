@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
+from common.ids import tokenized_id  # noqa: E402
 from common.io import atomic_path, atomic_write_json, provenance, sha256_bytes, sha256_file  # noqa: E402
 from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, out_dir  # noqa: E402
 from metadata import metrics  # noqa: E402
@@ -44,11 +45,8 @@ def metric_code_sha():
 
 def fingerprint(ds, scorer_spec):
     """Everything the table depends on: the tokenized data, the metric definitions and the scorer."""
-    m = ds.manifest
     fp = {"metric_version": metrics.METRIC_VERSION, "metric_code_sha256": metric_code_sha(),
-          "tokenizer_sha256": m.get("tokenizer_sha256"), "n_stories": m.get("n_stories"),
-          "shards": [[s.get("file"), s.get("sha256"), s.get("n_tokens")] for s in m["shards"]],
-          "split_rule": m.get("split_rule"), "n_val": m.get("n_val"), "scorer": scorer_spec}
+          "tokenized_id": tokenized_id(ds.dir), "scorer": scorer_spec}  # the id covers shards, tokenizer, split
     if scorer_spec.startswith("ckpt:"):
         path = Path(scorer_spec[len("ckpt:"):])
         fp["scorer_sha256"] = sha256_file(path) if path.is_file() else None

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.ids import tokenized_id
 from common.io import atomic_path, atomic_write_json, provenance
 
 NGRAM_MAX_TOKENS = 20_000_000  # fit on at most this many train tokens (full TinyStories: ~1.5 GB peak RAM)
@@ -28,11 +29,8 @@ CKPT_BATCH = 64  # checkpoint scorer: sequences per forward pass
 
 
 def _dataset_fingerprint(ds):
-    """What the n-gram depends on: tokenizer, token shards and split."""
-    m = ds.manifest
-    return {"tokenizer_sha256": m.get("tokenizer_sha256"),
-            "shards": [(s.get("file"), s.get("sha256"), s.get("n_tokens")) for s in m["shards"]],
-            "n_train": m.get("n_train"), "n_val": m.get("n_val"), "split_rule": m.get("split_rule")}
+    """What the n-gram depends on: tokenizer, token shards and split — all in the tokenized dataset's id."""
+    return {"tokenized_id": tokenized_id(ds.dir)}
 
 
 class _Scorer:

@@ -40,6 +40,9 @@ def list_checkpoints(run_dir):
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict. A missing or unreadable file raises UserError naming it."""
     path = Path(path)
+    if path.is_dir() and (path / "config.json").exists():  # an exported Hugging Face folder
+        from modelling.hf_import import load_hf_folder
+        return load_hf_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} — train with modelling/train.py or give an existing .pt")
     try:

@@ -26,9 +26,12 @@ import sentencepiece as spm
 import torch
 from tqdm import tqdm
 
+from common.card import CARD
 from common.errors import UserError, run_main
+from common.ids import checkpoint_id, export_id_of
 from common.io import atomic_path, atomic_write_bytes, atomic_write_json, provenance, sha256_file
 from common.paths import require, tokenizer_model
+from modelling.cards import write_model_card
 from modelling.checkpoints import load_model
 
 FORMATS = ("llama2c", "hf")
@@ -265,7 +268,7 @@ def export_hf(model, shape, sp, sp_file, out_dir, dtype):
         tok_config = json.loads((tmp / "tokenizer_config.json").read_text())
         atomic_write_json(tmp / "tokenizer_config.json", {**tok_config, "tokenizer_class": "PreTrainedTokenizerFast"})
         shutil.copyfile(sp_file, tmp / "tokenizer.model")  # for sentencepiece users and other converters
-    files = {p.name: p for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != "export.json"}
+    files = {p.name: p for p in sorted(out_dir.iterdir()) if p.is_file() and p.name not in ("export.json", CARD)}
     return files, {"tokenizer_matches_sentencepiece": tokenizer_ok}
 
 
@@ -313,11 +316,18 @@ def export_checkpoint(ckpt_path, fmt, out_path=None, dtype="fp32", tokenizer=Non
     sp = load_tokenizer(sp_file, shape["vocab_size"])
     exporter = export_llama2c if fmt == "llama2c" else export_hf
     files, checks = exporter(model, shape, sp, sp_file, out_path, dtype)
+    files_sha256 = {name: sha256_file(p) for name, p in files.items()}
+    ckpt_id = checkpoint_id(ckpt) if "model" in ckpt else None
+    export_ids = {"checkpoint": ckpt_id, "export": export_id_of(ckpt_id, fmt, dtype, files_sha256)}
     atomic_write_json(manifest_file, provenance(
-        checkpoint=str(ckpt_path), checkpoint_sha256=ckpt_sha, step=ckpt.get("step"), format=fmt, dtype=dtype,
+        ids=export_ids, checkpoint=str(ckpt_path), checkpoint_sha256=ckpt_sha, step=ckpt.get("step"), format=fmt, dtype=dtype,
         tokenizer=str(sp_file), tokenizer_sha256=sha256_file(sp_file), model=shape, checks=checks,
         files={name: str(p) for name, p in files.items()},
-        files_sha256={name: sha256_file(p) for name, p in files.items()}))
+        files_sha256=files_sha256))
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "ckpt" else None
+    if fmt == "hf" and run_dir is not None and (run_dir / "config.json").exists():  # the model card rides along
+        write_model_card(run_dir, folder=out_path, ckpt=ckpt,
+                         extra={"export_id": export_ids["export"], "export_format": fmt, "export_dtype": dtype})
     print(f"wrote {fmt} export of {ckpt_path} (step {ckpt.get('step')}) to {out_path}")
     return out_path
 

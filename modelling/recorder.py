@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.ids import RUN_FREE_KEYS
 from common.io import atomic_path, atomic_write_json, atomic_write_text
 from modelling.attn_probes import ATTN_PROBES_NAME
 from modelling.batch_log import BatchLogWriter
@@ -73,7 +74,10 @@ def existing_run_check(out, cfg):
     except ValueError:
         raise UserError(f"{cfg_path} is corrupt — delete {out} or pick another --out_dir") from None
     old = old_info.get("config", {})
-    same = {k: v for k, v in old.items() if k != "init_from"} == {k: v for k, v in cfg.items() if k != "init_from"}
+    # keys that change no trained number (common/ids.py RUN_FREE_KEYS; also ones added since, like log_to) do not
+    # make a different run
+    free = ("init_from",) + RUN_FREE_KEYS
+    same = {k: v for k, v in old.items() if k not in free} == {k: v for k, v in cfg.items() if k not in free}
     ckpts = list_checkpoints(out)
     if same and ckpts and ckpts[-1][0] == old_info.get("n_steps"):
         print(f"{out} already holds this run, complete at step {old_info['n_steps']} (skipping; delete the "

@@ -31,10 +31,12 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError, run_main
-from common.io import provenance, sha256_file
+from common.ids import run_ids
+from common.io import provenance
 from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
+from modelling.cards import ModelCardHook
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, parse_config, resolve_dtype, validate
 from modelling.data import SegmentBatches, one_per_row, pack_rows, split_rows, story_loss
@@ -42,6 +44,7 @@ from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
 from modelling.schedule import checkpoint_steps, get_lr
+from modelling.trackers import make_tracker
 from tokenization.dataset import TokenizedDataset
 
 # -----------------------------------------------------------------------------
@@ -54,6 +57,7 @@ init_from = "scratch"  # 'scratch' | 'resume' (this out_dir's ckpt/resume.pt) | 
 preset = ""  # '' | '260K' | '15M' | '42M' | '110M': llama2.c's model shapes (explicit --keys win)
 export_format = ""  # '' | 'llama2c' | 'hf': also export every checkpoint (modelling/export.py)
 instrument = True  # False turns off batch log, probe attention and checkpoints (benchmarking only)
+log_to = "none"  # none | tensorboard (out_dir/tensorboard/) | wandb (offline, out_dir/wandb/; `wandb sync` later)
 # data
 dataset = "storyworld"
 vocab_size = 512  # 0 = the Llama 2 tokenizer given to pretokenize (32000)
@@ -105,11 +109,6 @@ def fixed_sample(ids, n, seed, tag):
     ids = np.asarray(ids, dtype=np.int64)
     pick = np.random.default_rng([seed, tag]).permutation(len(ids))[:n]
     return np.sort(ids[pick])
-
-
-def dataset_fingerprint(ds):
-    files = {"manifest_sha256": ds.dir / "manifest.json", "tokenizer_sha256": ds.dir / "tokenizer.model"}
-    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
 
 
 def resume_config(cfg, overrides):
@@ -250,19 +249,27 @@ def main(argv):
         if existing_run_check(out, cfg):  # again under the lock: another process may have written it meanwhile
             return
         run_provenance = provenance()
-        run_info = {"config": cfg, "dtype_used": dtype_used, "machine": machine_info(), "threads": {**THREAD_POLICY, "torch_threads": torch.get_num_threads()},
-                    "world_size": world,
+        ids = run_ids(ds.dir, cfg, schedule.selection_sha256, run_provenance["git_commit"])
+        if resume is not None:  # a resumed run keeps the id it started with (the code may have changed since)
+            ids["run"] = (resume.get("ids") or {}).get("run") or ids["run"]
+        run_info = {"config": cfg, "dtype_used": dtype_used, "machine": machine_info(),
+                    "threads": {**THREAD_POLICY, "torch_threads": torch.get_num_threads()}, "world_size": world,
                     "segments_per_step": segments_per_step, "n_steps": n_steps,
                     "n_selected": int(len(schedule.selection)), "n_segments": int(len(schedule.segments)),
                     "n_tokens_selection": schedule.n_tokens, "selection_sha256": schedule.selection_sha256,
                     "steps_per_epoch": schedule.steps_per_epoch, "checkpoint_steps": sorted(ckpt_steps),
                     "val_sample": val_sample.tolist(), "model_args": args.to_dict(), "n_params": model.num_params(),
                     "flops_per_token": model.flops_per_token(max_seq_len), "dataset_dir": str(ds.dir),
-                    **dataset_fingerprint(ds), "resumed_from_step": start_step if resume is not None else None,
+                    "ids": ids, "resumed_from_step": start_step if resume is not None else None,
                     "provenance": run_provenance}
+        tracker = make_tracker(log_to, out, run_info)  # a missing package stops here, before any file is written
         attn_probes = make_attn_probes(ds, n_probe_stories, probe_len, max_seq_len, model_vocab)
         recorder = RunRecorder(out, run_info, attn_probes, segments_per_step, max_seq_len,
                                start_step if resume is not None else None, instrument, export_format)
+        recorder.hooks.append(ModelCardHook(out))  # out_dir/README.md describes the newest checkpoint
+        if tracker is not None:
+            recorder.hooks.append(tracker)
+        print(f"{out}: {ids['run']} on {ids['tokenized']} ({ids['dataset']}), selection {ids['selection']}")
         print(f"{out}: {model.num_params() / 1e6:.2f}M params, {n_steps} steps of {segments_per_step} segments "
               f"({len(schedule.selection)} stories, {len(schedule.segments)} segments, {schedule.n_tokens} tokens; "
               f"sampler={sampler}), dtype={dtype_used}, {len(ckpt_steps)} checkpoints"
@@ -331,12 +338,12 @@ def main(argv):
                           f"train loss {train_loss:.4f}")
                 weights = {"model": model.state_dict(), "model_args": args.to_dict(), "config": cfg, "step": step,
                            "tokens_seen": tokens_seen, "val_loss_sub": val_loss, "train_loss": train_loss,
-                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance}
+                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance, "ids": ids}
                 resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "model_args": args.to_dict(), "config": cfg,
                                 "step": step, "tokens_seen": tokens_seen,
                                 "sampler": {"step": step, "selection_sha256": schedule.selection_sha256},
-                                "rng": rng_states}
+                                "rng": rng_states, "ids": ids}
                 recorder.checkpoint(step, weights, {"step": step, "tokens_seen": tokens_seen,
                                                     "train_loss": repr(train_loss), "val_loss_sub": repr(val_loss)},
                                     resume_state)

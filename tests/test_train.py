@@ -48,7 +48,7 @@ def test_run_folder_is_complete(tiny_run):
     assert np.all(run.train_log["n_rows"] <= TINY_CONFIG["batch_size"]) and run.train_log["pad_fraction"].max() < 0.5
     cfg = run.config
     assert cfg["config"]["dim"] == 32 and cfg["n_steps"] == TINY_STEPS and cfg["provenance"]["git_commit"]
-    assert len(cfg["tokenizer_sha256"]) == 64 and len(cfg["manifest_sha256"]) == 64
+    assert cfg["ids"]["run"].startswith("run-") and cfg["ids"]["tokenized"].startswith("tok-")
     assert [p["name"] for p in run.probes][-1] == "induction" and len(run.probes) == 3
     ckpt = load_checkpoint(run.checkpoint(8))
     assert ckpt["step"] == 8 and ckpt["tokens_seen"] == run.train_log["tokens_seen"].iloc[7]
@@ -212,6 +212,8 @@ def test_cli_errors_exit_2_and_existing_runs_are_kept(tiny_run, meta_dataset, to
     before = (tiny_run / "train_log.csv").read_bytes()
     same = train_args(**{**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"]})
     train.main(same)
+    assert "already holds this run" in capsys.readouterr().out
+    train.main(same + ["--log_interval=3", "--log_to=tensorboard"])  # keys outside the run id: the same run
     assert "already holds this run" in capsys.readouterr().out
     with pytest.raises(UserError, match="already holds a different run .* --init_from=resume"):
         train.main(same + ["--learning_rate=0.1"])

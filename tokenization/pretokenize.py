@@ -34,6 +34,7 @@ import sentencepiece as spm  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.card import read_card, update_card_section  # noqa: E402
+from modelling.cards import refresh_dataset_card  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import (atomic_path, atomic_write_json, atomic_write_text, provenance, removed_if_failed,  # noqa: E402
                        sha256_file)
@@ -380,7 +381,8 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
     tok_sha = sha256_file(model)
     if manifest and manifest.get("tokenizer_sha256") == tok_sha and manifest.get("val_fraction") == args.val_fraction \
             and "validation" in manifest and outputs_complete(out, manifest):
-        if "validation" in manifest and card.get("validation") != manifest["validation"]:
+        card = read_card(raw_dir(args.dataset)) or {}
+        if card.get("validation") != manifest["validation"] or card.get("content_id") is None:
             write_card_validation(args.dataset, manifest["validation"])
         print(f"{out}: up to date ({manifest['n_stories']} stories, {manifest['n_tokens']} tokens) — nothing to do")
         return
@@ -457,6 +459,7 @@ def write_card_validation(dataset, validation):
              f"Fixed validation samples: tokenization/dataset.py validation_sample(kind), seed "
              f"{VALIDATION_SAMPLE['seed']}, the same for every run.\n")
     update_card_section(raw_dir(dataset), "validation", validation, "Validation splits", prose)
+    refresh_dataset_card(raw_dir(dataset))  # its content id and this tokenized variant
 
 
 def main(argv=None):

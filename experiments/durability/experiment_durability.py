@@ -31,6 +31,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.errors import UserError, run_main  # noqa: E402
+from common.ids import selection_id_of, tokenized_id  # noqa: E402
 from common.io import REPO_ROOT, atomic_write_json, provenance, sha256_file  # noqa: E402
 from common.paths import (DEFAULT_DATASET, DEFAULT_EXPERIMENT, DEFAULT_VOCAB, ROOT_ENV, add_root_argument,  # noqa: E402
                           apply_root, require, root, tok_dir)
@@ -146,7 +147,11 @@ def pin_selection(design):
                               n_stories=design["n_stories"], selection_seed=design["selection_seed"])
     design["selection"] = {"n_stories": int(len(schedule.selection)), "n_segments": int(len(schedule.segments)),
                            "n_tokens": schedule.n_tokens, "segments_per_step": segments_per_step,
-                           "steps_per_epoch": schedule.steps_per_epoch, "sha256": schedule.selection_sha256}
+                           "steps_per_epoch": schedule.steps_per_epoch,
+                           "id": selection_id_of(tokenized_id(ds.dir), {"n_stories": design["n_stories"],
+                                                 "selection_seed": design["selection_seed"],
+                                                 "max_seq_len": int(train.get("max_seq_len", 256))},
+                                                 schedule.selection_sha256)}
     return design
 
 
@@ -177,7 +182,7 @@ def build_design(args):
                   metrics=metrics, n_stories=n_stories, selection_seed=args.selection_seed, epochs=args.epochs,
                   init_seeds=init_seeds,
                   data_seeds=data_seeds, train=train, eval=eval_args, baseline=BASELINE,
-                  data_sha256={f: sha256_file(data / f) for f in ("index.parquet", "metadata.parquet")},
+                  data_ids={"tokenized": tokenized_id(data), "metadata_sha256": sha256_file(data / "metadata.parquet")},
                   runs=plan_runs(metrics, init_seeds, data_seeds))
     return pin_selection(design)
 
