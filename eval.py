@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,11 +67,10 @@ VAL_STORIES = VAL_SAMPLE_STORIES  # stories of each fixed validation sample (iid
 MIN_EXPECTED = 16      # a prompt story must have at least this many tokens after the prefix
 SEED = 1337            # sampling seeds: prompt i samples with SEED + i at every checkpoint
 EVAL_BATCH = 16        # sequences per forward pass for val loss
-SMALL_DIM = 256        # models up to this width run single-threaded by default (--threads)
 CI_LEVEL = 0.95        # summary.csv's intervals across prompts
 EVAL_VERSION = "2"     # bump when any eval measurement changes: a re-run then asks for --rebuild
 SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
-                "val_stories", "scorer")
+                "val_stories", "scorer", "dtype")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,10 +381,6 @@ def build_summary(gens, probes, tokens_seen, run, metadata):
 
 # ---------------------------------------------------------------------------------------------------------
 
-def small_model(config):
-    return int((config.get("model_args") or {}).get("dim", 10 ** 6)) <= SMALL_DIM
-
-
 def write_csv(df, path):
     with atomic_path(path, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -413,9 +409,10 @@ def main(argv=None):
     parser.add_argument("--val_stories", type=int, default=VAL_STORIES,
                         help="stories of each fixed validation sample (iid: val_loss, novel: val_loss_novel)")
     parser.add_argument("--scorer", default="ngram", help="reference scorer for ppl_ref: ngram | ckpt:PATH")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = 1 for models with dim <= 256, which run fastest single-threaded "
-                             "on a shared CPU, else torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--dtype", default="run", choices=("run", "float32", "bfloat16"),
+                        help="forward-pass dtype: run = the dtype the run trained in (config.json dtype_used; "
+                             "bf16 autocast is 1.6x faster on a CPU with native bf16)")
     parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
     add_root_argument(parser)
     args = apply_root(parser.parse_args(argv))
@@ -444,6 +441,9 @@ def main(argv=None):
     if int(model_vocab) != int(ds.manifest["vocab_size"]):
         raise UserError(f"run {run_dir} has vocab {model_vocab} but {ds.dir} has {ds.manifest['vocab_size']} — "
                         f"evaluate it against the dataset it was trained on")
+    if args.dtype == "run":  # evaluate in the dtype the run trained in
+        args.dtype = "bfloat16" if run.config.get("dtype_used") == "bfloat16" else "float32"
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
     settings = {k: getattr(args, k) for k in SETTING_KEYS}
 
     steps = [s for s, _ in run.checkpoints]
@@ -504,7 +504,8 @@ def main(argv=None):
                   f"{vocab_size}", file=sys.stderr)
         rouge = rouge_scorer.RougeScorer(["rougeL"])
         probes_in = probe_items(ds.tokenizer, int(ds.manifest["bos_id"]), bias_probe.dataset_corpus_rates(ds))
-        torch.set_num_threads(args.threads or (1 if small_model(run.config) else torch.get_num_threads()))
+        if args.threads:
+            torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
               f"{len(prompts)} prompts (temperature {args.temperature}, until BOS or {max_len} positions), "
@@ -516,8 +517,9 @@ def main(argv=None):
     probes_all = [probes_old[probes_old["step"].isin(done)]] if probes_old is not None else []
     t0 = time.time()
     for step in tqdm(todo, desc="eval", unit="ckpt"):
-        gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, probes_in, ds, scorer,
-                                                 settings, rouge, vocabulary)
+        with autocast:
+            gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, probes_in, ds, scorer,
+                                                     settings, rouge, vocabulary)
         gens_all.append(gens)
         probes_all.append(probes)
         tokens_seen[int(step)] = seen

@@ -50,7 +50,7 @@ from tokenization.dataset import TokenizedDataset
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out/demo"
-eval_interval = 50  # checkpoint + val loss every this many steps (after the log-spaced 1, 2, 4, …, 512)
+eval_interval = 100  # checkpoint + val loss every this many steps (after the log-spaced 1, 2, 4, …, 512)
 log_interval = 10  # console line every this many steps (the train log gets every step)
 eval_iters = 4  # val / train loss on eval_iters * batch_size fixed stories
 init_from = "scratch"  # 'scratch' | 'resume' (this out_dir's ckpt/resume.pt) | path to any .pt (llama2.c's too)
