@@ -5,7 +5,7 @@ entity, the canonical reverse phrasing's prefix), paraphrase_forward / paraphras
 phrasings, never trained; averaged over them):
     logp       log-probability (nats) of the answer's tokens after BOS + the question
     p_choice   the answer's share among n_candidates answers of the same kind (the true one and n_candidates-1
-               other facts' answers, drawn per fact with a fixed seed): softmax over candidates of
+               answers of other facts of its group — facts shown alike — drawn per fact with a fixed seed): softmax over candidates of
                logp(candidate | question) - logp(candidate | BOS), the candidate's log-probability gain from the
                question (pointwise mutual information), so that a short or frequent answer gets no head start;
                chance = 1/n_candidates, and an untrained model gives it (tests)
@@ -33,13 +33,20 @@ N_CANDIDATES = 8
 BATCH = 256  # sequences per forward pass
 
 
-def build_queries(facts, n_candidates=N_CANDIDATES, seed=0):
+def build_queries(facts, n_candidates=N_CANDIDATES, seed=0, groups=None):
     """One row per (fact, kind, question, candidate): fact_id, kind, q, prompt, candidate, is_true. The
-    distractors of fact i are n_candidates-1 other facts, drawn with (seed, i), the same for every kind."""
-    n_candidates = min(int(n_candidates), len(facts))
+    distractors of fact i are n_candidates-1 other facts of its group, drawn with (seed, i), the same for every
+    kind. groups: {fact_id: group} — give the facts shown alike (same condition) one group, so that the
+    candidates are equally familiar to the model and only the fact's own association can favour the answer
+    (training a fact also raises its answer for every other question: mixed groups would mistake familiarity
+    for knowledge). Every group needs n_candidates facts; None: one group."""
+    group_of = [(groups or {}).get(f["id"], 0) for f in facts]
+    sizes = pd.Series(group_of).value_counts()
+    if sizes.min() < n_candidates:
+        raise ValueError(f"a group of {sizes.min()} facts cannot give {n_candidates} candidates per question")
     rows = []
     for i, fact in enumerate(facts):
-        others = [j for j in range(len(facts)) if j != i]
+        others = [j for j in range(len(facts)) if j != i and group_of[j] == group_of[i]]
         pick = np.random.default_rng([seed, i]).permutation(others)[:n_candidates - 1]
         for kind in KINDS:
             for q, question in enumerate(fact["questions"][kind]):

@@ -8,7 +8,7 @@ other segment sits in the same step and the same row as in the run without the p
 and the batch log records the injected segments like any other. The plan is a pure function of the step, so a
 resumed run injects exactly the same (the plan's sha256 is checked on resume).
 
-    plan = InjectionPlan.load(path, ds, max_seq_len, n_steps)
+    plan = InjectionPlan.load(path, ds, max_seq_len)
     packed = plan.add(packed, step)          # the step's packed segments plus its injections
     spread_steps(first, last, k)             # k steps spread evenly over a window (the runner's helper)
 """
@@ -59,7 +59,7 @@ def add_to_rows(packed, extra, max_seq_len, pack=True):
 class InjectionPlan:
     """A resolved plan: step -> the segments it adds (SEGMENT_DTYPE, row unset)."""
 
-    def __init__(self, plan, ds, max_seq_len, n_steps=None, source="plan"):
+    def __init__(self, plan, ds, max_seq_len, source="plan"):
         if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or \
                 not isinstance(plan.get("injections"), list):
             raise UserError(f"{source} is not an injection plan of format {PLAN_FORMAT} ({{'format': 1, "
@@ -71,9 +71,9 @@ class InjectionPlan:
         by_step = {}
         for n, item in enumerate(plan["injections"]):
             step = item.get("step") if isinstance(item, dict) else None
-            if not isinstance(step, int) or step < 1 or (n_steps is not None and step > n_steps):
-                raise UserError(f"{source} injection {n} ({item!r}) has no step in 1..{n_steps or '∞'} — give "
-                                f"an integer step within the run")
+            if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+                raise UserError(f"{source} injection {n} ({item!r}) has no step >= 1 — give the optimizer step "
+                                f"(1-based) it is added to")
             if "story_id" in item:
                 story_id = int(item["story_id"])
                 if not 0 <= story_id < len(ds):
@@ -95,7 +95,7 @@ class InjectionPlan:
             self.steps[step] = story_segments(story_ids, ds.n_tokens(story_ids), self.max_seq_len)
 
     @classmethod
-    def load(cls, path, ds, max_seq_len, n_steps=None):
+    def load(cls, path, ds, max_seq_len):
         path = Path(path)
         if not path.exists():
             raise UserError(f"--inject_plan={path}: file not found — give an injection plan .json")
@@ -103,7 +103,7 @@ class InjectionPlan:
             plan = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise UserError(f"--inject_plan={path} is not valid JSON ({e}) — fix or rewrite it") from None
-        return cls(plan, ds, max_seq_len, n_steps, source=f"--inject_plan={path}")
+        return cls(plan, ds, max_seq_len, source=f"--inject_plan={path}")
 
     def segments(self, step):
         """Segments injected at `step` (an empty array for most steps)."""
@@ -113,6 +113,10 @@ class InjectionPlan:
         """The step's packed segments plus its injections (packed itself when the step has none)."""
         extra = self.segments(step)
         return add_to_rows(packed, extra, self.max_seq_len, pack) if len(extra) else packed
+
+    def n_after(self, n_steps):
+        """Injections planned after step n_steps (a run that stops there, unless resumed further, skips them)."""
+        return sum(len(s) for k, s in self.steps.items() if k > n_steps)
 
     def summary(self):
         """What config.json records about the plan."""

@@ -176,7 +176,7 @@ def main(argv):
     schedule = SegmentSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, sampler, data_seed, metadata,
                               sort_by, sort_order, filter_column, threshold, filter_keep, n_stories, selection_seed)
     n_steps = max_iters if max_iters > 0 else epochs * schedule.steps_per_epoch
-    injection = InjectionPlan.load(root() / inject_plan, ds, max_seq_len, n_steps) if inject_plan else None
+    injection = InjectionPlan.load(root() / inject_plan, ds, max_seq_len) if inject_plan else None
     val_ids = ds.story_ids("val")
     if len(val_ids) == 0:
         raise UserError(f"dataset {dataset} has no validation stories — re-run pretokenize with a larger "
@@ -191,6 +191,9 @@ def main(argv):
         if n_stories > len(schedule.selection):
             warn(f"--n_stories={n_stories} but only {len(schedule.selection)} stories are available — training "
                  f"on all {len(schedule.selection)}")
+        if injection is not None and injection.n_after(n_steps):
+            warn(f"{injection.n_after(n_steps)} segments of --inject_plan={inject_plan} are planned after the last "
+                 f"step {n_steps}: this run does not train them (unless resumed with a larger --max_iters)")
         if decay_lr and min_lr > learning_rate:
             warn(f"--min_lr={min_lr} is above --learning_rate={learning_rate}: the cosine schedule rises after warmup")
         if decay_lr and warmup_iters > n_steps:

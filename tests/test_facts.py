@@ -126,19 +126,20 @@ def test_plan_resolves_fact_documents_and_refuses_bad_entries(fact_ds):
     fid = header["facts"][1]["id"]
     plan = InjectionPlan({"format": 1, "injections": [{"step": 4, "fact_id": fid, "direction": "reverse",
                                                         "phrasing": 3}, {"step": 4, "story_id": 7},
-                                                       {"step": 9, "fact_id": fid}]}, ds, 64, n_steps=12)
+                                                       {"step": 9, "fact_id": fid}]}, ds, 64)
     doc = ds.story_ids("facts")[20 + 10 + 3]
     chunks = -(-int(ds.n_tokens([7])[0]) // 64)  # a story injects all of its segments
     assert plan.segments(4)["story_id"].tolist() == [doc] + [7] * chunks and plan.segments(5).size == 0
     assert plan.segments(9)["n_tokens"].tolist() == [ds.n_tokens([ds.story_ids("facts")[20]])[0]]
-    assert plan.summary()["n_segments"] == 2 + chunks
-    bad = [({"format": 1, "injections": [{"step": 13, "story_id": 1}]}, "step"),
+    assert plan.summary()["n_segments"] == 2 + chunks and plan.n_after(8) == 1 and plan.n_after(9) == 0
+    bad = [({"format": 1, "injections": [{"step": 0, "story_id": 1}]}, "step"),
+           ({"format": 1, "injections": [{"step": 2, "story_id": len(ds)}]}, "story_id"),
            ({"format": 1, "injections": [{"step": 2, "fact_id": "nope"}]}, "nope"),
            ({"format": 1, "injections": [{"step": 2, "fact_id": fid, "phrasing": 10}]}, "phrasing"),
            ({"injections": []}, "format")]
     for plan_dict, needle in bad:
         with pytest.raises(UserError, match=needle):
-            InjectionPlan(plan_dict, ds, 64, n_steps=12)
+            InjectionPlan(plan_dict, ds, 64)
 
 
 def write_plan(path, header):
