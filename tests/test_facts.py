@@ -19,10 +19,11 @@ from modelling.data import SEGMENT_DTYPE, pack_rows, segment_keys
 from modelling.injection import InjectionPlan, add_to_rows, spread_steps
 from modelling.model import ModelArgs, Transformer
 from tests.fixtures_data import run_stage
+from experiments.fact_injection import experiment_fact_injection as exp
 from tests.fixtures_run import ONE_THREAD, train_args
 from tokenization.dataset import TokenizedDataset
 
-N_FACTS = 12
+N_FACTS = 21  # 7 conditions x 3 facts: the experiment's smoke size
 FACT_DATA = "swfacts"
 RUN = dict(dataset=FACT_DATA, vocab_size=512, max_iters=12, eval_interval=6, eval_iters=1, batch_size=4,
            max_seq_len=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, warmup_iters=2,
@@ -31,7 +32,7 @@ RUN = dict(dataset=FACT_DATA, vocab_size=512, max_iters=12, eval_interval=6, eva
 
 @pytest.fixture(scope="module")
 def fact_ds(tmp_path_factory):
-    """1,500 storyworld stories plus a 12-fact set, vocab 512, pretokenized in a workspace of its own."""
+    """1,500 storyworld stories plus a 21-fact set, vocab 512, pretokenized in a workspace of its own."""
     ws = tmp_path_factory.mktemp("facts_ws")
     run_stage(ws, "download/download_datasets.py", "storyworld", "--name", FACT_DATA, "--n_stories", 1500,
               "--shard_size", 1000, "--seed", 5, "--fact_set", N_FACTS)
@@ -292,3 +293,53 @@ def test_acquisition_retention_and_ratio_on_known_curves():
     assert np.isnan(fm.reverse_forward_ratio([0.0, -0.1], [0.1, 0.1]))
     mean, low, high, n = fm.mean_ci([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and low < 2 < high
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the experiment
+
+def test_experiment_plan_deals_every_condition_its_facts_and_exposures():
+    fact_ids = [f"f{i:03d}" for i in range(60)]
+    groups = exp.assign_groups(fact_ids, seed=1, facts_per_group=8)
+    assert groups != exp.assign_groups(fact_ids, seed=2, facts_per_group=8)  # dealt afresh per seed
+    assert sorted(pd.Series(groups).value_counts().to_dict().items()) == sorted((c, 8) for c in exp.CONDITIONS)
+    plan = exp.make_plan(groups, n_steps=400, repeats=100)
+    seen = exp.exposures(plan)
+    for fid, cond in groups.items():
+        if cond == "never":
+            assert fid not in seen
+            continue
+        first, last, n = seen[fid]
+        lo, hi = exp.window_steps(cond, 400)
+        assert lo <= first <= last <= hi
+        assert n == {"once": 1, "fwd_rev": 200}.get(cond, 100)
+        mine = [e for e in plan["injections"] if e["fact_id"] == fid]
+        if cond == "para10":
+            assert sorted({e["phrasing"] for e in mine}) == list(range(10))
+        if cond == "fwd_rev":
+            assert sum(e.get("direction") == "reverse" for e in mine) == 100
+    with pytest.raises(UserError, match="--fact_set 56"):
+        exp.assign_groups(fact_ids[:50], seed=0, facts_per_group=8)
+
+
+@pytest.mark.slow
+def test_experiment_smoke_runs_scores_and_reports(fact_ds):
+    """The smoke size end to end: two runs, every checkpoint scored, the report with its null checks at chance
+    (a 40-step dim-16 model learns no fact), description.json for the dashboard; a re-run scores nothing new."""
+    ws = fact_ds["ws"]
+    args = ["--size", "smoke", "--dataset", FACT_DATA, "--name", "smoke", "--root", ws]
+    run_stage(ws, "experiments/fact_injection/experiment_fact_injection.py", *args, env=ONE_THREAD)
+    exp_dir = ws / "out/experiments/fact_injection/smoke"
+    results = pd.read_csv(exp_dir / "results.csv")
+    assert len(results) == len(exp.analysis.PRIMARY) and not results["tested"].any()  # 3 pairs: underpowered
+    scored = pd.read_csv(exp_dir / "runs/inject_s0/facts.csv")
+    assert len(scored) == len(set(scored["step"])) * N_FACTS * len(fm.KINDS)
+    nulls = pd.read_csv(exp_dir / "nulls.csv")
+    assert nulls["covers_chance"].all() and np.allclose(nulls["mean"], 1 / 3, atol=0.05)
+    from experiments.common.describe import read_description
+    description = read_description(exp_dir)
+    assert description["kind"] == "fact_injection" and len(description["primary"]) == len(results)
+    assert "NOT reproduced" in (exp_dir / "report.md").read_text()  # said plainly, not hidden
+    run_stage(ws, "experiments/fact_injection/experiment_fact_injection.py", *args, env=ONE_THREAD)
+    state = json.loads((exp_dir / "experiment.json").read_text())
+    assert state["status"]["inject_s0"]["scored_new"] == 0 and state["status"]["inject_s0"]["train"] == "trained"

@@ -179,8 +179,8 @@ def main(argv=None):
           f"each, {len(CONDITIONS)} conditions x {cfg['facts_per_group']} facts per injected run; "
           f"{check['n_pairs']} fact pairs per comparison (smallest attainable p {check['min_p']:.2g}, "
           f"threshold {check['threshold']:.3g}: {'can' if check['tested'] else 'CANNOT'} reject)")
-    if args.plan:
-        print("\n".join(runner.plan_lines(runs, exp_dir)))
+    if args.plan:  # train.py commands; the scoring of their checkpoints is this script's (analysis.score_run)
+        print("\n".join(line.split(" && ")[0] for line in runner.plan_lines(runs, exp_dir)))
         return
     for path, plan in plans.items():
         path.parent.mkdir(parents=True, exist_ok=True)
