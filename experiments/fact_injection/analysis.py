@@ -392,6 +392,21 @@ def null_table(scores, plans, chance):
     return pd.DataFrame(rows)
 
 
+def write_curve_files(exp_dir, scores):
+    """curves/<run>.csv for the dashboard (describe's per-run curve format): step, tokens_seen and one column
+    <condition>_<kind> per group and question kind (mean p_choice over the group's facts)."""
+    entries, columns = [], set()
+    for (run, arm, seed), g in scores.groupby(["run", "arm", "seed"]):
+        wide = g.pivot_table(index=["step", "tokens_seen"], columns=["condition", "kind"], values=OUTCOME,
+                             aggfunc="mean")
+        wide.columns = [f"{c}_{k}" for c, k in wide.columns]
+        columns |= set(wide.columns)
+        path = Path(describe.CURVES_DIR) / f"{run}.csv"
+        atomic_write_text(Path(exp_dir) / path, wide.reset_index().to_csv(index=False))
+        entries.append({"run": run, "condition": arm, "path": path.as_posix(), "labels": {"seed": int(seed)}})
+    return entries, sorted(columns)
+
+
 def analyse(exp_dir, design, runs, plans, check, machine=""):
     exp_dir = Path(exp_dir)
     scores = load_scores(exp_dir, runs, plans)
@@ -411,8 +426,10 @@ def analyse(exp_dir, design, runs, plans, check, machine=""):
     figure_directions(conds, chance, exp_dir / "figures" / "directions.png")
     figure_forgetting(points, ret, exp_dir / "figures" / "forgetting.png")
     write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine)
+    curve_runs, curve_columns = write_curve_files(exp_dir, scores)
     describe.write_description(
         exp_dir, "fact_injection", "Fact injection: acquisition, retention, reversal, paraphrase",
+        curve_runs=curve_runs, curve_columns=curve_columns,
         tables=[{"name": n, "path": f"{n}.csv", "caption": c} for n, c in (
             ("results", "primary paired comparisons"), ("conditions", "per condition x question kind"),
             ("curves", "per-step means with 95% t intervals"), ("retention", "decay fits"),
