@@ -147,7 +147,8 @@ def train_and_score(experiment, run, env, plans_by_run, n_candidates):
                           train_s=round(time.time() - t0, 1))
     t0 = time.time()
     n_new = analysis.score_run(run_dir, plans_by_run[run["seed"]]["groups"], n_candidates)
-    experiment.update(run["name"], score_s=round(time.time() - t0, 1), scored_new=n_new, done=True)
+    timing = {"score_s": round(time.time() - t0, 1)} if n_new else {}  # a re-run keeps the first scoring's time
+    experiment.update(run["name"], scored_new=n_new, done=True, **timing)
 
 
 def main(argv=None):
@@ -200,10 +201,15 @@ def main(argv=None):
     experiment.save()
     info = machine_info()
     flags = ", ".join(k for k, v in info["flags"].items() if v) or "no bf16 flags"
-    wall = time.time() - t0
-    machine = (f"{info['cpu']} ({flags}), {os.cpu_count()} cores, --jobs {args.jobs}; this "
-               f"invocation {wall / 60:.1f} min wall (training + scoring), load average "
-               f"{os.getloadavg()[0]:.1f} at the end (runs skipped as finished are not in it)")
+    status = experiment.state["status"].values()
+    train_s = [v["train_s"] for v in status if "train_s" in v]
+    score_s = [v["score_s"] for v in status if "score_s" in v]
+    walls = ", ".join(f"{w / 60:.1f} min (started {t})" for t, w in experiment.state["wall_s"].items())
+    machine = (f"{info['cpu']} ({flags}), {os.cpu_count()} cores, --jobs {args.jobs}, OMP_NUM_THREADS="
+               f"{env.get('OMP_NUM_THREADS')}. Wall per invocation of this command: {walls}. Per run: training "
+               f"{np.mean(train_s) / 60 if train_s else float('nan'):.1f} min, scoring every checkpoint "
+               f"{np.mean(score_s) / 60 if score_s else float('nan'):.1f} min (means). Load average "
+               f"{os.getloadavg()[0]:.1f} at the end (the box was shared with other jobs)")
     analysis.analyse(exp_dir, design, runs, plans_by_seed, check, machine)
     print(f"done: {exp_dir}/report.md")
 
