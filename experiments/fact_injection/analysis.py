@@ -54,8 +54,9 @@ RETENTION_CONDITIONS = ("early", "middle", "para10", "fwd_rev")
 # ---------------------------------------------------------------------------------------------------------
 # scoring
 
-def score_run(run_dir, groups, n_candidates):
-    """Score the run's checkpoints not yet in facts.csv (written after each one). Returns how many were new."""
+def score_run(run_dir, groups, n_candidates, steps=None):
+    """Score the run's checkpoints (those in `steps`; None: all) not yet in facts.csv (written after each one).
+    Returns how many were new."""
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "config.json").read_text())
     dataset, vocab = info["config"]["dataset"], info["config"]["vocab_size"]
@@ -67,7 +68,7 @@ def score_run(run_dir, groups, n_candidates):
     seen = set(done["step"]) if len(done) else set()
     new = 0
     for step, ckpt_path in list_checkpoints(run_dir):
-        if step in seen:
+        if step in seen or (steps is not None and step not in steps):
             continue
         model, ckpt = load_model(ckpt_path)
         with torch.no_grad():
@@ -98,11 +99,12 @@ def load_scores(exp_dir, runs, plans):
 # ---------------------------------------------------------------------------------------------------------
 # analysis
 
-def after_step(scores, plans, condition):
-    """{seed: first checkpoint step at or after the condition's last exposure} (the final step for never)."""
-    steps = np.sort(scores["step"].unique())
+def after_step(scores, plans, condition, arm="inject"):
+    """{seed: first scored checkpoint of the arm's run at or after the condition's last exposure} (the final
+    step for never)."""
     out = {}
     for seed, plan in plans.items():
+        steps = np.sort(scores.loc[(scores["arm"] == arm) & (scores["seed"] == seed), "step"].unique())
         last = [e["step"] for e in plan["injections"] if plan["groups"][e["fact_id"]] == condition]
         at = max(last) if last else steps[-1]
         out[seed] = int(steps[np.searchsorted(steps, at)]) if at <= steps[-1] else int(steps[-1])
@@ -115,7 +117,7 @@ def values_at(scores, plans, arm, condition, kind, at):
     if at == "final":
         step = {s: int(sel["step"].max()) for s in plans}
     else:
-        step = after_step(scores, plans, condition)
+        step = after_step(scores, plans, condition, arm)
     sel = sel[sel["step"] == sel["seed"].map(step)]
     return sel.set_index(["seed", "slot", "fact_id"])[OUTCOME].sort_index()
 
@@ -143,7 +145,8 @@ def condition_table(scores, plans, chance):
                 for at in ("after", "final"):
                     v = values_at(scores, plans, arm, cond, kind, at)
                     sel = scores[(scores["arm"] == arm) & (scores["condition"] == cond) & (scores["kind"] == kind)]
-                    step = after_step(scores, plans, cond) if at == "after" else {s: sel["step"].max() for s in plans}
+                    step = after_step(scores, plans, cond, arm) if at == "after" else \
+                        {s: sel["step"].max() for s in plans}
                     sel = sel[sel["step"] == sel["seed"].map(step)]
                     mean, lo, hi, n = fm.mean_ci(v)
                     rows.append({"arm": arm, "condition": cond, "kind": kind, "at": at, "n": n,

@@ -21,6 +21,7 @@ measures/facts.py (answer choices among the facts of the same group, so candidat
 runs/<run>/facts.csv; analysis.py compares, pairing facts by their slot within a group and seed.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -131,6 +132,23 @@ def make_runs(exp_dir, size, dataset, vocab_size, overrides, seeds):
     return design, runs, plans
 
 
+def steps_to_score(run, plan, checkpoint_steps, every=25):
+    """The checkpoints scored, on the grid of step 1, multiples of `every` and the last step (both arms, so
+    'after' steps agree): the injected run's from its first window on (before it nothing is injected), the
+    control run's at multiples of 2*every and the first grid step after each condition's window (where the
+    comparisons read it)."""
+    ckpts = np.array(sorted(s for s in checkpoint_steps if s == 1 or s % every == 0 or s == max(checkpoint_steps)))
+    first = min(e["step"] for e in plan["injections"])
+    if run["condition"] == "inject":
+        return {1} | {int(s) for s in ckpts if s >= first - (first % every)}
+    keep = {1, int(ckpts[-1])} | {int(s) for s in ckpts if s % (2 * every) == 0}
+    for cond in set(plan["groups"].values()):
+        last = [e["step"] for e in plan["injections"] if plan["groups"][e["fact_id"]] == cond]
+        if last:
+            keep.add(int(ckpts[min(np.searchsorted(ckpts, max(last)), len(ckpts) - 1)]))
+    return keep
+
+
 def train_and_score(experiment, run, env, plans_by_run, n_candidates):
     """Train (fresh / resumed / restarted, as the kit's runner does) then score every checkpoint's facts."""
     run_dir = experiment.dir / "runs" / run["name"]
@@ -146,7 +164,10 @@ def train_and_score(experiment, run, env, plans_by_run, n_candidates):
         experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
                           train_s=round(time.time() - t0, 1))
     t0 = time.time()
-    n_new = analysis.score_run(run_dir, plans_by_run[run["seed"]]["groups"], n_candidates)
+    plan = plans_by_run[run["seed"]]
+    checkpoint_steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
+    n_new = analysis.score_run(run_dir, plan["groups"], n_candidates, steps_to_score(run, plan, checkpoint_steps,
+                                                                                   run["train"]["eval_interval"]))
     timing = {"score_s": round(time.time() - t0, 1)} if n_new else {}  # a re-run keeps the first scoring's time
     experiment.update(run["name"], scored_new=n_new, done=True, **timing)
 
