@@ -4,6 +4,7 @@ browser, and read every artifact through the project's shared readers, cached un
 Pages never touch paths themselves: they ask the Store, which raises Missing (a message meant for the page)
 when a stage has not been run yet, and UnknownName when a name from the browser is not a run or experiment
 under --out (so `../../etc` can never become a path)."""
+import hashlib
 import html
 import os
 import threading
@@ -19,10 +20,16 @@ from common.paths import tok_dir
 # folders inside a run that never hold runs themselves (keeps discovery cheap while a run is training)
 SKIP_DIRS = {"ckpt", "tables", "visualize", "figures", "bench", "__pycache__"}
 DURABILITY = Path("experiments") / "durability"
+RUN_FILES = ("config.json", "train_log.csv", "val_log.csv", "batch_log.json", "batch_log.bin", "attn_probes.json")
 
 
 class Missing(Exception):
     """An artifact a page needs does not exist yet; the message says which stage makes it."""
+
+
+class NoRun(Missing):
+    """No run is selected (none under --out yet, or the URL named one that was refused): the header says why,
+    so the panels stay quiet instead of each repeating it."""
 
 
 class UnknownName(Exception):
@@ -74,6 +81,22 @@ class Store:
                 found.append(Path(root).relative_to(self.out_dir).as_posix())
         return sorted(found, key=lambda n: (n.count("/"), n))
 
+    def version(self):
+        """A short hash of the (mtime, size) of every file the pages read, for every run and experiment: the
+        periodic refresh redraws only when it changes, so an idle dashboard leaves the user's view alone."""
+        sig = []
+        for name in self.runs():
+            d = self.out_dir / name
+            files = [d / f for f in RUN_FILES]
+            for sub in ("tables", "ckpt"):
+                if (d / sub).is_dir():
+                    files += sorted((d / sub).iterdir())
+            sig.append((name, _signature(*files)))
+        for name in self.experiments():
+            d = self.out_dir / DURABILITY / name
+            sig.append((name, _signature(*sorted(p for p in d.iterdir() if p.is_file()))))
+        return hashlib.sha1(repr(sig).encode()).hexdigest()[:16]
+
     def experiments(self):
         """Names of durability experiments: folders under out/experiments/durability/."""
         root = self.out_dir / DURABILITY
@@ -84,7 +107,7 @@ class Store:
     def run_dir(self, name):
         """The folder of run `name`, only if `name` is exactly one of the discovered runs."""
         if name is None or name == "":
-            raise Missing(f"no run selected — none found under {self.out_dir} yet; train one with "
+            raise NoRun(f"no run selected — none found under {self.out_dir} yet; train one with "
                           f"`python modelling/train.py --out_dir={self.out_dir.as_posix()}/NAME`")
         if not isinstance(name, str) or name not in self.runs():
             raise UnknownName(f"unknown run {name!r}: pick one of the runs found under {self.out_dir}")
@@ -167,15 +190,15 @@ class Store:
 
     def _csv(self, path, label, maker, run=None):
         sig = _signature(path)
+        cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker
         if sig[0] is None:
-            cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker
             raise Missing(f"{label} not found yet — run `{cmd}`")
 
         def load():
             try:
                 return pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-                raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{maker}`") from None
+                raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{cmd}`") from None
         return self._cached(("csv", str(path)), sig, load)
 
     # ---- dataset side ----------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from dash import Dash, no_update
 
-from dash_llama.app import PAGES, create_app, pick_run, render_page
-from dash_llama.data import Missing, Store, UnknownName
+from dash_llama.app import PAGES, create_app, pick_run, render_page, resolve_view, view_query
+from dash_llama.data import Missing, NoRun, Store, UnknownName
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation
-from dash_llama.ui import figure_or_message, guard
+from dash_llama.ui import figure_or_message, guard, is_log_spaced, make_query, nearest_index, parse_query
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
 from common.paths import ROOT_ENV
@@ -75,7 +75,7 @@ def test_run_names_from_the_url_and_callbacks_are_refused(store):
     assert pick_run(store, "", "gone", triggered_by_url=False)[1] in store.runs()
     # a callback handed a bad name (a crafted request) answers with a message, not a path
     update_controls, update_grid, *_ = callbacks(attention, store)
-    figure, msg = update_grid("../../etc/passwd", 0, "val_0")
+    figure, msg, _ = update_grid("../../etc/passwd", 0, "val_0")
     assert "unknown run" in figure["layout"]["annotations"][0]["text"]
     assert "msg-error" in msg.className and "unknown run" in msg.children
 
@@ -101,6 +101,65 @@ def test_new_checkpoints_appear_without_restart(store, tmp_path):
     assert update_controls("live", 2, options, probe, 3, max_, marks)[1:5] == (no_update,) * 4
 
 
+def test_the_url_holds_the_view_and_only_names_under_out(store):
+    search = f"?run={RUN}&cmp={RUN},nope,../x&step=4&head=1.2&metric=flesch_ease&junk=1"
+    params = parse_query(search)
+    assert params == {"run": RUN, "cmp": f"{RUN},nope,../x", "step": "4", "head": "1.2", "metric": "flesch_ease"}
+    assert parse_query(make_query(params)) == params  # a written URL reads back the same
+    view = resolve_view(store, search)
+    assert view["run"] == RUN and view["cmp"] == []  # compared runs must exist and differ from the run
+    assert resolve_view(store, "?run=../../etc")["run"] is None
+    # the header's keys and the page's own make one query; defaults stay out of it
+    assert view_query(RUN, [], "auto", {"step": "4"}) == f"?run={RUN}&step=4"
+    assert parse_query(view_query(RUN, ["b"], "log", {"step": "4"})) == {"run": RUN, "cmp": "b", "axis": "log",
+                                                                         "step": "4"}
+    # a page built from a URL starts where the URL says: the attention slider on step 4, head L1 H2
+    layout = render_page("/attention", f"?run={RUN}&step=4&head=1.2", store)
+    ids = {c.id: c for c in component_tree(layout) if isinstance(getattr(c, "id", None), str)}
+    assert TINY_CKPTS[ids["attn-step"].value] == 4 and ids["attn-step"].max == len(TINY_CKPTS) - 1
+    assert ids["attn-head-sel"].data == {"layer": 1, "head": 2}
+    assert ids["attn-step-caption"].children == "step 4"
+    # a step between checkpoints opens the nearest one; no step opens the last
+    assert TINY_CKPTS[nearest_index(TINY_CKPTS, 14)] == 16 and TINY_CKPTS[nearest_index(TINY_CKPTS, 13)] == 10
+    assert nearest_index(TINY_CKPTS, None) == len(TINY_CKPTS) - 1
+    # a run switch keeps the step the user looked at (the nearest checkpoint of the new run)
+    update_controls, *_ = callbacks(attention, store)
+    assert update_controls(RUN, None, None, None, 0, 0, None, {"step": "20"})[4] == len(TINY_CKPTS) - 1
+
+
+def test_version_changes_only_when_files_change(store, tmp_path):
+    live = tmp_path / "out"
+    shutil.copytree(store.out_dir / RUN, live / "live")
+    live_store = Store(live)
+    before = live_store.version()
+    assert live_store.version() == before  # nothing changed: the refresh redraws nothing
+    last_step, last_path = list_checkpoints(live / "live")[-1]
+    last_path.unlink()
+    assert live_store.version() != before
+
+
+def test_step_axis_is_log_where_checkpoints_are_log_spaced(store):
+    assert is_log_spaced(TINY_CKPTS) and is_log_spaced([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 350])
+    assert not is_log_spaced(list(range(50, 1001, 50))) and not is_log_spaced([1, 2])
+    assert runs.loss_figure(store, [RUN], "step", 0.0)[0]["layout"]["xaxis"]["type"] == "log"
+    assert runs.loss_figure(store, [RUN], "step", 0.0, "linear")[0]["layout"]["xaxis"]["type"] == "linear"
+    summary_steps = store.table(RUN, "summary")["step"].tolist()
+    sat, _ = saturation.saturation_figure(store, [RUN], "flesch_ease", "step", ["in", "out"], "auto")
+    assert sat["layout"]["xaxis"]["type"] == sat["layout"]["xaxis2"]["type"] == \
+        ("log" if is_log_spaced(summary_steps) else "linear")
+    assert saturation.saturation_figure(store, [RUN], "flesch_ease", "step", ["out"], "log")[0]["layout"][
+        "xaxis"]["type"] == "log"
+    assert generations.scores_figure(store, RUN, None, "linear")["layout"]["xaxis"]["type"] == "linear"
+
+
+def test_no_run_selected_is_said_once_by_the_header(store):
+    with pytest.raises(NoRun):
+        store.run_dir(None)
+    _, update_grid, *_ = callbacks(attention, store)
+    figure, msg, _ = update_grid(None, 0, "val_0")
+    assert msg is None  # the header's message covers it; panels add no "none found" of their own
+
+
 def component_tree(component):
     """Every Dash component in a layout, depth first."""
     yield component
@@ -118,7 +177,7 @@ def test_every_page_renders_its_controls_and_unknown_page_says_so(store):
     shell_ids = {c.id for c in component_tree(app.layout) if getattr(c, "id", None)}
     page_ids = {}
     for path, (title, _) in PAGES.items():
-        layout = render_page(path)
+        layout = render_page(path, f"?run={RUN}", app.store)
         ids = [c.id for c in component_tree(layout) if isinstance(getattr(c, "id", None), str)]
         assert len(ids) == len(set(ids)), f"{path}: duplicate ids"
         headings = [c.children for c in component_tree(layout) if type(c).__name__ == "H2"]
@@ -129,7 +188,7 @@ def test_every_page_renders_its_controls_and_unknown_page_says_so(store):
     for out_id in outputs:
         owners = [p for p, ids in page_ids.items() if out_id in ids] + (["shell"] if out_id in shell_ids else [])
         assert len(owners) == 1, (out_id, owners)
-    home = {c.id for c in component_tree(render_page("/")) if isinstance(getattr(c, "id", None), str)}
+    home = {c.id for c in component_tree(render_page("/", "", app.store)) if isinstance(getattr(c, "id", None), str)}
     assert home == page_ids["/runs"]
     assert "no page" in render_page("/nope").children
 
@@ -323,8 +382,8 @@ def test_missing_and_corrupt_tables_become_messages(store, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(store.out_dir / RUN, out / "bare", ignore=shutil.ignore_patterns("tables", "ckpt"))
     bare = Store(out)
-    _, update_figure, _ = callbacks(saturation, bare)
-    figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], 0)
+    _, update_figure, *_ = callbacks(saturation, bare)
+    figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], "auto", None)
     assert "eval.py --out_dir" in figure["layout"]["annotations"][0]["text"] and "msg-info" in msg.className
     update_controls, *_ = callbacks(attention, bare)
     *_, msg = update_controls("bare", 0, None, None, None, None, None)

@@ -3,38 +3,54 @@
 the highlighted tokens across steps."""
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, dcc, html
+from dash import Input, Output, State, dcc, html, no_update
 
-from dash_llama.data import Missing
-from dash_llama.ui import (GRAPH_CONFIG, PALETTE, checkpoint_slider, figure_or_message, guard, notes, slider_update,
-                           triggered_id)
+from dash_llama.data import Missing, UnknownName
+from dash_llama.ui import (PALETTE, checkpoint_slider, figure_or_message, guard, keep_zoom, notes, remember,
+                           slider_update, step_caption, triggered_id, view_slider, zoomable_graph)
 
 MAX_POINTS = 6000     # tokens drawn per step; the rest of a large vocab is strided out (with a note)
 MAX_TRACKED = 12      # trajectories drawn at once
 WORD_START = "\u2581"  # SentencePiece's word-start marker
 
 
-def layout():
+def layout(store=None, view=None):
+    view = view or {}
+    steps, index = view_slider(store, view.get("run"), pca_steps, view.get("step"))
     return html.Div([
         html.H2("Embeddings"),
         html.Div(className="controls", children=[
-            html.Label(["Step", checkpoint_slider("embd-step")], className="slider wide"),
+            html.Label(["Step", checkpoint_slider("embd-step", steps, index),
+                        step_caption("embd-step-caption", steps, index)], className="slider wide"),
             html.Label(["Find tokens (comma-separated)", dcc.Input(id="embd-search", type="text", debounce=True,
                                                                    placeholder="e.g. she, he, doctor",
-                                                                   className="text-input")],
+                                                                   value=view.get("q"), className="text-input")],
                        className="grow"),
         ]),
         html.Div(id="embd-msg"),
         html.Div(className="row", children=[
-            html.Div(className="col", children=[dcc.Graph(id="embd-fig", config=GRAPH_CONFIG)]),
+            html.Div(className="col", children=[zoomable_graph("embd-fig")]),
             html.Div(className="col", children=[html.Div(id="embd-traj-msg"),
-                                                 dcc.Graph(id="embd-traj", config=GRAPH_CONFIG)]),
+                                                 zoomable_graph("embd-traj")]),
         ]),
     ])
 
 
+PCA_COLUMNS = ("step", "token_id", "piece", "pc1", "pc2")
+
+
+def pca_table(store, name):
+    """tables/embd_pca.csv, checked for the columns the page draws."""
+    table = store.table(name, "embd_pca")
+    lacking = [c for c in PCA_COLUMNS if c not in table.columns]
+    if lacking:
+        raise Missing(f"{name}/tables/embd_pca.csv lacks column(s) {', '.join(lacking)} — rebuild it with "
+                      f"`python visualize_embd.py --out_dir {store.out_dir.as_posix()}/{name}`")
+    return table
+
+
 def pca_steps(store, name):
-    return sorted(store.table(name, "embd_pca")["step"].unique().tolist())
+    return sorted(pca_table(store, name)["step"].unique().tolist())
 
 
 def _bare(piece):
@@ -65,7 +81,7 @@ def _tracked(table, query):
 def scatter_figure(store, name, step, query=""):
     """Every token at `step` coloured by group, search hits enlarged and labelled; axes fixed over all steps
     (the basis is shared, so motion is real). Returns (figure, notes)."""
-    table = store.table(name, "embd_pca")
+    table = pca_table(store, name)
     at = table[table["step"] == step]
     if at.empty:
         raise Missing(f"no embeddings for step {step} in {name}/tables/embd_pca.csv")
@@ -109,7 +125,7 @@ def scatter_figure(store, name, step, query=""):
 def trajectory_figure(store, name, query="", step=None):
     """Paths of the tracked tokens through PC space over all steps; the slider's step is the bold point.
     Returns (figure, notes)."""
-    table = store.table(name, "embd_pca")
+    table = pca_table(store, name)
     tracked = _tracked(table, query)
     if not tracked:
         raise Missing("type tokens to follow (comma-separated) to see their trajectories")
@@ -133,29 +149,34 @@ def trajectory_figure(store, name, query="", step=None):
                            "showlegend": False, "marker": {"size": 12, "color": color}, "hoverinfo": "skip"})
     figure = {"data": traces, "layout": {
         "height": 560, "margin": {"l": 50, "r": 10, "t": 40, "b": 50},
-        "title": {"text": "trajectories across checkpoints", "font": {"size": 14}},
+        "title": {"text": "trajectories across checkpoints", "font": {"size": 14}}, "uirevision": f"{name}{query}",
         "xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
         "legend": {"orientation": "h", "y": -0.15}}}
     return figure, note_lines
 
 
 def register(app, store):
-    @app.callback(Output("embd-step", "max"), Output("embd-step", "marks"), Output("embd-step", "value"),
-                  Input("run", "value"), Input("refresh", "n_intervals"), State("embd-step", "value"),
-                  State("embd-step", "max"), State("embd-step", "marks"))
-    @guard(lambda text, kind: (0, {}, 0))
-    def update_steps(run, _n, index, old_max, old_marks):
-        return slider_update(pca_steps(store, run), index, old_max, old_marks, follow=triggered_id() == "run")
+    keep_zoom(app, "embd-fig", "embd-traj")
 
-    @app.callback(Output("embd-fig", "figure"), Output("embd-msg", "children"),
+    @app.callback(Output("embd-step", "max"), Output("embd-step", "marks"), Output("embd-step", "value"),
+                  Input("run", "value"), Input("version", "data"), State("embd-step", "value"),
+                  State("embd-step", "max"), State("embd-step", "marks"), State("page-view", "data"))
+    @guard(lambda text, kind: (0, {}, 0))
+    def update_steps(run, _version, index, old_max, old_marks, view=None):
+        keep = (view or {}).get("step") if triggered_id() == "run" else None
+        return slider_update(pca_steps(store, run), index, old_max, old_marks, follow=False, keep_step=keep)
+
+    @app.callback(Output("embd-fig-next", "data"), Output("embd-msg", "children"),
+                  Output("embd-step-caption", "children"),
                   Input("run", "value"), Input("embd-step", "value"), Input("embd-search", "value"))
-    @guard(figure_or_message())
+    @guard(figure_or_message(1))
     def update_scatter(run, index, query):
         steps = pca_steps(store, run)
-        figure, note_lines = scatter_figure(store, run, steps[min(index or 0, len(steps) - 1)], query or "")
-        return figure, notes(*note_lines)
+        step = steps[min(index or 0, len(steps) - 1)]
+        figure, note_lines = scatter_figure(store, run, step, query or "")
+        return figure, notes(*note_lines), f"step {step}"
 
-    @app.callback(Output("embd-traj", "figure"), Output("embd-traj-msg", "children"),
+    @app.callback(Output("embd-traj-next", "data"), Output("embd-traj-msg", "children"),
                   Input("run", "value"), Input("embd-search", "value"), Input("embd-step", "value"))
     @guard(figure_or_message())
     def update_trajectories(run, query, index):
@@ -163,5 +184,14 @@ def register(app, store):
         figure, note_lines = trajectory_figure(store, run, query or "", steps[min(index or 0, len(steps) - 1)])
         return figure, notes(*note_lines)
 
-    return update_steps, update_scatter, update_trajectories
+    @app.callback(Output("page-view", "data", allow_duplicate=True), Input("embd-step", "value"),
+                  Input("embd-search", "value"), State("run", "value"), State("page-view", "data"),
+                  prevent_initial_call=True)
+    def remember_view(index, query, run, view):
+        try:
+            steps = pca_steps(store, run)
+        except (Missing, UnknownName):
+            return no_update
+        return remember(view, step=steps[min(index or 0, len(steps) - 1)] if steps else None, q=query)
 
+    return update_steps, update_scatter, update_trajectories, remember_view
