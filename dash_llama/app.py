@@ -19,7 +19,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from common.paths import ROOT_ENV, add_root_argument, apply_root, data_dir  # noqa: E402
 from common.paths import out_dir as root_out_dir  # noqa: E402
-from dash_llama.data import Store, UnknownName  # noqa: E402
+from dash_llama.data import Missing, Store, UnknownName  # noqa: E402
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation  # noqa: E402
 from dash_llama.ui import MAX_COMPARE, make_query, message, parse_query, triggered_id  # noqa: E402
 
@@ -151,6 +151,16 @@ def create_app(out_dir=None, refresh_seconds=REFRESH_SECONDS):
                 no_update if options == current_options else options,
                 no_update if cmp == (current_cmp or []) else cmp,
                 no_update if axis == current_axis else axis)
+
+    @app.callback(Output("run-warn", "children"), Input("run", "value"), Input("version", "data"))
+    def warn_damage(run, _version):
+        """Damage to the selected run's files, said once above every page (the figures alone would hide it)."""
+        if run is None:
+            return None
+        try:
+            return [message(w, "warn") for w in store.health(run)] or None
+        except (Missing, UnknownName):
+            return None
 
     @app.callback(Output("refresh", "disabled"), Input("live", "value"))
     def pause(live):

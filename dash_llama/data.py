@@ -127,8 +127,7 @@ class Store:
         whenever training appends to the logs or writes a checkpoint."""
         from modelling.checkpoints import load_run
         d = self.run_dir(name)
-        sig = _signature(d / "config.json", d / "train_log.csv", d / "val_log.csv", d / "ckpt",
-                         d / "batch_log.json", d / "attn_probes.json")
+        sig = _signature(*(d / f for f in RUN_FILES), d / "batch_log_steps.bin", d / "ckpt")
 
         def load():
             try:
@@ -200,6 +199,76 @@ class Store:
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
                 raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{cmd}`") from None
         return self._cached(("csv", str(path)), sig, load)
+
+    # ---- silent damage ---------------------------------------------------------------------------------
+    def health(self, name):
+        """Warnings for damage a figure would otherwise hide: each artifact checked against what config.json and
+        the run's own logs say it should hold. Each warning names the file, what is wrong, what the pages
+        show because of it, and the command that rebuilds it. [] for a healthy run."""
+        run = self.run(name)
+        d = self.run_dir(name)
+        out = f"{self.out_dir.as_posix()}/{name}"
+        retrain = "only re-training the run (settings in its config.json) rewrites it"
+        present = [int(s) for s, _ in run.checkpoints]
+        last_ckpt = max(present, default=0)
+        log = run.train_log
+        last_logged = int(log["step"].max()) if not log.empty and "step" in log.columns else 0
+        warnings = []
+        if last_logged < last_ckpt:
+            warnings.append(f"{name}/train_log.csv ends at step {last_logged} but the checkpoints go to step "
+                            f"{last_ckpt}: the log was cut, so loss curves and progress stop at step {last_logged} "
+                            f"— {retrain}")
+        trained_to = max(last_logged, last_ckpt)
+        scheduled = [int(s) for s in run.config.get("checkpoint_steps") or []]
+        # a checkpoint the schedule wanted at a step the run has passed (the newest may still be being written)
+        lost = [s for s in scheduled if s not in present and (s < trained_to or s <= last_ckpt)]
+        if lost:
+            shown = ", ".join(f"step {s}" for s in lost[:6]) + (" …" if len(lost) > 6 else "")
+            warnings.append(f"{name}/ckpt/ lacks {len(lost)} checkpoint(s) that config.json schedules and the run "
+                            f"trained past ({shown}): sliders skip those steps — {retrain}")
+        if run.batch_log is not None and len(run.batch_log) < last_ckpt:  # durable at every checkpoint
+            warnings.append(f"{name}/batch_log.bin holds steps 1..{len(run.batch_log)} but the run has checkpoints "
+                            f"to step {last_ckpt}: the file was cut, so batch composition and the batch viewer stop "
+                            f"at step {len(run.batch_log)} — {retrain}")
+        warnings += self._table_health(name, d, out)
+        return warnings
+
+    def _table_health(self, name, d, out):
+        """summary.csv against eval.json's evaluated steps; plateau and attention tables against their inputs."""
+        import json
+        tables, warnings = d / "tables", []
+        summary_path, state_path = tables / "summary.csv", tables / "eval.json"
+        if summary_path.exists() and state_path.exists():
+            try:
+                evaluated = {int(s) for s in json.loads(state_path.read_text()).get("steps_done", [])}
+                summary_steps = set(pd.read_csv(summary_path, usecols=["step"], on_bad_lines="skip")["step"]
+                                    .dropna().astype(int))
+            except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                evaluated, summary_steps = set(), set()
+                warnings.append(f"{name}/tables/summary.csv or eval.json is unreadable — rebuild both with "
+                                f"`python eval.py --out_dir {out} --rebuild`")
+            lacking = sorted(evaluated - summary_steps)
+            if lacking:
+                shown = ", ".join(map(str, lacking[:6])) + (" …" if len(lacking) > 6 else "")
+                warnings.append(f"{name}/tables/summary.csv lacks {len(lacking)} of the {len(evaluated)} steps "
+                                f"tables/eval.json lists as evaluated (steps {shown}): the file was cut, so curves "
+                                f"miss those points — rebuild it with `python eval.py --out_dir {out} --rebuild`")
+        sat_path = tables / "saturation.csv"
+        if sat_path.exists() and summary_path.exists() and sat_path.stat().st_mtime < summary_path.stat().st_mtime:
+            warnings.append(f"{name}/tables/saturation.csv is older than summary.csv: its plateau marks may be "
+                            f"stale — rebuild it with `python visualize_sat_curves.py --out_dir {out}`")
+        if (tables / "attn_stats.csv").exists():
+            try:
+                covered = set(self.table(name, "attn_stats")["step"].astype(int))
+            except (Missing, KeyError, ValueError):
+                covered = None
+            new = sorted({int(s) for s, _ in self.run(name).checkpoints} - covered) if covered is not None else []
+            if new:
+                warnings.append(f"{name}/tables/attn_stats.csv has no rows for checkpoint step(s) "
+                                f"{', '.join(map(str, new[:6]))}{' …' if len(new) > 6 else ''}: the per-head "
+                                f"statistics stop before them — rebuild it with `python visualize_attn.py "
+                                f"--out_dir {out}`")
+        return warnings
 
     # ---- dataset side ----------------------------------------------------------------------------------
     def dataset(self, name):

@@ -16,7 +16,7 @@ from dash_llama.ui import figure_or_message, guard, is_log_spaced, make_query, n
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
 from common.paths import ROOT_ENV
-from tests.fixtures_run import EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
+from tests.fixtures_run import EVAL_ARGS, EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
 
 RUN = EVALUATED_RUN  # the shared evaluated copy of the tiny run (tests/fixtures_run.py), read-only here
 
@@ -377,6 +377,40 @@ def test_experiment_curves_live_from_condition_runs(store, tmp_path):
 
 
 # ---- missing and corrupt files ----
+
+def damage(run_dir):
+    """Cut and delete files of a run copy the way a full disk, a stopped copy or a stray rm would: train log
+    after step 11, checkpoint 16 gone, batch log after step 7, summary.csv after its first row."""
+    lines = (run_dir / "train_log.csv").read_text().splitlines(keepends=True)
+    (run_dir / "train_log.csv").write_text("".join(lines[:12]))
+    dict(list_checkpoints(run_dir))[16].unlink()
+    ends = np.fromfile(run_dir / "batch_log_steps.bin", dtype="<i8")
+    with open(run_dir / "batch_log.bin", "r+b") as f:
+        f.truncate(int(ends[6]) * 32)  # 4 int64 fields per segment record
+    summary = run_dir / "tables" / "summary.csv"
+    summary.write_text("".join(summary.read_text().splitlines(keepends=True)[:2]))
+
+
+def test_damaged_files_are_warned_about_with_the_command_that_rebuilds_them(store, tmp_path):
+    assert store.health(RUN) == []  # the intact run: no warning
+    out = tmp_path / "out"
+    shutil.copytree(store.out_dir / RUN, out / "dmg")
+    damage(out / "dmg")
+    dmg = Store(out)
+    warnings = dmg.health("dmg")
+    text = "\n".join(warnings)
+    assert "dmg/train_log.csv ends at step 11 but the checkpoints go to step 40" in text
+    assert "dmg/ckpt/ lacks 1 checkpoint(s)" in text and "(step 16)" in text
+    assert "dmg/batch_log.bin holds steps 1..7 but the run has checkpoints to step 40" in text
+    evaluated = len(EVAL_ARGS[EVAL_ARGS.index("--steps") + 1:])
+    assert f"dmg/tables/summary.csv lacks {evaluated - 1} of the {evaluated} steps" in text
+    assert f"python eval.py --out_dir {out.as_posix()}/dmg --rebuild" in text
+    assert "dmg/tables/saturation.csv is older than summary.csv" in text  # its plateaus came from the full file
+    assert len(warnings) == 5 and "{" not in text  # one line per damage, no unformatted placeholders
+    assert runs.runs_table(dmg).set_index("run").loc["dmg", "status"] == \
+        "train log cut at step 11 (checkpoints to 40)"
+
+
 
 def test_missing_and_corrupt_tables_become_messages(store, tmp_path):
     out = tmp_path / "out"

@@ -21,7 +21,7 @@ from modelling.checkpoints import list_checkpoints
 
 from tests.fixtures_data import PYTHON, REPO
 from tests.fixtures_run import TINY_CKPTS
-from tests.test_dash import RUN, dash_workspace  # noqa: F401  (shared session fixture: eval + visualizers on tiny)
+from tests.test_dash import RUN, damage, dash_workspace  # noqa: F401  (dash_workspace: the shared session fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -45,6 +45,7 @@ def screens(tmp_path_factory):
 
 
 LIVE = "live"  # a second copy of the run, its last checkpoint held back until the refresh test "writes" it
+DAMAGED = "damaged"  # a third, with its logs cut and a checkpoint deleted (tests/test_dash.py damage())
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def server(dash_workspace, tmp_path_factory):  # noqa: F811
     """The app on a free port over a private --out holding two copies of the evaluated run (RUN, and LIVE
     without its last checkpoint), re-reading files every second; data/ comes from --root."""
     out = tmp_path_factory.mktemp("dash_out")
-    for name in (RUN, LIVE):
+    for name in (RUN, LIVE, DAMAGED):
         shutil.copytree(dash_workspace / "out" / RUN, out / name)
+    damage(out / DAMAGED)
     held_step, held_path = list_checkpoints(out / LIVE)[-1]
     held = out / "held.pt"  # outside any run folder
     shutil.move(held_path, held)
@@ -226,9 +228,15 @@ def test_refresh_adds_a_checkpoint_and_keeps_zoom_and_slider(server, page):
     assert page.problems == []
 
 
-def test_a_refused_run_name_is_one_message(server, page):
+def test_a_refused_run_is_one_message_and_damage_is_warned(server, page):
     visit(page, f"{server['url']}/attention?run=../../../etc")
     expect(page.locator(".msg-error")).to_have_count(1, timeout=WAIT_MS)
     assert "refused: unknown run '../../../etc'" in page.locator(".msg-error").inner_text()
     assert page.locator(".msg-info").all_inner_texts() == []  # no panel adds a "none found" of its own
+    assert search_params(page) == {"run": "../../../etc"}  # the URL is left as the user wrote it
+    # a run with cut logs and a deleted checkpoint says so above the page, naming each file
+    visit(page, f"{server['url']}/runs?run={DAMAGED}")
+    expect(page.locator(".msg-warn").first).to_contain_text("train_log.csv ends at step 11", timeout=WAIT_MS)
+    warnings = " ".join(page.locator(".msg-warn").all_inner_texts())
+    assert "batch_log.bin holds steps 1..7" in warnings and "lacks 1 checkpoint(s)" in warnings
     assert page.problems == []

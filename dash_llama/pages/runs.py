@@ -48,6 +48,16 @@ def _last(frame, column):
     return values.iloc[-1].item() if len(values) else None
 
 
+def run_status(step, max_iters, checkpoints):
+    """'done', 'S/N steps', or — when the train log stops before the checkpoints do — that the log was cut."""
+    last_ckpt = max((int(s) for s, _ in checkpoints), default=0)
+    if last_ckpt > (step or 0):
+        return f"train log cut at step {step or 0} (checkpoints to {last_ckpt})"
+    if step and max_iters and step >= max_iters:
+        return "done"
+    return f"{step or 0}/{max_iters} steps" if max_iters else ""
+
+
 def runs_table(store):
     """One row per run: what it is (dataset, shape) and where it got to (steps, tokens, losses)."""
     rows = []
@@ -67,8 +77,7 @@ def runs_table(store):
             "step": step, "tokens_seen": _last(run.train_log, "tokens_seen"),
             "train_loss": _last(run.train_log, "loss"), "val_loss_sub": _last(run.val_log, "val_loss_sub"),
             "checkpoints": len(run.checkpoints),
-            "status": ("done" if step and max_iters and step >= max_iters else
-                       f"{step or 0}/{max_iters} steps" if max_iters else ""),
+            "status": run_status(step, max_iters, run.checkpoints),
         })
     columns = ["run", "dataset", "vocab", "shape", "params", "sampler", "step", "tokens_seen", "train_loss",
                "val_loss_sub", "checkpoints", "status"]
