@@ -290,6 +290,54 @@ def test_generations_table_for_a_checkpoint(store):
         generations.generations_table(store, RUN, -5, "all", [])
 
 
+# ---- comparison ----
+
+@pytest.fixture
+def two_runs(store, tmp_path):
+    """A Store over two copies of the run, "a" and "b" (b is what the header compares with)."""
+    out = tmp_path / "out"
+    for name in ("a", "b"):
+        shutil.copytree(store.out_dir / RUN, out / name)
+    return Store(out)
+
+
+def test_compared_runs_show_beside_the_run_at_the_nearest_step(two_runs):
+    probe = attention.probe_names(two_runs, "b")[0]
+    figures, note_lines = attention.compared_heads(two_runs, ["b"], 13, probe, 1, 2)
+    assert note_lines == [] and len(figures) == 1
+    assert figures[0]["layout"]["title"]["text"] == "b · layer 1 · head 2 · step 10 (nearest to step 13)"
+    alone, _ = attention.head_figure(two_runs, "b", 10, probe, 1, 2)
+    assert np.allclose(z_of(figures[0]["data"][0]), z_of(alone["data"][0]))
+    stats, _ = attention.stats_figure(two_runs, "a", "induction", 10, (1, 2), compare=["b"])
+    theirs = next(t for t in stats["data"] if t["name"] == "b · L1 H2")
+    mine = next(t for t in stats["data"] if t["name"] == "L1 H2")
+    assert theirs["y"] == mine["y"] and theirs["line"]["dash"] == "dash"  # identical copies draw alike
+    steps = generations.generation_steps(two_runs, "a")
+    columns, rows = generations.generations_table(two_runs, "a", steps[1], "all", [], ["b"])
+    assert [c["id"] for c in columns][:2] == ["run", "step"] and {r["run"] for r in rows} == {"a", "b"}
+    assert len(rows) == 2 * len(generations.generations_table(two_runs, "a", steps[1])[1])
+    scores = generations.scores_figure(two_runs, "a", steps[-1], compare=["b"])
+    assert any(t["name"].startswith("b · ") for t in scores["data"])
+    comp, _ = data_page.composition_figure(two_runs, "a", "flesch_ease", compare=["b"])
+    assert comp["data"][-1]["name"].startswith("b EMA") and comp["data"][-1]["y"] == comp["data"][1]["y"]
+
+
+def test_generations_step_k_beside_the_final_step_with_a_word_diff(store):
+    gens = pd.read_csv(store.run_dir(RUN) / "tables" / "generations.csv")
+    steps = generations.generation_steps(store, RUN)
+    columns, rows = generations.generations_table(store, RUN, steps[0])
+    names = {c["id"]: c["name"] for c in columns}
+    assert names["final_text"] == f"generated at final step {steps[-1]}"
+    final = gens[gens["step"] == steps[-1]].set_index("prompt_id")["generated_text"]
+    for row in rows:
+        assert row["final_text"] == final[row["prompt_id"]]
+    # the diff of a text with itself marks nothing; a real edit is struck out / bold
+    _, last = generations.generations_table(store, RUN, steps[-1])
+    assert all("~~" not in r["diff"] and "**" not in r["diff"] for r in last)
+    assert generations.word_diff("the cat sat", "the dog sat down") == "the ~~cat~~ **dog** sat **down**"
+    assert generations.word_diff("a*b", "a*b") == "a\\*b"  # markdown characters are escaped
+
+
 # ---- Saturation ----
 
 def test_saturation_curves_and_plateau_markers(store):

@@ -195,6 +195,14 @@ def test_the_url_holds_the_view_through_reload_and_links(server, page, screens):
     assert page.evaluate("() => window.location.pathname") == "/generations"
     assert search_params(page)["run"] == RUN
     page.screenshot(path=str(screens / "generations_from_link.png"), full_page=True)
+    # a shared link with a compared run: its generations and its head sit beside the run's, at the nearest step
+    visit(page, f"{server['url']}/generations?run={RUN}&cmp={LIVE}&step=20")
+    expect(page.locator("#gen-table")).to_contain_text(LIVE, timeout=WAIT_MS)
+    expect(page.locator("#gen-table")).to_contain_text("step 20 → final", timeout=WAIT_MS)
+    page.locator("#nav-attention").click()
+    expect(page.locator("#attn-compare .gtitle")).to_contain_text(f"{LIVE} · layer 0 · head 0 · step 20",
+                                                                  timeout=WAIT_MS)
+    assert search_params(page)["cmp"] == LIVE
     assert page.problems == []
 
 

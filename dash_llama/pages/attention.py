@@ -6,11 +6,13 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import (GRAPH_CONFIG, MANY_COLOURS, checkpoint_slider, figure_or_message, guard, int_or_none,
-                           keep_unchanged, keep_zoom, message, notes, remember, slider_update, step_axis_type,
-                           step_caption, triggered_id, typed_array, view_slider, zoomable_graph)
+                           keep_unchanged, keep_zoom, message, nearest_index, nearest_label, notes, remember,
+                           run_colour, slider_update, step_axis_type, step_caption, triggered_id, typed_array,
+                           view_slider, zoomable_graph)
 
 GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
 HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
+LABELLED_T = 128       # up to this many positions, every token is labelled on the enlarged head's axes
 STATS = {"entropy": "attention entropy (nats)", "prev_token": "previous-token score",
          "induction": "induction score"}
 
@@ -48,6 +50,9 @@ def layout(store=None, view=None):
                 html.Div(id="attn-stats-msg"),
                 zoomable_graph("attn-stats")]),
         ]),
+        html.H3("The same head in the compared runs (header: compare)"),
+        html.Div(id="attn-compare-msg"),
+        html.Div(id="attn-compare", className="row"),
         dcc.Store(id="attn-head-sel", data=parse_head(view.get("head"))),
     ])
 
@@ -117,7 +122,7 @@ def head_from_click(click_data, n_heads):
     return k // n_heads, k % n_heads
 
 
-def head_figure(store, name, step, probe, layer, head):
+def head_figure(store, name, step, probe, layer, head, title_prefix=""):
     """One head enlarged with token labels on the axes (when short enough to read). Returns (figure, notes)."""
     attn, labels = _probe_maps(store, name, step, probe)
     n_layers, n_heads, T, _ = attn.shape
@@ -130,15 +135,44 @@ def head_figure(store, name, step, probe, layer, head):
                         "x": labels, "y": labels, "colorscale": "Viridis", "zmin": 0, "zmax": 1,
                         "hovertemplate": "query %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"}],
               "layout": {"height": 520, "margin": {"l": 90, "r": 10, "t": 40, "b": 90},
-                         "title": {"text": f"layer {layer} · head {head} · step {step}", "font": {"size": 14}},
-                         "xaxis": {"type": "category", "showticklabels": shown <= 64, "tickfont": {"size": 9},
-                                   "title": {"text": "key"}},
-                         "yaxis": {"type": "category", "autorange": "reversed", "showticklabels": shown <= 64,
-                                   "tickfont": {"size": 9}, "title": {"text": "query"}}}}
+                         "title": {"text": f"{title_prefix}layer {layer} · head {head} · step {step}",
+                                   "font": {"size": 14}},
+                         "xaxis": {"type": "category", "showticklabels": shown <= LABELLED_T, "tickfont": {"size": 8},
+                                   "title": {"text": "key"}, "tickangle": -90},
+                         "yaxis": {"type": "category", "autorange": "reversed", "showticklabels": shown <= LABELLED_T,
+                                   "tickfont": {"size": 8}, "title": {"text": "query"}}}}
+    if shown <= LABELLED_T:  # room for one readable label per position
+        figure["layout"]["height"] = max(520, 7 * shown + 160)
+        figure["layout"]["margin"].update({"l": 110, "b": 110})
     return figure, [note]
 
 
-def stats_figure(store, name, stat, step=None, selected=None, axis="auto"):
+def compared_heads(store, names, step, probe, layer, head):
+    """The selected head in each compared run, at its checkpoint nearest `step` (labelled when not equal).
+    Returns ([figure], notes); a run without that probe or head gets a note instead of a figure."""
+    figures, note_lines = [], []
+    for name in names:
+        steps = store.checkpoint_steps(name)
+        if not steps:
+            note_lines.append(f"{name}: no checkpoints yet")
+            continue
+        at = steps[nearest_index(steps, step)]
+        probes = probe_names(store, name)
+        use = probe if probe in probes else (probes[0] if probes else None)
+        if use is None:
+            note_lines.append(f"{name}: no probes recorded (attn_probes.json)")
+            continue
+        try:
+            figure, _ = head_figure(store, name, at, use, layer, head, title_prefix=f"{name} · ")
+        except Missing as e:
+            note_lines.append(f"{name}: {e}")
+            continue
+        figure["layout"]["title"]["text"] += nearest_label(at, step) + ("" if use == probe else f" · probe {use}")
+        figures.append(figure)
+    return figures, note_lines
+
+
+def stats_figure(store, name, stat, step=None, selected=None, axis="auto", compare=()):
     """Each head's `stat` against step (one line per layer·head, each its own colour), the selected head bold,
     the slider's step marked. Returns (figure, notes)."""
     stats = store.table(name, "attn_stats")
@@ -151,6 +185,17 @@ def stats_figure(store, name, stat, step=None, selected=None, axis="auto"):
                        "y": rows[stat].round(4).tolist(), "name": f"L{layer} H{head}",
                        "line": {"width": 4 if is_selected else 1.2, "color": MANY_COLOURS[i % len(MANY_COLOURS)]},
                        "opacity": 1 if is_selected else 0.6})
+    for i, other in enumerate(compare or []):  # the selected head of each compared run, dashed
+        try:
+            theirs = store.table(other, "attn_stats")
+        except Missing:
+            continue
+        if selected is None or stat not in theirs.columns:
+            continue
+        rows = theirs[(theirs["layer"] == selected[0]) & (theirs["head"] == selected[1])].sort_values("step")
+        traces.append({"type": "scatter", "mode": "lines", "x": rows["step"].tolist(),
+                       "y": rows[stat].round(4).tolist(), "name": f"{other} · L{selected[0]} H{selected[1]}",
+                       "line": {"width": 3, "dash": "dash", "color": run_colour(i + 1)}})
     x_type = step_axis_type(axis, sorted(stats["step"].unique()))
     layout = {"height": 520, "margin": {"l": 60, "r": 10, "t": 30, "b": 50}, "uirevision": f"{name}{stat}{x_type}",
               "xaxis": {"title": {"text": "step" + (" (log)" if x_type == "log" else "")}, "type": x_type},
@@ -222,13 +267,29 @@ def register(app, store):
 
     @app.callback(Output("attn-stats-next", "data"), Output("attn-stats-msg", "children"),
                   Input("run", "value"), Input("attn-stat", "value"), Input("attn-step", "value"),
-                  Input("attn-head-sel", "data"), Input("axis", "value"), Input("version", "data"))
+                  Input("attn-head-sel", "data"), Input("axis", "value"), Input("cmp", "value"),
+                  Input("version", "data"))
     @guard(figure_or_message())
-    def update_stats(run, stat, index, selected, axis, _version):
+    def update_stats(run, stat, index, selected, axis, cmp, _version):
         steps = store.checkpoint_steps(run)
         step = steps[min(index or 0, len(steps) - 1)] if steps else None
-        figure, note_lines = stats_figure(store, run, stat, step, (selected["layer"], selected["head"]), axis)
+        figure, note_lines = stats_figure(store, run, stat, step, (selected["layer"], selected["head"]), axis,
+                                          [c for c in cmp or [] if c != run])
         return figure, notes(*note_lines)
+
+    @app.callback(Output("attn-compare", "children"), Output("attn-compare-msg", "children"),
+                  Input("cmp", "value"), Input("attn-head-sel", "data"), Input("run", "value"),
+                  Input("attn-step", "value"), Input("attn-probe", "value"))
+    @guard(lambda text, kind: (None, message(text, kind)))
+    def update_compare(cmp, selected, run, index, probe):
+        others = [c for c in cmp or [] if c != run]
+        if not others:
+            return None, message("pick runs to compare in the header to see this head beside them", "note")
+        steps = store.checkpoint_steps(run)
+        step = steps[min(index or 0, len(steps) - 1)] if steps else None
+        figures, note_lines = compared_heads(store, others, step, probe, selected["layer"], selected["head"])
+        graphs = [html.Div(dcc.Graph(figure=f, config=GRAPH_CONFIG), className="col") for f in figures]
+        return graphs or None, notes(*note_lines)
 
     @app.callback(Output("page-view", "data", allow_duplicate=True), Input("attn-step", "value"),
                   Input("attn-probe", "value"), Input("attn-head-sel", "data"), Input("attn-stat", "value"),
@@ -242,4 +303,4 @@ def register(app, store):
         return remember(view, step=step, probe=probe, stat=None if stat == "induction" else stat,
                         head=f"{selected['layer']}.{selected['head']}" if selected else None)
 
-    return update_controls, update_grid, select_head, update_head, update_stats, remember_view
+    return update_controls, update_grid, select_head, update_head, update_stats, update_compare, remember_view

@@ -84,13 +84,12 @@ def histogram_figure(store, name, metric):
         "legend": {"orientation": "h", "y": -0.2}}}
 
 
-def composition_figure(store, name, metric, smoothing=0.9):
-    """Mean of `metric` over the tokens trained in every optimizer step (batch log × metadata: each segment's
-    story value weighted by its trained tokens), raw and smoothed, with the dataset mean for reference.
-    Returns (figure, notes)."""
+def step_means(store, name, metric):
+    """(steps, the token-weighted mean of `metric` over each optimizer step's segments, notes), binned above
+    MAX_STEP_POINTS steps."""
     values = _metric(store, name, metric)
     log = store.batch_log(name)
-    n_steps, per_step = len(log), log.meta.get("segments_per_step", 0)
+    n_steps = len(log)
     segments = log.steps(1, n_steps)
     lookup = values.reindex(np.arange(int(values.index.max()) + 1)).to_numpy(dtype=float)
     if len(segments) and segments["story_id"].max() >= len(lookup):
@@ -100,7 +99,7 @@ def composition_figure(store, name, metric, smoothing=0.9):
     value = lookup[segments["story_id"]]
     weight = segments["n_tokens"] * np.isfinite(value)
     with np.errstate(invalid="ignore", divide="ignore"):
-        step_means = np.bincount(step_of, np.where(np.isfinite(value), value, 0) * weight, n_steps) / \
+        means = np.bincount(step_of, np.where(np.isfinite(value), value, 0) * weight, n_steps) / \
             np.bincount(step_of, weight, n_steps)
     steps = np.arange(1, n_steps + 1)
     note_lines = []
@@ -108,17 +107,38 @@ def composition_figure(store, name, metric, smoothing=0.9):
         width = int(np.ceil(n_steps / MAX_STEP_POINTS))
         n_bins = n_steps // width
         steps = steps[: n_bins * width].reshape(n_bins, width)[:, -1]
-        step_means = step_means[: n_bins * width].reshape(n_bins, width).mean(axis=1)
-        note_lines.append(f"{n_steps:,} steps averaged in bins of {width} for display")
-    smoothed = smooth_ema(step_means, smoothing)
+        means = means[: n_bins * width].reshape(n_bins, width).mean(axis=1)
+        note_lines.append(f"{name}: {n_steps:,} steps averaged in bins of {width} for display")
+    return steps, means, note_lines
+
+
+def composition_figure(store, name, metric, smoothing=0.9, compare=()):
+    """Mean of `metric` over the tokens trained in every optimizer step (batch log × metadata: each segment's
+    story value weighted by its trained tokens), raw and smoothed, with the dataset mean for reference; the
+    compared runs' smoothed curves overlaid. Returns (figure, notes)."""
+    values = _metric(store, name, metric)
+    per_step = store.batch_log(name).meta.get("segments_per_step", 0)
+    steps, means, note_lines = step_means(store, name, metric)
+    smoothed = smooth_ema(means, smoothing)
     traces = [
-        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(step_means, 5).tolist(),
+        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(means, 5).tolist(),
          "name": "per step", "line": {"color": PALETTE[0], "width": 1}, "opacity": 0.35},
         {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(smoothed, 5).tolist(),
-         "name": f"EMA {smoothing}", "line": {"color": PALETTE[0], "width": 2.5}},
+         "name": f"{name} EMA {smoothing}" if compare else f"EMA {smoothing}",
+         "line": {"color": PALETTE[0], "width": 2.5}},
         {"type": "scatter", "mode": "lines", "x": [int(steps[0]), int(steps[-1])],
          "y": [float(np.nanmean(values))] * 2, "name": "dataset mean", "line": {"color": "#777", "dash": "dot"}},
     ]
+    for i, other in enumerate(c for c in compare or [] if c != name):
+        try:
+            their_steps, theirs, their_notes = step_means(store, other, metric)
+        except Missing as e:
+            note_lines.append(f"{other}: {e}")
+            continue
+        note_lines += their_notes
+        traces.append({"type": "scattergl", "mode": "lines", "x": their_steps.tolist(),
+                       "y": np.round(smooth_ema(theirs, smoothing), 5).tolist(), "name": f"{other} EMA {smoothing}",
+                       "line": {"color": PALETTE[(i + 1) % len(PALETTE)], "width": 2.5, "dash": "dash"}})
     return {"data": traces, "layout": {
         "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50}, "uirevision": f"{name}{metric}",
         "xaxis": {"title": {"text": "optimizer step"}},
@@ -169,13 +189,14 @@ def register(app, store):
         return histogram_figure(store, run, metric), None
 
     @app.callback(Output("data-comp-next", "data"), Output("data-comp-msg", "children"),
-                  Input("run", "value"), Input("data-metric", "value"), Input("version", "data"))
+                  Input("run", "value"), Input("data-metric", "value"), Input("cmp", "value"),
+                  Input("version", "data"))
     @guard(figure_or_message())
-    def update_composition(run, metric, _n):
+    def update_composition(run, metric, cmp, _version):
         store.metadata(run)  # an unknown run or missing metadata says so first
         if not metric:
             raise Missing("no metadata metric to show")
-        figure, note_lines = composition_figure(store, run, metric)
+        figure, note_lines = composition_figure(store, run, metric, compare=cmp or [])
         return figure, notes(*note_lines)
 
     @app.callback(Output("data-batch", "columns"), Output("data-batch", "data"), Output("data-batch-msg", "children"),

@@ -6,8 +6,9 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing, UnknownName
-from dash_llama.ui import (PALETTE, checkpoint_slider, figure_or_message, guard, keep_zoom, notes, remember,
-                           slider_update, step_caption, triggered_id, view_slider, zoomable_graph)
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, checkpoint_slider, figure_or_message, guard, keep_zoom, message,
+                           nearest_index, nearest_label, notes, remember, slider_update, step_caption, triggered_id,
+                           view_slider, zoomable_graph)
 
 MAX_POINTS = 6000     # tokens drawn per step; the rest of a large vocab is strided out (with a note)
 MAX_TRACKED = 12      # trajectories drawn at once
@@ -33,6 +34,9 @@ def layout(store=None, view=None):
             html.Div(className="col", children=[html.Div(id="embd-traj-msg"),
                                                  zoomable_graph("embd-traj")]),
         ]),
+        html.H3("Compared runs at the nearest step (header: compare)"),
+        html.Div(id="embd-compare-msg"),
+        html.Div(id="embd-compare", className="row"),
     ])
 
 
@@ -194,4 +198,27 @@ def register(app, store):
             return no_update
         return remember(view, step=steps[min(index or 0, len(steps) - 1)] if steps else None, q=query)
 
-    return update_steps, update_scatter, update_trajectories, remember_view
+    @app.callback(Output("embd-compare", "children"), Output("embd-compare-msg", "children"),
+                  Input("cmp", "value"), Input("run", "value"), Input("embd-step", "value"),
+                  Input("embd-search", "value"))
+    @guard(lambda text, kind: (None, message(text, kind)))
+    def update_compare(cmp, run, index, query):
+        others = [c for c in cmp or [] if c != run]
+        if not others:
+            return None, message("pick runs to compare in the header to see their embeddings beside these", "note")
+        steps = pca_steps(store, run)
+        step = steps[min(index or 0, len(steps) - 1)]
+        graphs, note_lines = [], []
+        for other in others:
+            try:
+                theirs = pca_steps(store, other)
+                at = theirs[nearest_index(theirs, step)]
+                figure, _ = scatter_figure(store, other, at, query or "")
+            except Missing as e:
+                note_lines.append(f"{other}: {e}")
+                continue
+            figure["layout"]["title"]["text"] += nearest_label(at, step)
+            graphs.append(html.Div(dcc.Graph(figure=figure, config=GRAPH_CONFIG), className="col"))
+        return graphs or None, notes(*note_lines)
+
+    return update_steps, update_scatter, update_trajectories, update_compare, remember_view
