@@ -121,7 +121,7 @@ def create_app(out_dir=None, refresh_seconds=REFRESH_SECONDS):
                            className="run-picker"),
                 html.Label(["step axis", dcc.RadioItems(id="axis", options=list(AXES), value="auto", inline=True)],
                            className="axis-picker", title="auto: log where the checkpoints are log-spaced"),
-                dcc.Checklist(id="live", options=[{"label": f"live (re-read every {refresh_seconds} s)",
+                dcc.Checklist(id="live", options=[{"label": f"live (re-read every {refresh_seconds:g} s)",
                                                    "value": "on"}], value=["on"], className="live"),
             ]),
         ]),

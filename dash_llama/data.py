@@ -187,6 +187,18 @@ class Store:
             return self._cached(("summary", str(path)), _signature(path), load)
         return self._csv(path, f"{name}/tables/{table}.csv", TABLE_MAKERS.get(table, "the eval stages"), name)
 
+    def table_json(self, name, table):
+        """out/RUN/tables/<table>.json as a dict ({} when absent or unreadable: these only add labels)."""
+        import json
+        path = self.run_dir(name) / "tables" / f"{table}.json"
+
+        def load():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+        return self._cached(("json", str(path)), _signature(path), load)
+
     def _csv(self, path, label, maker, run=None):
         sig = _signature(path)
         cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker

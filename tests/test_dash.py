@@ -270,6 +270,10 @@ def test_embeddings_scatter_search_and_trajectories(store):
     trajectories, _ = embeddings.trajectory_figure(store, RUN, query, steps[0])
     path = trajectories["data"][0]
     assert len(path["x"]) == len(steps) and path["customdata"] == steps
+    start = trajectories["data"][1]  # the open circle on the path's first step
+    assert start["marker"]["symbol"] == "circle-open" and (start["x"][0], start["y"][0]) == (path["x"][0], path["y"][0])
+    ratio = store.table_json(RUN, "embd_basis")["explained_variance_ratio"][0]
+    assert figure["layout"]["xaxis"]["title"]["text"].startswith(f"PC1 ({100 * ratio:.1f}% of variance")
     with pytest.raises(Missing):
         embeddings.trajectory_figure(store, RUN, "zzzqqq", steps[0])
 
@@ -380,6 +384,8 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
     hist = data_page.histogram_figure(store, RUN, "flesch_ease")
     assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val", "val_novel"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
+    with pytest.raises(UnknownName, match="whole number"):  # the step box refuses 2.5 instead of "step None"
+        data_page.batch_rows(store, RUN, 2.5, [])
     columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
     assert [(r["story_id"], r["start"], r["n_tokens"]) for r in rows] == log.step(5)[["story_id", "start",
                                                                                      "n_tokens"]].tolist()

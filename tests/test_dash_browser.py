@@ -153,6 +153,18 @@ def test_every_page_loads_cleanly_with_the_runs_data(server, page, screens):
             assert infos == [], f"/{name} says something is missing: {infos}"
         else:  # no durability experiment in this workspace: a clear message in place
             assert "no experiments under" in page.locator(".msg-info").first.inner_text()
+    # no toolbar button sends a chart to an online service; tables download as CSV
+    visit(page, f"{server['url']}/runs?run={RUN}")
+    titles = [b.get_attribute("data-title") or "" for b in page.locator("#runs-loss .modebar-btn").all()]
+    assert titles and not [t for t in titles if any(w in t.lower() for w in ("share", "studio", "cloud"))]
+    assert page.locator("#runs-table button.export").count() == 1
+    # at a phone's width (390 px) every nav link is on screen and nothing runs off the right edge
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.wait_for_function("() => document.documentElement.scrollWidth <= 390", timeout=WAIT_MS)
+    for link in page.locator(".nav-link").all():
+        box = link.bounding_box()
+        assert 0 <= box["x"] and box["x"] + box["width"] <= 390, link.inner_text()
+    page.screenshot(path=str(screens / "runs_390px.png"), full_page=True)
     server["log"].seek(0)
     assert "Traceback" not in server["log"].read()
 

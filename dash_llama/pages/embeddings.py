@@ -82,6 +82,16 @@ def _tracked(table, query):
     return []
 
 
+def pc_title(store, name, k):
+    """'PC1 (85.8% of variance at step 40)' from tables/embd_basis.json, or 'PC1' when it does not say."""
+    basis = store.table_json(name, "embd_basis")
+    ratios, fitted = basis.get("explained_variance_ratio") or [], basis.get("fitted_on_steps") or []
+    if k >= len(ratios):
+        return f"PC{k + 1}"
+    where = f" at step {fitted[0]}" if len(fitted) == 1 else ""
+    return f"PC{k + 1} ({100 * float(ratios[k]):.1f}% of variance{where})"
+
+
 def scatter_figure(store, name, step, query=""):
     """Every token at `step` coloured by group, search hits enlarged and labelled; axes fixed over all steps
     (the basis is shared, so motion is real). Returns (figure, notes)."""
@@ -121,7 +131,8 @@ def scatter_figure(store, name, step, query=""):
     figure = {"data": traces, "layout": {
         "height": 560, "margin": {"l": 50, "r": 10, "t": 40, "b": 50},
         "title": {"text": f"{name} · token embeddings at step {step} (shared PCA basis)", "font": {"size": 14}},
-        "xaxis": {"title": {"text": "PC1"}, "range": x_range}, "yaxis": {"title": {"text": "PC2"}, "range": y_range},
+        "xaxis": {"title": {"text": pc_title(store, name, 0)}, "range": x_range},
+        "yaxis": {"title": {"text": pc_title(store, name, 1)}, "range": y_range},
         "legend": {"orientation": "h", "y": -0.15}, "uirevision": name}}
     return figure, note_lines
 
@@ -142,10 +153,14 @@ def trajectory_figure(store, name, query="", step=None):
         rows = table[table["token_id"] == token_id].sort_values("step")
         color = PALETTE[i % len(PALETTE)]
         piece = str(rows["piece"].iloc[0])
+        # arrows point along the path (from the previous step); an open circle marks the first step
         traces.append({"type": "scatter", "mode": "lines+markers", "x": rows["pc1"].round(4).tolist(),
                        "y": rows["pc2"].round(4).tolist(), "customdata": rows["step"].tolist(), "name": piece,
-                       "line": {"color": color}, "marker": {"size": 4},
+                       "line": {"color": color}, "marker": {"size": 9, "symbol": "arrow", "angleref": "previous"},
                        "hovertemplate": f"{piece}<br>step %{{customdata}}<extra></extra>"})
+        traces.append({"type": "scatter", "mode": "markers", "x": rows["pc1"].head(1).round(4).tolist(),
+                       "y": rows["pc2"].head(1).round(4).tolist(), "showlegend": False, "hoverinfo": "skip",
+                       "marker": {"size": 11, "symbol": "circle-open", "color": color, "line": {"width": 2}}})
         now = rows[rows["step"] == step]
         if not now.empty:
             traces.append({"type": "scatter", "mode": "markers+text", "x": now["pc1"].tolist(),
@@ -153,8 +168,10 @@ def trajectory_figure(store, name, query="", step=None):
                            "showlegend": False, "marker": {"size": 12, "color": color}, "hoverinfo": "skip"})
     figure = {"data": traces, "layout": {
         "height": 560, "margin": {"l": 50, "r": 10, "t": 40, "b": 50},
-        "title": {"text": "trajectories across checkpoints", "font": {"size": 14}}, "uirevision": f"{name}{query}",
-        "xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
+        "title": {"text": "trajectories across checkpoints (○ first step, arrows point forward)",
+                  "font": {"size": 14}},
+        "uirevision": f"{name}{query}",
+        "xaxis": {"title": {"text": pc_title(store, name, 0)}}, "yaxis": {"title": {"text": pc_title(store, name, 1)}},
         "legend": {"orientation": "h", "y": -0.15}}}
     return figure, note_lines
 
