@@ -88,6 +88,10 @@ def callbacks(store, run):
         "data: histogram": lambda s: data_page.histogram_figure(s, run, "flesch_ease"),
         "data: batch composition": lambda s: data_page.composition_figure(s, run, "flesch_ease"),
         "data: batch viewer": lambda s: data_page.batch_rows(s, run, 7, ["flesch_ease"]),
+        "attention: a compared run's head": lambda s: attention.compared_heads(s, [run], steps[len(steps) // 2] + 1,
+                                                                               probe, 1, 1),
+        "header: damage checks": lambda s: s.health(run),
+        "refresh: file version check": lambda s: s.version(),
     }
 
 

@@ -138,6 +138,20 @@ def test_version_changes_only_when_files_change(store, tmp_path):
     assert live_store.version() != before
 
 
+def test_pause_stops_the_refresh_and_ticked_rows_compare_runs(store):
+    app = create_app(store.out_dir)
+    pause = app.callback_map["refresh.disabled"]["callback"].__wrapped__
+    assert pause(["on"]) is False and pause([]) is True
+    # the URL writer leaves a refused or missing run's URL alone and drops default values
+    write_url = app.callback_map["url.search"]["callback"].__wrapped__
+    assert write_url(None, [], "auto", {"step": "4"}, "?run=../etc") is no_update
+    assert write_url(RUN, ["b"], "auto", {"step": "4"}, "") == f"?run={RUN}&cmp=b&step=4"
+    _, tick_rows, *_ = callbacks(runs, store)
+    rows = [{"run": RUN}, {"run": "b"}, {"run": "c"}]
+    assert tick_rows([0, 2], rows, RUN, []) == ["c"]  # the header's run is not compared with itself
+    assert tick_rows([0, 2], rows, RUN, ["c"]) is no_update
+
+
 def test_step_axis_is_log_where_checkpoints_are_log_spaced(store):
     assert is_log_spaced(TINY_CKPTS) and is_log_spaced([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 350])
     assert not is_log_spaced(list(range(50, 1001, 50))) and not is_log_spaced([1, 2])
