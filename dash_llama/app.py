@@ -1,13 +1,17 @@
 """The dashboard: browse every run and experiment under --out in the browser.
 
-    python dash_llama/app.py [--root .] [--out ROOT/out] [--host 127.0.0.1] [--port 8050]
+    python dash_llama/app.py [--root .] [--out ROOT/out] [--host 127.0.0.1] [--port 8050] [--refresh 15]
 
 Pages: Runs, Saturation, Attention, Embeddings, Generations, Data, Experiments (one module each in
-dash_llama/pages/). Runs are discovered under --out (any folder with a config.json) and re-read when their
-files change, so a run still training shows new checkpoints on the next refresh. Everything is read through
-the project's shared readers (dash_llama/data.py); a missing artifact shows a message naming the stage that
-makes it. Datasets (data/) are read from the project root (--root, $LLAMA_PREBIAS_ROOT or the working
-directory), so --out may point elsewhere. Binds 127.0.0.1 unless told otherwise."""
+dash_llama/pages/). The header picks the run, up to three runs to compare with it, the step axis (log where
+checkpoints are log-spaced) and pauses the refresh. The URL holds the whole view (header and page controls), so a
+reload, a nav link or a link sent to a colleague opens the same view. Runs are discovered under --out (any folder
+with a config.json); every --refresh seconds the app checks whether any file changed and only then redraws, keeping
+sliders, selections and zoom. Damage to the selected run's files (cut logs, deleted checkpoints, stale tables) is
+warned about above every page. Everything is read through the project's shared readers (dash_llama/data.py); a
+missing artifact shows a message naming the stage that makes it. Datasets (data/) are read from the project root
+(--root, $LLAMA_PREBIAS_ROOT or the working directory), so --out may point elsewhere. Binds 127.0.0.1 unless told
+otherwise."""
 import argparse
 import inspect
 import sys
