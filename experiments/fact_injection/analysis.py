@@ -318,6 +318,16 @@ def verdict(row):
             f"{row['p']:.2g} (minimum detectable effect {row['mde']:.3f})")
 
 
+def decay_verdict(r):
+    """Which decay fits better; within 10% residual sum of squares the two are called indistinguishable."""
+    if not r.better:
+        return "no fit"
+    rss = sorted(x for x in (r.power_rss, r.exp_rss) if x is not None and np.isfinite(x))
+    if len(rss) == 2 and rss[1] <= 1.1 * rss[0]:
+        return "power law and exponential fit alike (rss within 10%)"
+    return f"{r.better} fits better"
+
+
 def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine):
     p = primary.set_index("comparison")
     lines = [
@@ -355,12 +365,15 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
               f"(forward {OUTCOME} {acq_row['mean_a']:.3f} vs {acq_row['mean_b']:.3f}).",
               f"- Reversal curse: {'reproduced' if curse['significant'] and curse['diff'] > 0 else 'NOT reproduced'} "
               f"— forward-only facts: forward {curse['mean_a']:.3f} vs reverse {curse['mean_b']:.3f} (chance "
-              f"{chance:.3g}); with reverse phrasings the reverse answer is {closes['mean_a']:.3f} vs "
-              f"{closes['mean_b']:.3f} ({'gap closed' if closes['significant'] and closes['diff'] > 0 else 'no detectable closing'}).",
+              f"{chance:.3g}; difference {curse['diff']:.3f} [{curse['ci_lo']:.3f}, {curse['ci_hi']:.3f}], minimum "
+              f"detectable effect {curse['mde']:.3f}); with reverse phrasings the reverse answer is "
+              f"{closes['mean_a']:.3f} vs {closes['mean_b']:.3f} "
+              f"({'gap closed' if closes['significant'] and closes['diff'] > 0 else 'no detectable closing'}).",
               f"- Paraphrase transfer: {'reproduced' if para['significant'] and para['diff'] > 0 else 'NOT reproduced'} "
-              f"— held-out paraphrases {para['mean_a']:.3f} (10 phrasings) vs {para['mean_b']:.3f} (1 phrasing).",
+              f"— held-out paraphrases {para['mean_a']:.3f} (10 phrasings) vs {para['mean_b']:.3f} (1 phrasing; "
+              f"minimum detectable effect {para['mde']:.3f}).",
               "- Retention: " + "; ".join(
-                  (f"{r.condition}: {r.better or 'no fit'} fits better (power b = {fmt(r.power_b)}, rss "
+                  (f"{r.condition}: {decay_verdict(r)} (power b = {fmt(r.power_b)}, rss "
                    f"{fmt(r.power_rss)}; exponential tau = {fmt(r.exp_tau)}, rss {fmt(r.exp_rss)}), retained at "
                    f"the end {fmt(r.retained_last)}") if r.acquired else
                   f"{r.condition}: not acquired (excess {fmt(r.excess_after)}, lower bound {fmt(r.excess_after_lo)})"
@@ -413,6 +426,11 @@ def write_curve_files(exp_dir, scores):
 def analyse(exp_dir, design, runs, plans, check, machine=""):
     exp_dir = Path(exp_dir)
     scores = load_scores(exp_dir, runs, plans)
+    # only the steps scored in every seed of an arm (a run scored before the grid rule has extra ones)
+    n_seeds = scores.groupby("arm")["seed"].nunique()
+    per_step = scores.groupby(["arm", "step"])["seed"].nunique()
+    common = per_step[per_step.to_numpy() == n_seeds.reindex(per_step.index.get_level_values("arm")).to_numpy()]
+    scores = scores.set_index(["arm", "step"]).loc[lambda d: d.index.isin(common.index)].reset_index()
     chance = 1.0 / design["facts_per_group"]
     primary = primary_table(scores, plans)
     conds = condition_table(scores, plans, chance)
