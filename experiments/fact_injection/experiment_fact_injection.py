@@ -53,7 +53,7 @@ SIZES = {
                   train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, batch_size=4,
                              max_seq_len=64, learning_rate=1e-2, warmup_iters=2, min_lr=1e-3, eval_interval=10,
                              probe_len=16)),
-    # 2-core CPU: 4 seeds x (injected + control) runs of a 0.2M-parameter model, 400 steps of 8 segments
+    # 2-core CPU: 4 seeds x (injected + control) runs of a 0.25M-parameter model, 400 steps of 8 segments
     "demo": dict(steps=400, seeds=(0, 1, 2, 3), facts_per_group=8, repeats=100,
                  train=dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32, batch_size=8,
                             max_seq_len=256, learning_rate=2e-3, warmup_iters=20, min_lr=2e-4, eval_interval=25)),
