@@ -177,6 +177,10 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
         "dynamic sampling) give a lower validation loss than a random order or a static easy-to-hard "
         "curriculum, at exactly the same token budget?", "",
         "## Result (primary outcome, fixed before the runs)", "",
+        *([f"**Cut short:** {len(design['finished_seeds'])} of the {len(design['seeds'])} planned pairs finished "
+           f"(seeds {design['finished_seeds']}; the runs were stopped by the time limit, in plan order, not by "
+           f"looking at results); everything below uses those pairs and the power they have.", ""]
+          if "finished_seeds" in design else []),
         f"Final `{OUTCOME}` (eval.py, the first {e.get('val_stories', 'all')} stories of the fixed iid validation "
         f"sample), **{primary['comparison']}** = **{_fmt(primary['diff'])} nats** [95% t-interval "
         f"{_fmt(primary['ci_lo'])}, {_fmt(primary['ci_hi'])}], paired exact sign-flip p = {_fmt(primary['p'])} "
@@ -225,8 +229,8 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
     train_s, eval_s = results["train_s"].astype(float), results["eval_s"].astype(float)
     lines += [
         "", "## Cost", "",
-        f"- Wall time of the experiment: {sum(t['wall_s'] for t in timing) / 60:.1f} min, --jobs {jobs}, one thread "
-        f"per run, on a shared machine: " + "; ".join(f"started {t['started']}, {t['wall_s'] / 60:.1f} min, load "
+        f"- Wall time of the experiment: {sum(t['wall_s'] or 0 for t in timing) / 60:.1f} min, --jobs {jobs}, one thread "
+        f"per run, on a shared machine: " + "; ".join(f"started {t['started']}, {(t['wall_s'] or 0) / 60:.1f} min, load "
                                                      f"average (1 min) {t['load_start']} at the start, "
                                                      f"{t['load_end']} at the end" for t in timing) + ".",
         "- Mean per run: " + ", ".join(f"{c} train {results[results['condition'] == c]['train_s'].astype(float).mean():.0f} s"

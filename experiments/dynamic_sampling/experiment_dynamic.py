@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -102,14 +103,28 @@ def plan(dataset, vocab_size, size):
     return runs, {"steps": steps, "n_selected": n_selected}
 
 
-def record_timing(exp_dir, t0, load_start):
-    """Append this invocation's start, wall time and load averages to timing.json (the report states them)."""
+def record_timing(exp_dir, t0, load_start, finished=None):
+    """This invocation's start, wall time and load averages in timing.json (the report states them). Written at
+    the start (wall_s null) and again at the end; `finished`: the end is the last finished run's evaluation
+    (an invocation stopped before the end, analysed with --finished_only)."""
     path = exp_dir / TIMING_NAME
     timing = json.loads(path.read_text()) if path.exists() else []
-    timing.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
-                   "wall_s": round(time.time() - t0, 1), "load_start": load_start,
-                   "load_end": machine_info()["load_avg"][0]})
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
+    timing = [t for t in timing if t["started"] != started]
+    end = time.time() if finished is None else finished
+    timing.append({"started": started, "t0": t0, "wall_s": round(end - t0, 1) if end else None,
+                   "load_start": load_start, "load_end": machine_info()["load_avg"][0] if end else None})
     atomic_write_json(path, timing)
+
+
+def finished_pairs(exp_dir, runs):
+    """Runs of the seeds whose every condition finished, and the time the last of them finished."""
+    done = [r for r in runs if runner.run_finished(exp_dir / "runs" / r["name"], r["steps"])]
+    seeds = [s for s in dict.fromkeys(r["seed"] for r in runs)
+             if sum(r["seed"] == s for r in done) == len(CONDITIONS)]
+    kept = [r for r in done if r["seed"] in seeds]
+    end = max(((exp_dir / "runs" / r["name"] / "tables" / "summary.csv").stat().st_mtime for r in kept), default=0)
+    return kept, seeds, end
 
 
 def main(argv):
@@ -117,6 +132,8 @@ def main(argv):
     runner.add_arguments(p)
     p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB)
+    p.add_argument("--finished_only", action="store_true",
+                   help="run nothing; analyse the seeds whose runs all finished (an experiment stopped early)")
     add_root_argument(p)
     args = p.parse_args(argv)
     apply_root(args)
@@ -139,9 +156,23 @@ def main(argv):
     if args.plan:
         print("\n".join(runner.plan_lines(runs, exp_dir)))
         return
+    if args.finished_only:  # the planned design cut short: only complete pairs, the power of what is there
+        kept, seeds, end = finished_pairs(exp_dir, runs)
+        if len(seeds) < 2:
+            raise UserError(f"{exp_dir}: fewer than 2 seeds have all their runs finished — run the experiment")
+        timing = json.loads((exp_dir / TIMING_NAME).read_text()) if (exp_dir / TIMING_NAME).exists() else []
+        if timing and timing[-1]["wall_s"] is None:
+            record_timing(exp_dir, timing[-1]["t0"], timing[-1]["load_start"], finished=end)
+        elif not timing:  # stopped before writing any timing: from the experiment's creation, load unknown
+            created = json.loads((exp_dir / "experiment.json").read_text())["provenance"]["created_utc"]
+            record_timing(exp_dir, datetime.fromisoformat(created).timestamp(), None, finished=end)
+        design = {**design, "finished_seeds": seeds, "power": runner.check_design(len(seeds), n_primary=1)}
+        print(f"report: {analyse(exp_dir, design, kept, args.jobs)}")
+        return
     print(f"{exp_dir}: {len(runs)} runs ({len(CONDITIONS)} conditions x {len(size['seeds'])} seeds) of "
           f"{info['steps']} steps on {info['n_selected']} stories; design {power['reason']}")
     t0, load_start = time.time(), machine_info()["load_avg"][0]
+    record_timing(exp_dir, t0, load_start, finished=0)
     runner.run_all(exp_dir, design, runs, args.jobs)
     if runner.pending(exp_dir, runs):
         raise UserError(f"{exp_dir}: some runs are unfinished — re-run the same command to finish them")
