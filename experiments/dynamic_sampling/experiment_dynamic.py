@@ -166,7 +166,8 @@ def main(argv):
         elif not timing:  # stopped before writing any timing: from the experiment's creation, load unknown
             created = json.loads((exp_dir / "experiment.json").read_text())["provenance"]["created_utc"]
             record_timing(exp_dir, datetime.fromisoformat(created).timestamp(), None, finished=end)
-        design = {**design, "finished_seeds": seeds, "power": runner.check_design(len(seeds), n_primary=1)}
+        if len(seeds) < len(size["seeds"]):
+            design = {**design, "finished_seeds": seeds, "power": runner.check_design(len(seeds), n_primary=1)}
         print(f"report: {analyse(exp_dir, design, kept, args.jobs)}")
         return
     print(f"{exp_dir}: {len(runs)} runs ({len(CONDITIONS)} conditions x {len(size['seeds'])} seeds) of "
