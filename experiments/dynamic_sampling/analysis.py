@@ -3,8 +3,9 @@
     analyse(exp_dir, design, runs, wall_s) -> path of report.md
 
 From the run folders (runs/<condition>_s<seed>/): the batch logs (same multiset of segments and targets in
-every run — the equal token budget, checked, not assumed), eval.py's tables/summary.csv (val_loss per
-checkpoint; the final one is the primary outcome), the dynamic runs' decision logs (dynamic_log.jsonl) and the
+every run — the equal token budget, checked, not assumed), train.py's val_log.csv (val_loss_sub per
+checkpoint: the first eval_iters × batch_size stories of the fixed validation sample; the final one is the
+primary outcome), the dynamic runs' decision logs (dynamic_log.jsonl) and the
 story metadata (ppl_ref). Writes results.csv (one row per run), comparisons.csv (paired sign-flip, t-interval,
 MDE, Hedges' g_av; BH q over the exploratory ones), order.csv (Spearman ρ between a segment's position in the
 training stream and its story's log ppl_ref: ~0 for random, +1 for the curriculum, measured for dynamic),
@@ -32,7 +33,7 @@ from modelling.batch_log import BatchLog  # noqa: E402
 from modelling.data import segment_keys  # noqa: E402
 from modelling.dynamic_sampler import read_decisions  # noqa: E402
 
-OUTCOME = "val_loss"
+OUTCOME = "val_loss_sub"  # train.py's val log: the first eval_iters * batch_size stories of the fixed val sample
 TIMING_NAME = "timing.json"  # per invocation of the runner: start time, wall seconds, load average at start/end
 COLORS = {"random": "#555555", "dynamic": "#d62728", "curriculum": "#1f77b4"}
 
@@ -51,8 +52,7 @@ def run_table(exp_dir, runs):
         run_dir = Path(exp_dir) / "runs" / run["name"]
         log = BatchLog(run_dir)
         trained = log.steps(1, len(log))
-        summary = pd.read_csv(run_dir / "tables" / "summary.csv").sort_values("step")
-        last = summary.iloc[-1]
+        last = pd.read_csv(run_dir / "val_log.csv").sort_values("step").iloc[-1]
         rows.append({"run": run["name"], "condition": run["condition"], "seed": run["seed"], "steps": len(log),
                      "targets": int(trained["n_tokens"].sum()),
                      "multiset_sha256": hashlib.sha256(np.sort(segment_keys(trained)).tobytes()).hexdigest(),
@@ -96,6 +96,20 @@ def decision_table(exp_dir, runs):
 
 # ---- comparisons ----
 
+def write_curves(exp_dir, runs):
+    """curves/<run>.csv (step, tokens_seen, val_loss_sub, train_loss from each run's val_log.csv) and their
+    description entries, in the kit's format (experiments/common/describe.py)."""
+    entries = []
+    (Path(exp_dir) / describe.CURVES_DIR).mkdir(exist_ok=True)
+    for run in runs:
+        log = pd.read_csv(Path(exp_dir) / "runs" / run["name"] / "val_log.csv").sort_values("step")
+        path = Path(describe.CURVES_DIR) / f"{run['name']}.csv"
+        atomic_write_text(Path(exp_dir) / path, log[["step", "tokens_seen", OUTCOME, "train_loss"]].to_csv(index=False))
+        entries.append({"run": run["name"], "condition": run["condition"], "path": path.as_posix(),
+                        "labels": {"seed": run["seed"]}})
+    return entries
+
+
 def comparison_table(results, primary, exploratory, alpha):
     """Paired comparisons of the final outcome by seed; the primary one tested at alpha, the rest with BH q."""
     wide = results.pivot(index="seed", columns="condition", values=OUTCOME)
@@ -122,8 +136,8 @@ def figure_curves(curves, path):
                         color=COLORS.get(condition))
     ax.set_xscale("log")
     ax.set_xlabel("tokens trained")
-    ax.set_ylabel("val_loss (fixed iid validation sample)")
-    ax.set_title("val_loss by condition: mean and 95% t-interval over seeds")
+    ax.set_ylabel("val_loss_sub (fixed iid validation stories)")
+    ax.set_title("validation loss by condition: mean and 95% t-interval over seeds")
     ax.legend()
     fig.tight_layout()
     save_png(fig, path)
@@ -168,7 +182,7 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
     cpu = machine_info()
     equal = results["multiset_sha256"].nunique() == 1 and results["targets"].nunique() == 1
     by_condition = results.groupby("condition")[OUTCOME].agg(["mean", "std", "count"]).reindex(design["conditions"])
-    t, d, e = design["train"], design["dynamic"], design["eval"]
+    t, d = design["train"], design["dynamic"]
     verdict = ("significant at alpha" if primary["significant"] else "not significant") if primary["tested"] \
         else "not tested (underpowered design)"
     lines = [
@@ -181,8 +195,8 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
            f"(seeds {design['finished_seeds']}; the runs were stopped by the time limit, in plan order, not by "
            f"looking at results); everything below uses those pairs and the power they have.", ""]
           if "finished_seeds" in design else []),
-        f"Final `{OUTCOME}` (eval.py, the first {e.get('val_stories', 'all')} stories of the fixed iid validation "
-        f"sample), **{primary['comparison']}** = **{_fmt(primary['diff'])} nats** [95% t-interval "
+        f"Final `{OUTCOME}` (train.py's val log: the first {t['eval_iters'] * t['batch_size']} stories of the "
+        f"dataset's fixed iid validation sample, the same in every run), **{primary['comparison']}** = **{_fmt(primary['diff'])} nats** [95% t-interval "
         f"{_fmt(primary['ci_lo'])}, {_fmt(primary['ci_hi'])}], paired exact sign-flip p = {_fmt(primary['p'])} "
         f"over {int(primary['n'])} pairs → {verdict}. Minimum detectable effect at 80% power (measured SD of the "
         f"differences {_fmt(primary['sd_diff'])}): **{_fmt(primary['mde'])} nats** ({_fmt(primary['mde_sd'])} SD); "
@@ -193,7 +207,7 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
     for r in comparisons.itertuples():
         lines.append(f"| {r.comparison} | {r.kind} | {_fmt(r.diff)} | [{_fmt(r.ci_lo)}, {_fmt(r.ci_hi)}] | "
                      f"{_fmt(r.p)} | {_fmt(r.q)} | {_fmt(r.mde)} | {_fmt(r.g_av)} |")
-    lines += ["", "| condition | mean final val_loss | SD | runs |", "|---|---|---|---|"]
+    lines += ["", f"| condition | mean final {OUTCOME} | SD | runs |", "|---|---|---|---|"]
     for condition, r in by_condition.iterrows():
         lines.append(f"| {condition} | {_fmt(r['mean'], 4)} | {_fmt(r['std'])} | {int(r['count'])} |")
     lines += [
@@ -202,7 +216,7 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
         f"{design['n_stories'] or 'all'} train stories (selection_seed {design['selection_seed']}), "
         f"{design['epochs']} epoch(s) = {design['steps']} steps of {t['batch_size']} segments "
         f"(max_seq_len {t.get('max_seq_len', 256)}) in every run.",
-        f"- Model: " + ", ".join(f"{k} {t[k]}" for k in ("preset", "dim", "n_layers", "n_heads", "learning_rate",
+        "- Model: " + ", ".join(f"{k} {t[k]}" for k in ("preset", "dim", "n_layers", "n_heads", "learning_rate",
                                                            "min_lr", "warmup_iters", "dtype") if k in t) + ".",
         f"- Conditions: `random` (data_seed = seed), `dynamic` (--sampler=dynamic, reducible loss = model loss − "
         f"log ppl_ref, every {d['dynamic_interval']} steps a pool of {d['dynamic_pool']}× the block scored, "
@@ -235,7 +249,8 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
                                                      f"{t['load_end']} at the end" for t in timing) + ".",
         "- Mean per run: " + ", ".join(f"{c} train {results[results['condition'] == c]['train_s'].astype(float).mean():.0f} s"
                                         for c in design["conditions"])
-        + f"; eval {np.nanmean(eval_s):.0f} s (train total {np.nansum(train_s) / 60:.1f} min).",
+        + f"; train total {np.nansum(train_s) / 60:.1f} min; "
+        + (f"eval.py {np.nanmean(eval_s):.0f} s per run." if design.get("eval") else "eval.py not run."),
         f"- Machine: {cpu.get('cpu', 'CPU')} ({cpu.get('cores', '?')} cores; flags "
         f"{', '.join(k for k, v in cpu.get('flags', {}).items() if v) or 'none'}), dtype {t.get('dtype')} pinned.",
         "", "## Files", "",
@@ -261,13 +276,14 @@ def analyse(exp_dir, design, runs, jobs):
     for name, table in (("results", results), ("comparisons", comparisons), ("order", order),
                         ("decisions", decisions)):
         atomic_write_text(exp_dir / f"{name}.csv", table.to_csv(index=False))
-    curve_runs = describe.write_run_curves(exp_dir, runs, [OUTCOME])
+    curve_runs = write_curves(exp_dir, runs)
     curves = describe.run_curves(exp_dir, {"curves": {"runs": curve_runs}})
     (exp_dir / "figures").mkdir(exist_ok=True)
     figure_curves(curves, exp_dir / "figures" / "val_loss.png")
     figure_pairs(results, comparisons, exp_dir / "figures" / "pairs.png")
-    figures = [{"path": "figures/val_loss.png", "caption": "val_loss vs tokens trained, mean and 95% CI per condition"},
-               {"path": "figures/pairs.png", "caption": "paired differences of the final val_loss per seed"}]
+    figures = [{"path": "figures/val_loss.png",
+                "caption": "val_loss_sub vs tokens trained, mean and 95% CI per condition"},
+               {"path": "figures/pairs.png", "caption": "paired differences of the final val_loss_sub per seed"}]
     if len(decisions):
         figure_decisions(decisions, exp_dir / "figures" / "decisions.png")
         figures.append({"path": "figures/decisions.png", "caption": "dynamic decisions: drawn minus pool score"})
@@ -275,7 +291,7 @@ def analyse(exp_dir, design, runs, jobs):
     report = write_report(exp_dir, design, results, comparisons, order, decisions, timing, jobs)
     primary = comparisons[comparisons["kind"] == "primary"].to_dict("records")
     tables = [{"name": n, "path": f"{n}.csv", "caption": c} for n, c in (
-        ("results", "one row per run: final val_loss, targets trained, multiset fingerprint"),
+        ("results", "one row per run: final val_loss_sub, targets trained, multiset fingerprint"),
         ("comparisons", "paired comparisons: Δ, t-interval, sign-flip p, MDE, g_av, BH q"),
         ("order", "Spearman ρ of training step vs log ppl_ref per run"),
         ("decisions", "per decision of the dynamic runs: pool vs drawn score"))]

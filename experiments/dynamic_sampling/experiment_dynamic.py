@@ -10,8 +10,13 @@ per epoch — checked from the batch logs) and only the order differs:
                 probability ∝ exp(score / T), without replacement within the epoch (modelling/dynamic_sampler.py)
     curriculum  a static easy-to-hard order: sort_ascending by ppl_ref, the reference n-gram's perplexity
 Pair i shares the weight-init seed i (and random/dynamic the data seed i). Primary outcome, fixed before the
-runs: final val_loss (eval.py, the fixed iid validation sample, --val_stories stories), dynamic − random,
-paired exact sign-flip test at alpha = 0.05; curriculum − random and dynamic − curriculum are exploratory (BH q).
+runs: the final val_loss_sub of train.py's val log (the first eval_iters × batch_size stories of the dataset's
+fixed iid validation sample, the same stories for every run), dynamic − random, paired exact sign-flip test at
+alpha = 0.05; curriculum − random and dynamic − curriculum are exploratory (BH q).
+
+Runs are trained through the kit's runner pieces (plan, resume, experiment.json) without eval.py: its fixed
+per-checkpoint probes cost more than these small runs' training. --eval runs the kit's run_all instead (train.py
+then eval.py at every checkpoint), for the generation metrics; the analysis is the same.
 
     python experiments/dynamic_sampling/experiment_dynamic.py            # --name example --size demo
     python experiments/dynamic_sampling/experiment_dynamic.py --plan     # the runs as shell commands
@@ -22,8 +27,10 @@ command resumes: finished runs are skipped, killed ones continue from their resu
 """
 import argparse
 import json
+import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +39,8 @@ from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
 from common.machine import machine_info  # noqa: E402
 from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, root, tok_dir  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
 from experiments.common import runner  # noqa: E402
 from experiments.dynamic_sampling.analysis import TIMING_NAME, analyse  # noqa: E402
 
@@ -50,19 +59,19 @@ CURRICULUM_COLUMN = "ppl_ref"  # static curriculum: easy (low reference perplexi
 SIZES = {
     "smoke": dict(seeds=[0, 1], n_stories=30, epochs=1,
                   train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=512,
-                             batch_size=8, learning_rate=1e-2, warmup_iters=1, eval_interval=1000, eval_iters=1,
+                             batch_size=8, learning_rate=1e-2, warmup_iters=1, eval_interval=1000, eval_iters=2,
                              n_probe_stories=1, probe_len=16, dtype="float32"),
                   dynamic=dict(dynamic_interval=2, dynamic_pool=2, dynamic_temperature=0.1),
                   eval=dict(n_prompts=1, prefix_tokens=4, max_new_tokens=4, val_stories=32)),
     "demo": dict(seeds=[0, 1, 2, 3, 4, 5], n_stories=600, epochs=1,
                  train=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=256,
                             batch_size=32, learning_rate=8e-3, warmup_iters=4, min_lr=8e-4, eval_interval=1000,
-                            eval_iters=1, n_probe_stories=1, probe_len=32, dtype="float32"),
+                            eval_iters=3, n_probe_stories=1, probe_len=32, dtype="float32"),
                  dynamic=dict(dynamic_interval=2, dynamic_pool=2, dynamic_temperature=0.1),
                  eval=dict(n_prompts=1, max_new_tokens=8, val_stories=100)),
     "full": dict(seeds=list(range(16)), n_stories=0, epochs=1,
                  train=dict(preset="15M", batch_size=64, learning_rate=5e-4, warmup_iters=100, eval_interval=500,
-                            eval_iters=20, dtype="bfloat16", device="cuda"),
+                            eval_iters=32, dtype="bfloat16", device="cuda"),
                  dynamic=dict(dynamic_interval=10, dynamic_pool=4, dynamic_temperature=0.1),
                  eval=dict(n_prompts=64, max_new_tokens=200)),
 }
@@ -118,13 +127,44 @@ def record_timing(exp_dir, t0, load_start, finished=None):
     atomic_write_json(path, timing)
 
 
-def finished_pairs(exp_dir, runs):
+def train_all(exp_dir, design, runs, jobs):
+    """Train every unfinished run, `jobs` at a time, with the kit's pieces (experiment.json, resume, restart,
+    one log per run) but no eval.py."""
+    experiment = runner.Experiment(exp_dir, design)
+    env = runner.child_env(jobs)
+    todo = [r for r in runs if runner.training_state(exp_dir / "runs" / r["name"], r["steps"]) != "done"]
+    if len(todo) < len(runs):
+        print(f"skipping {len(runs) - len(todo)} finished run(s)")
+
+    def train_one(run):
+        run_dir = exp_dir / "runs" / run["name"]
+        state = runner.training_state(run_dir, run["steps"])
+        if state == "restart":  # died before its first resume checkpoint: nothing worth keeping
+            shutil.rmtree(run_dir)
+        t0 = time.time()
+        runner.run_stage(runner.train_command(run, run_dir, resume=state == "resume"),
+                         exp_dir / "logs" / f"{run['name']}.log", f"training {run['name']}", env)
+        experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
+                          train_s=round(time.time() - t0, 1), done=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), desc="runs", unit="run") as bar:
+        for future in as_completed([pool.submit(train_one, run) for run in todo]):
+            future.result()
+            bar.update(1)
+
+
+def finished(exp_dir, run, with_eval):
+    run_dir = exp_dir / "runs" / run["name"]
+    return (runner.run_finished if with_eval else runner.training_finished)(run_dir, run["steps"])
+
+
+def finished_pairs(exp_dir, runs, with_eval):
     """Runs of the seeds whose every condition finished, and the time the last of them finished."""
-    done = [r for r in runs if runner.run_finished(exp_dir / "runs" / r["name"], r["steps"])]
+    done = [r for r in runs if finished(exp_dir, r, with_eval)]
     seeds = [s for s in dict.fromkeys(r["seed"] for r in runs)
              if sum(r["seed"] == s for r in done) == len(CONDITIONS)]
     kept = [r for r in done if r["seed"] in seeds]
-    end = max(((exp_dir / "runs" / r["name"] / "tables" / "summary.csv").stat().st_mtime for r in kept), default=0)
+    end = max(((exp_dir / "runs" / r["name"] / "val_log.csv").stat().st_mtime for r in kept), default=0)
     return kept, seeds, end
 
 
@@ -133,6 +173,8 @@ def main(argv):
     runner.add_arguments(p)
     p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB)
+    p.add_argument("--eval", action="store_true",
+                   help="also run eval.py at every checkpoint of every run (the kit's run_all; slower)")
     p.add_argument("--finished_only", action="store_true",
                    help="run nothing; analyse the seeds whose runs all finished (an experiment stopped early)")
     add_root_argument(p)
@@ -150,15 +192,15 @@ def main(argv):
     design = {"name": args.name, "size": args.size, "dataset": args.dataset, "vocab_size": args.vocab_size,
               "conditions": list(CONDITIONS), "seeds": size["seeds"], "n_stories": size["n_stories"],
               "selection_seed": SELECTION_SEED, "epochs": size["epochs"], "steps": info["steps"],
-              "train": size["train"], "dynamic": size["dynamic"], "eval": size["eval"],
-              "primary": {"comparison": list(PRIMARY), "outcome": "val_loss", "alpha": 0.05},
+              "train": size["train"], "dynamic": size["dynamic"], "eval": size["eval"] if args.eval else None,
+              "primary": {"comparison": list(PRIMARY), "outcome": "val_loss_sub", "alpha": 0.05},
               "exploratory": [list(pair) for pair in EXPLORATORY],
               "power": power}
     if args.plan:
         print("\n".join(runner.plan_lines(runs, exp_dir)))
         return
     if args.finished_only:  # the planned design cut short: only complete pairs, the power of what is there
-        kept, seeds, end = finished_pairs(exp_dir, runs)
+        kept, seeds, end = finished_pairs(exp_dir, runs, args.eval)
         if len(seeds) < 2:
             raise UserError(f"{exp_dir}: fewer than 2 seeds have all their runs finished — run the experiment")
         timing = json.loads((exp_dir / TIMING_NAME).read_text()) if (exp_dir / TIMING_NAME).exists() else []
@@ -175,8 +217,11 @@ def main(argv):
           f"{info['steps']} steps on {info['n_selected']} stories; design {power['reason']}")
     t0, load_start = time.time(), machine_info()["load_avg"][0]
     record_timing(exp_dir, t0, load_start, finished=0)
-    runner.run_all(exp_dir, design, runs, args.jobs)
-    if runner.pending(exp_dir, runs):
+    if args.eval:
+        runner.run_all(exp_dir, design, runs, args.jobs)
+    else:
+        train_all(exp_dir, design, runs, args.jobs)
+    if any(not finished(exp_dir, r, args.eval) for r in runs):
         raise UserError(f"{exp_dir}: some runs are unfinished — re-run the same command to finish them")
     record_timing(exp_dir, t0, load_start)
     report = analyse(exp_dir, design, runs, args.jobs)
