@@ -129,13 +129,14 @@ def comparison_table(results, primary, exploratory, alpha):
 
 def figure_curves(curves, path):
     fig, ax = plt.subplots(figsize=(7, 4))
-    for condition, group in describe.condition_bands(curves, OUTCOME, x="tokens_seen").groupby("condition"):
+    # by step: every run's checkpoints are at the same steps (tokens per step differ between orders; after the
+    # last step every run has trained the same targets)
+    for condition, group in describe.condition_bands(curves, OUTCOME, x="step").groupby("condition"):
         group = group[group["n"] > 0]
-        ax.plot(group["tokens_seen"], group["mean"], label=condition, color=COLORS.get(condition))
-        ax.fill_between(group["tokens_seen"], group["ci_lo"], group["ci_hi"], alpha=0.2,
-                        color=COLORS.get(condition))
+        ax.plot(group["step"], group["mean"], label=condition, color=COLORS.get(condition), marker="o", ms=3)
+        ax.fill_between(group["step"], group["ci_lo"], group["ci_hi"], alpha=0.15, color=COLORS.get(condition))
     ax.set_xscale("log")
-    ax.set_xlabel("tokens trained")
+    ax.set_xlabel("optimizer step (the last step ends the epoch: equal tokens in every run)")
     ax.set_ylabel("val_loss_sub (fixed iid validation stories)")
     ax.set_title("validation loss by condition: mean and 95% t-interval over seeds")
     ax.legend()
@@ -282,7 +283,7 @@ def analyse(exp_dir, design, runs, jobs):
     figure_curves(curves, exp_dir / "figures" / "val_loss.png")
     figure_pairs(results, comparisons, exp_dir / "figures" / "pairs.png")
     figures = [{"path": "figures/val_loss.png",
-                "caption": "val_loss_sub vs tokens trained, mean and 95% CI per condition"},
+                "caption": "val_loss_sub by step, mean and 95% CI per condition"},
                {"path": "figures/pairs.png", "caption": "paired differences of the final val_loss_sub per seed"}]
     if len(decisions):
         figure_decisions(decisions, exp_dir / "figures" / "decisions.png")
@@ -297,5 +298,5 @@ def analyse(exp_dir, design, runs, jobs):
         ("decisions", "per decision of the dynamic runs: pool vs drawn score"))]
     describe.write_description(exp_dir, "dynamic_sampling", "Dynamic sampling vs random vs curriculum",
                                tables=tables, figures=figures, curve_runs=curve_runs, curve_columns=[OUTCOME],
-                               primary=primary, baseline="random", x="tokens_seen")
+                               primary=primary, baseline="random", x="step")
     return report
