@@ -25,6 +25,7 @@ CHOICES = {
     "sampler": ("random", "sort_ascending", "sort_descending", "filter_by_threshold", "combined", "dynamic"),
     "sort_order": ("ascending", "descending"), "filter_keep": ("above", "below"),
     "dtype": ("auto", "float32", "bfloat16", "float16"), "log_to": ("none", "tensorboard", "wandb"),
+    "branch_optimizer": ("fresh", "parent"),
 }
 # numeric ranges: (low, high, low inclusive); None = unbounded
 RANGES = {
@@ -41,7 +42,8 @@ RANGES = {
 }
 MODEL_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len", "dropout")
 # keys that may differ when resuming (they do not change what the run computes up to the resume step)
-RESUME_FREE_KEYS = ("init_from", "max_iters", "log_interval", "compile", "device", "export_format", "log_to")
+RESUME_FREE_KEYS = ("init_from", "max_iters", "log_interval", "compile", "device", "export_format", "log_to",
+                    "save_optimizer_at")
 
 
 def parse_value(defaults, key, text):
