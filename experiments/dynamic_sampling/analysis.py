@@ -224,7 +224,10 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
         f"temperature {d['dynamic_temperature']}, data_seed = seed), `curriculum` (sort_ascending by ppl_ref); "
         f"pair i = init seed i, seeds {design['seeds']}.",
         f"- Primary: {' - '.join(design['primary']['comparison'])} on final {OUTCOME}, alpha {design['primary']['alpha']}; "
-        f"design: {power['reason']}. Exploratory: the other comparisons, BH q.", "",
+        f"design: {power['reason']}. Exploratory: the other comparisons, BH q.",
+        "- Relation to RHO-LOSS (Mindermann et al. 2022): the budget is whole epochs, so nothing is skipped — this "
+        "tests the order its selection rule produces, not its published claim (fewer steps to a given loss by not "
+        "training on low-value points), which the experiment neither reproduces nor refutes.", "",
         "## Checks", "",
         f"- Equal token budget: every run trained the same multiset of segments "
         f"({'yes' if equal else 'NO'}: {results['multiset_sha256'].nunique()} distinct fingerprint(s), targets "
