@@ -197,7 +197,8 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
            f"looking at results); everything below uses those pairs and the power they have.", ""]
           if "finished_seeds" in design else []),
         f"Final `{OUTCOME}` (train.py's val log: the first {t['eval_iters'] * t['batch_size']} stories of the "
-        f"dataset's fixed iid validation sample, the same in every run), **{primary['comparison']}** = **{_fmt(primary['diff'])} nats** [95% t-interval "
+        f"dataset's fixed iid validation sample, the same in every run), **{primary['comparison']}** = "
+        f"**{_fmt(primary['diff'])} nats** [95% t-interval "
         f"{_fmt(primary['ci_lo'])}, {_fmt(primary['ci_hi'])}], paired exact sign-flip p = {_fmt(primary['p'])} "
         f"over {int(primary['n'])} pairs → {verdict}. Minimum detectable effect at 80% power (measured SD of the "
         f"differences {_fmt(primary['sd_diff'])}): **{_fmt(primary['mde'])} nats** ({_fmt(primary['mde_sd'])} SD); "
@@ -223,7 +224,8 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
         f"log ppl_ref, every {d['dynamic_interval']} steps a pool of {d['dynamic_pool']}× the block scored, "
         f"temperature {d['dynamic_temperature']}, data_seed = seed), `curriculum` (sort_ascending by ppl_ref); "
         f"pair i = init seed i, seeds {design['seeds']}.",
-        f"- Primary: {' - '.join(design['primary']['comparison'])} on final {OUTCOME}, alpha {design['primary']['alpha']}; "
+        f"- Primary: {' - '.join(design['primary']['comparison'])} on final {OUTCOME}, "
+        f"alpha {design['primary']['alpha']}; "
         f"design: {power['reason']}. Exploratory: the other comparisons, BH q.",
         "- Relation to RHO-LOSS (Mindermann et al. 2022): the budget is whole epochs, so nothing is skipped — this "
         "tests the order its selection rule produces, not its published claim (fewer steps to a given loss by not "
@@ -239,19 +241,20 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
         rho = group["rho_step_log_ppl_ref"]
         lines.append(f"| {condition} | {_fmt(rho.mean())} [{_fmt(rho.min())}, {_fmt(rho.max())}] |")
     if len(decisions):
+        gap = decisions["drawn_score"] - decisions["pool_score"]
+        free = decisions["n_pool"] > decisions["n_drawn"]  # decisions with a choice (not the epoch's forced tail)
         lines += ["", f"- Dynamic decisions: {len(decisions)} over {decisions['run'].nunique()} runs; the drawn "
-                  f"segments' mean reducible loss exceeds their pool's by {_fmt((decisions['drawn_score'] - decisions['pool_score']).mean())} "
-                  f"nats on average (decisions before the epoch's forced tail: "
-                  f"{_fmt((decisions['drawn_score'] - decisions['pool_score'])[decisions['n_pool'] > decisions['n_drawn']].mean())}); "
-                  f"effective share of the pool (exp entropy / size) {_fmt(decisions['effective_share'].mean())}."]
+                  f"segments' mean reducible loss exceeds their pool's by {_fmt(gap.mean())} nats on average "
+                  f"(decisions before the epoch's forced tail: {_fmt(gap[free].mean())}); effective share of the "
+                  f"pool (exp entropy / size) {_fmt(decisions['effective_share'].mean())}."]
     train_s, eval_s = results["train_s"].astype(float), results["eval_s"].astype(float)
     lines += [
         "", "## Cost", "",
-        f"- Wall time of the experiment: {sum(t['wall_s'] or 0 for t in timing) / 60:.1f} min, --jobs {jobs}, one thread "
-        f"per run, on a shared machine: " + "; ".join(f"started {t['started']}, {(t['wall_s'] or 0) / 60:.1f} min, load "
-                                                     f"average (1 min) {t['load_start']} at the start, "
-                                                     f"{t['load_end']} at the end" for t in timing) + ".",
-        "- Mean per run: " + ", ".join(f"{c} train {results[results['condition'] == c]['train_s'].astype(float).mean():.0f} s"
+        f"- Wall time of the experiment: {sum(t['wall_s'] or 0 for t in timing) / 60:.1f} min, --jobs {jobs}, "
+        f"one thread per run, on a shared machine: "
+        + "; ".join(f"started {t['started']}, {(t['wall_s'] or 0) / 60:.1f} min, load average (1 min) "
+                    f"{t['load_start']} at the start, {t['load_end']} at the end" for t in timing) + ".",
+        "- Mean per run: " + ", ".join(f"{c} train {train_s[results['condition'] == c].mean():.0f} s"
                                         for c in design["conditions"])
         + f"; train total {np.nansum(train_s) / 60:.1f} min; "
         + (f"eval.py {np.nanmean(eval_s):.0f} s per run." if design.get("eval") else "eval.py not run."),
