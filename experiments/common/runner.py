@@ -39,12 +39,13 @@ DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # tiny models train fastest one thre
 # ---- the plan ----
 
 def make_run(name, condition, steps, train, eval_args, **labels):
-    """One planned run. `train` must not hold out_dir or init_from: the runner sets them."""
+    """One planned run. `train` must not hold out_dir or init_from: the runner sets them. eval_args None: the
+    run is only trained (its outcomes come from train.py's own logs)."""
     reserved = {"out_dir", "init_from"} & set(train)
     if reserved:
         raise ValueError(f"train options {sorted(reserved)} are set by the runner")
     return {"name": name, "condition": condition, "steps": int(steps), "train": dict(train),
-            "eval": dict(eval_args), **labels}
+            "eval": None if eval_args is None else dict(eval_args), **labels}
 
 
 def train_command(run, run_dir, resume=False, python=None):
@@ -71,7 +72,10 @@ def plan_lines(runs, exp_dir):
     lines = []
     for run in runs:
         run_dir = os.path.relpath(Path(exp_dir) / "runs" / run["name"], REPO_ROOT)
-        lines.append(f"{relative(train_command(run, run_dir))} && {relative(eval_command(run, run_dir))}")
+        line = relative(train_command(run, run_dir))
+        if run["eval"] is not None:
+            line += f" && {relative(eval_command(run, run_dir))}"
+        lines.append(line)
     return lines
 
 
@@ -125,7 +129,8 @@ def eval_complete(run_dir, steps=None):
 
 
 def run_finished(run_dir, run):
-    return training_finished(run_dir, run["steps"]) and eval_complete(run_dir, run["eval"].get("steps"))
+    return training_finished(run_dir, run["steps"]) and (
+        run["eval"] is None or eval_complete(run_dir, run["eval"].get("steps")))
 
 
 # ---- experiment.json ----
@@ -203,7 +208,7 @@ def run_one(experiment, run, env):
         run_stage(train_command(run, run_dir, resume=state == "resume"), log_path, f"training {run['name']}", env)
         experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
                           train_s=round(time.time() - t0, 1))
-    if not eval_complete(run_dir, run["eval"].get("steps")):
+    if run["eval"] is not None and not eval_complete(run_dir, run["eval"].get("steps")):
         t0 = time.time()
         run_stage(eval_command(run, run_dir), log_path, f"eval of {run['name']}", env)
         if not eval_complete(run_dir, run["eval"].get("steps")):

@@ -46,24 +46,32 @@ FIG_DPI = 90
 
 # ---- loading ----
 
-def load_runs(exp_dir, design):
-    """Per planned run: batch-log segments, val_log (trajectory) and the final summary row."""
+def load_runs(exp_dir, design, partial=False):
+    """Per planned run: batch-log segments, val_log (trajectory) and the final summary row. partial: skip the
+    runs not finished yet instead of refusing."""
+    from experiments.common.runner import run_finished
     from modelling.batch_log import BatchLog
     runs = []
     for run in design["runs"]:
         run_dir = Path(exp_dir) / "runs" / run["name"]
         summary_path = run_dir / "tables" / "summary.csv"
-        if not summary_path.exists() or not (run_dir / "val_log.csv").exists():
+        if partial and not run_finished(run_dir, run):
+            continue
+        evaluated = run["eval"] is not None  # the grid's runs are only trained
+        if (evaluated and not summary_path.exists()) or not (run_dir / "val_log.csv").exists():
             raise UserError(f"{run_dir} lacks tables/summary.csv or val_log.csv — re-run the experiment command "
                             f"to finish run {run['name']}")
         batch_log = BatchLog(run_dir)
         segments = batch_log.steps(1, len(batch_log))
-        summary = pd.read_csv(summary_path)
-        final = summary[summary.step == run["steps"]]
-        if final.empty:
-            raise UserError(f"{summary_path} has no row for the final step {run['steps']} — re-run the command")
+        final = None
+        if evaluated:
+            summary = pd.read_csv(summary_path)
+            final = summary[summary.step == run["steps"]]
+            if final.empty:
+                raise UserError(f"{summary_path} has no row for the final step {run['steps']} — re-run the command")
+            final = final.iloc[-1]
         val_log = pd.read_csv(run_dir / "val_log.csv").sort_values("step").drop_duplicates("step", keep="last")
-        runs.append({**run, "dir": run_dir, "segments": segments, "final": final.iloc[-1], "val_log": val_log})
+        runs.append({**run, "dir": run_dir, "segments": segments, "final": final, "val_log": val_log})
     return runs
 
 
@@ -119,7 +127,8 @@ def final_values(runs, summary_outcomes):
         if last.empty:
             raise UserError(f"{r['dir']}/val_log.csv has no row for the last step {r['steps']} — re-run the command")
         row = {PRIMARY: float(last[PRIMARY].iloc[-1])}
-        row.update({c: float(r["final"][c]) for c in summary_outcomes})
+        if r["final"] is not None:
+            row.update({c: float(r["final"][c]) for c in summary_outcomes})
         row[f"{TRAJECTORY}_mean_over_checkpoints"] = trajectory_mean(r["val_log"])
         finals[r["name"]] = row
     return finals
@@ -148,7 +157,7 @@ def primary_table(runs, finals, design):
 
 
 def exploratory_table(runs, finals, design):
-    outcomes = [o for o in next(iter(finals.values())) if o != PRIMARY]
+    outcomes = list(dict.fromkeys(o for r in runs if r["role"] == "pair" for o in finals[r["name"]] if o != PRIMARY))
     rows = []
     for condition in sorted_conditions(runs):
         for outcome in outcomes:
@@ -169,7 +178,7 @@ def variance_table(runs, finals, design):
     data_seeds = [DATA_SEED_OFFSET + j for j in range(g)]
     cell = {(r["init_seed"], r["data_seed"]): finals[r["name"]] for r in runs if r["condition"] in (BASELINE, GRID)}
     rows = []
-    for outcome in next(iter(finals.values())):
+    for outcome in [PRIMARY, f"{TRAJECTORY}_mean_over_checkpoints"]:  # what every grid run has
         grid = np.array([[cell[(i, d)][outcome] if (i, d) in cell else np.nan for d in data_seeds]
                          for i in range(g)])
         rows.append({"outcome": outcome, **stats.crossed_variance(grid), "grid_mean": float(np.nanmean(grid))})
@@ -217,13 +226,14 @@ def similarity_pairs(runs):
     seeds = sorted({s for _, s in pair})
     out = []
     for condition in sorted_conditions(runs):
-        out += [(f"same init: {condition} vs {BASELINE}", pair[(condition, s)], pair[(BASELINE, s)]) for s in seeds]
+        out += [(f"same init: {condition} vs {BASELINE}", pair.get((condition, s)), pair.get((BASELINE, s)))
+                for s in seeds]
     for r in runs:
         if r["role"] == "grid":  # same init as random_s<i>, another random order
-            out.append((f"same init: two random orders", r["name"], pair[(BASELINE, r["init_seed"])]))
-    out += [(f"other init and order: {BASELINE} vs {BASELINE}", pair[(BASELINE, a)], pair[(BASELINE, b)])
+            out.append(("same init: two random orders", r["name"], pair.get((BASELINE, r["init_seed"]))))
+    out += [(f"other init and order: {BASELINE} vs {BASELINE}", pair.get((BASELINE, a)), pair.get((BASELINE, b)))
             for a, b in itertools.combinations(seeds, 2)]
-    return out
+    return [(kind, a, b) for kind, a, b in out if a and b]  # a partial analysis lacks some runs
 
 
 def similarity_table(runs, outputs):
@@ -397,7 +407,12 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
     cfg = json.loads((runs[0]["dir"] / "config.json").read_text())["config"]
     power = design["power"]
     conds = sorted_conditions(runs)
-    lines = [f"# Durability v2: `{design['name']}`", "",
+    missing = [r["name"] for r in design["runs"] if r["name"] not in {x["name"] for x in runs}]
+    lines = [f"# Durability v2: `{design['name']}`", ""]
+    if missing:
+        lines += [f"> **Partial analysis:** {len(runs)} of {len(design['runs'])} planned runs finished; missing: "
+                  f"{', '.join(missing)}. Pairs lacking a run are left out of every comparison.", ""]
+    lines += [
              "**Question.** Does the same training data in another order give a different end model? Every run "
              "trained on exactly the same multiset of segments; within a pair only the order differs.", "",
              "## Minimum detectable effect (read this first)", "",
@@ -433,7 +448,7 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
               f"{len(runs)} runs.",
               "- Every run: `modelling/train.py` (trajectory: `val_loss_sub` on the first "
               f"{cfg.get('eval_iters', 0) * cfg.get('batch_size', 0)} validation stories at every checkpoint), "
-              f"then `eval.py` at the final step (its `val_loss` on {design['eval'].get('val_stories')} stories of the "
+              f"then `eval.py` at the final step for the pairs' runs (the grid's runs are only trained; its `val_loss` on {design['eval'].get('val_stories')} stories of the "
               f"fixed iid sample, {design['eval'].get('n_prompts')} prompts × {design['eval'].get('max_new_tokens')} "
               "generated tokens: exploratory)."] + run_time_lines(exp_dir) + ["",
               "## Checks", "",
@@ -448,7 +463,7 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
                   f"Crossed {design['grid']}×{design['grid']} grid of the random baseline (two-way random-effects "
                   "ANOVA, components below zero reported as 0):", "",
                   "| outcome | SD init | SD order | SD residual |", "|---|---|---|---|"]
-        for outcome in [PRIMARY, "val_loss", f"{TRAJECTORY}_mean_over_checkpoints"]:
+        for outcome in [PRIMARY, f"{TRAJECTORY}_mean_over_checkpoints"]:
             if outcome in v.index:
                 lines.append(f"| {outcome} | {_fmt(v.loc[outcome, 'sd_init'])} | {_fmt(v.loc[outcome, 'sd_order'])} | "
                              f"{_fmt(v.loc[outcome, 'sd_residual'])} |")
@@ -498,11 +513,14 @@ def _write_csv(path, table):
         table.to_csv(tmp, index=False)
 
 
-def analyse(exp_dir, design, record=lambda summary: None):
+def analyse(exp_dir, design, record=lambda summary: None, partial=False):
     """All checks, tables, figures, report.md and description.json; returns the summary for experiment.json.
-    `record` saves the multiset check before a failed check stops the analysis, so the evidence is kept."""
+    `record` saves the multiset check before a failed check stops the analysis, so the evidence is kept.
+    partial: analyse the finished runs only (the report says which are missing)."""
     exp_dir = Path(exp_dir)
-    runs = load_runs(exp_dir, design)
+    runs = load_runs(exp_dir, design, partial)
+    if not runs:
+        raise UserError(f"no finished run under {exp_dir}/runs yet — run the experiment first")
     check = check_same_multiset(runs)
     record({"same_multiset": check["same_multiset"], "multiset": check})
     if not check["same_multiset"]:
@@ -510,7 +528,7 @@ def analyse(exp_dir, design, record=lambda summary: None):
                         f"than {check['reference_run']} — the orders are not comparable; check train.py's selection "
                         f"settings and re-run those runs")
     rhos = order_correlations(runs, design)
-    present = set.intersection(*(set(r["final"].index[r["final"].notna()]) for r in runs))
+    present = set.intersection(*(set(r["final"].index[r["final"].notna()]) for r in runs if r["final"] is not None))
     finals = final_values(runs, [c for c in SUMMARY_OUTCOMES if c in present])
     primary = primary_table(runs, finals, design)
     exploratory = exploratory_table(runs, finals, design)

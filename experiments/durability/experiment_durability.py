@@ -48,9 +48,10 @@ SIZES = {
                              batch_size=128, learning_rate=1e-2, warmup_iters=2, eval_interval=1000,
                              eval_iters=1, n_probe_stories=2, probe_len=16, dtype="float32"),
                   eval=dict(n_prompts=1, prefix_tokens=4, max_new_tokens=8, val_stories=8)),
-    # ~0.8M parameters (train.py's default shape), ~40 steps of 16 segments: past the initial plateau (val loss
-    # falls from ln 512 = 6.24 to ~3.8), 8 pairs (min p 0.0078 < 0.05 / 2), 3 x 3 grid -> 30 runs
-    "demo": dict(metric="flesch_ease", orders=("asc", "desc"), n_pairs=8, grid=3, n_stories=344,
+    # ~0.8M parameters (train.py's default shape), 40 steps of 16 segments: past the initial plateau (val loss
+    # falls from ln 512 = 6.24 to ~4), 8 pairs (min p 0.0078 < 0.05), 3 x 3 grid -> 22 runs. Ascending only, so
+    # that it fits ~20 min of an idle 2-core CPU; --orders asc,desc adds the descending condition (30 runs)
+    "demo": dict(metric="flesch_ease", orders=("asc",), n_pairs=8, grid=3, n_stories=344,
                  measured=dict(train_cpu_s_per_step=0.75, eval_cpu_s=15.0),
                  train=dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32, max_seq_len=256,
                             batch_size=16, learning_rate=3e-3, min_lr=3e-4, warmup_iters=6, eval_interval=1000,
@@ -133,15 +134,15 @@ def plan_runs(design):
     """Pairs (every condition × init seed i, the baseline with data seed 1000 + i), then the off-diagonal
     cells of the crossed init × order grid of the baseline."""
     steps = design["selection"]["steps"]
-    eval_args = {**design["eval"], "steps": [steps]}
+    eval_args = {**design["eval"], "steps": [steps]}  # the grid's runs are only trained (val_loss_sub)
 
-    def run(name, condition, sampler, init_seed, data_seed, role):
+    def run(name, condition, sampler, init_seed, data_seed, role, evaluate=eval_args):
         train = {"dataset": design["dataset"], "vocab_size": design["vocab_size"], "seed": init_seed,
                  "data_seed": data_seed, "sampler": sampler, "n_stories": design["n_stories"],
                  "selection_seed": design["selection_seed"], **design["train"]}
         if sampler != "random":
             train["sort_by"] = design["metric"]
-        return runner.make_run(name, condition, steps, train, eval_args, init_seed=init_seed, data_seed=data_seed,
+        return runner.make_run(name, condition, steps, train, evaluate, init_seed=init_seed, data_seed=data_seed,
                                role=role, sampler=sampler)
     runs = []
     for i in range(design["n_pairs"]):
@@ -150,7 +151,7 @@ def plan_runs(design):
     for i in range(design["grid"]):
         for j in range(design["grid"]):
             if i != j:
-                runs.append(run(f"{BASELINE}_s{i}_d{j}", GRID, "random", i, DATA_SEED_OFFSET + j, "grid"))
+                runs.append(run(f"{BASELINE}_s{i}_d{j}", GRID, "random", i, DATA_SEED_OFFSET + j, "grid", None))
     return runs
 
 
@@ -162,6 +163,9 @@ def build_design(args):
         raise UserError(f"--pairs {n_pairs} / --grid {grid}: need pairs >= 1 and a grid of 0 or 2..pairs init seeds "
                         f"(the grid reuses the pairs' baseline runs on its diagonal)")
     metric = args.metric or size["metric"]
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()] if args.orders else list(size["orders"])
+    if not orders or len(set(orders)) != len(orders) or not set(orders) <= {"asc", "desc"}:
+        raise UserError(f"--orders {args.orders!r} must list asc and/or desc — e.g. --orders asc,desc")
     columns = metadata_columns(args.dataset, args.vocab_size)
     if metric not in columns:
         raise UserError(f"unknown metadata column {metric!r} — available: {', '.join(columns)}")
@@ -170,7 +174,7 @@ def build_design(args):
         raise UserError(f"--n_stories {n_stories} must be >= 0 (0 = the whole train split)")
     data = tok_dir(args.dataset, args.vocab_size)
     design = dict(name=args.name, dataset=args.dataset, vocab_size=args.vocab_size, size=args.size, metric=metric,
-                  orders=list(size["orders"]), n_pairs=n_pairs, grid=grid, n_stories=n_stories,
+                  orders=orders, n_pairs=n_pairs, grid=grid, n_stories=n_stories,
                   selection_seed=args.selection_seed, alpha=ALPHA, primary_outcome="val_loss_sub",
                   train={**size["train"], **parse_set(args.set)}, eval=dict(size["eval"]), baseline=BASELINE,
                   data_ids={"tokenized": tokenized_id(data), "metadata_sha256": sha256_file(data / "metadata.parquet")})
@@ -180,15 +184,16 @@ def build_design(args):
     return design
 
 
-def expected_minutes(design, n_runs, jobs):
+def expected_minutes(design, n_runs, jobs):  # n_runs: the runs to do
     """Wall minutes on an idle machine from the size's measured CPU costs (None when not measured or the
     model was changed with --set)."""
     size = SIZES[design["size"]]
     measured = size.get("measured")
     if not measured or design["train"] != size["train"]:
         return None
-    per_run = design["selection"]["steps"] * measured["train_cpu_s_per_step"] + measured["eval_cpu_s"]
-    return n_runs * per_run / max(1, min(jobs, os.cpu_count() or 1)) / 60
+    cpu_s = sum(design["selection"]["steps"] * measured["train_cpu_s_per_step"] +
+                (measured["eval_cpu_s"] if r["eval"] is not None else 0) for r in n_runs)
+    return cpu_s / max(1, min(jobs, os.cpu_count() or 1)) / 60
 
 
 def print_plan(design, exp_dir, todo, jobs):
@@ -199,9 +204,9 @@ def print_plan(design, exp_dir, todo, jobs):
           f"(baseline data seeds {DATA_SEED_OFFSET}..{DATA_SEED_OFFSET + design['n_pairs'] - 1}); "
           f"grid {design['grid']}×{design['grid']} of {BASELINE} → {len(design['runs'])} runs\n"
           f"  each run: {design['selection']['n_stories']} stories = {design['selection']['steps']} steps of "
-          f"{design['selection']['segments_per_step']} segments, then eval.py at the last step\n"
+          f"{design['selection']['segments_per_step']} segments, then eval.py at the last step (pairs only)\n"
           f"  power: {'tested' if power['tested'] else 'NOT tested'} — {power['reason']}")
-    minutes = expected_minutes(design, len(todo), jobs)
+    minutes = expected_minutes(design, todo, jobs)
     if not todo:
         print("  every run is finished: only the analysis runs")
     elif minutes is None:
@@ -217,10 +222,13 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB, help=f"vocab (default {DEFAULT_VOCAB})")
     p.add_argument("--metric", help="metadata column the sorted orders sort by (default flesch_ease)")
+    p.add_argument("--orders", help="sorted conditions, comma-separated: asc and/or desc (default: the size's)")
     p.add_argument("--pairs", type=int, help="init seeds = pairs (default: the size's, demo 8)")
     p.add_argument("--grid", type=int, help="init × order grid side of the baseline (0 = none; demo 3)")
     p.add_argument("--n_stories", type=int, help="selection size (0 = the whole train split; demo 768)")
     p.add_argument("--selection_seed", type=int, default=0, help="which stories the selection picks (all runs)")
+    p.add_argument("--partial", action="store_true",
+                   help="run nothing: analyse the runs finished so far (the report lists the missing ones)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="extra modelling/train.py override for every run (repeatable), e.g. --set dim=64")
     add_root_argument(p)
@@ -237,13 +245,14 @@ def main(argv=None):
     if args.plan:
         print("\n".join(runner.plan_lines(design["runs"], exp_dir)))
         return
-    experiment = runner.run_all(exp_dir, design, design["runs"], args.jobs)
+    experiment = runner.Experiment(exp_dir, design) if args.partial else \
+        runner.run_all(exp_dir, design, design["runs"], args.jobs)
     from experiments.durability.analysis import analyse
 
     def record(summary):
         experiment.state["analysis"] = summary
         experiment.save()
-    record(analyse(exp_dir, design, record))
+    record(analyse(exp_dir, design, record, partial=args.partial))
     print(f"wrote {exp_dir}/report.md, primary.csv, exploratory.csv, figures/, description.json")
 
 
