@@ -419,7 +419,8 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
              f"Primary outcome: final `{PRIMARY}` — train.py's mean loss on the first "
              f"{cfg.get('eval_iters', 0) * cfg.get('batch_size', 0)} stories of the dataset's fixed validation sample "
              f"(the same stories for every run) at the last step. "
-             f"{len(conds)} primary comparisons, each tested at alpha / {len(conds)} = {_fmt(power['threshold'], 3)} "
+             f"{len(conds)} primary comparison{'s' if len(conds) > 1 else ''}, tested at alpha / {len(conds)} = "
+             f"{_fmt(power['threshold'], 3)} "
              f"with the exact paired sign-flip test. MDE: the true mean difference a two-sided paired t-test detects "
              f"with 80% power at that level, from the measured SD of the pair differences.", "",
              "| comparison | pairs | SD of differences | min attainable p | threshold | MDE (nats) | MDE (SD) | tested |",
@@ -502,7 +503,12 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
               "decides which stories come last, while the learning rate decays (recency).",
               "- The sign-flip test assumes the pair differences are symmetric about 0 under no effect (pairs are "
               "exchangeable); the t-interval assumes them roughly normal. MDE is computed from the observed SD, "
-              "itself uncertain with few pairs.", ""]
+              "itself uncertain with few pairs.", "",
+              "Reproduce (the corpus: docs/experiments.md): `OMP_NUM_THREADS=1 python "
+              f"experiments/durability/experiment_durability.py --name {design['name']} --size {design['size']} "
+              f"--dataset {design['dataset']} --vocab_size {design['vocab_size']} --metric {design['metric']} "
+              f"--orders {','.join(design['orders'])} --pairs {design['n_pairs']} --grid {design['grid']} "
+              f"--n_stories {design['n_stories']} --jobs 2`", ""]
     atomic_write_text(Path(exp_dir) / "report.md", "\n".join(lines))
 
 
