@@ -146,7 +146,7 @@ def smoke_experiment(meta_dataset):
     broken = exp_dir / "runs" / "random_s1_d0"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"config": {"dim"')
-    proc = run_stage(ws, SCRIPT, *SMOKE)
+    proc = run_stage(ws, SCRIPT, *SMOKE, timeout=3600)  # ≈ 40 s idle; a shared CI box can be far slower
     return {**meta_dataset, "exp_dir": exp_dir, "stdout": proc.stdout,
             "experiment": json.loads((exp_dir / "experiment.json").read_text())}
 

@@ -64,14 +64,17 @@ def eval_command(run, run_dir, python=None):
 
 
 def plan_lines(runs, exp_dir):
-    """The plan as plain shell commands, paths relative to the repository root: one `train && eval` line per
-    run, runnable in any order and on any machine holding the same data/."""
+    """The plan as plain shell commands: one `train && eval` line per run, runnable in any order and on any
+    machine holding the same data/, from the repository root (scripts relative to it) with run folders relative
+    to the project root (which the stages resolve --out_dir against; usually the same folder)."""
     def relative(cmd):
         cmd = ["python"] + cmd[1:]
         return shlex.join(os.path.relpath(c, REPO_ROOT) if c.startswith(str(REPO_ROOT)) else c for c in cmd)
+    base = root().resolve()
     lines = []
     for run in runs:
-        run_dir = os.path.relpath(Path(exp_dir) / "runs" / run["name"], REPO_ROOT)
+        path = (Path(exp_dir) / "runs" / run["name"]).resolve()
+        run_dir = path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
         line = relative(train_command(run, run_dir))
         if run["eval"] is not None:
             line += f" && {relative(eval_command(run, run_dir))}"
