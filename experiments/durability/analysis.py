@@ -240,7 +240,8 @@ def similarity_table(runs, outputs):
     rows = []
     for kind, a, b in tqdm(similarity_pairs(runs), desc="model pairs", unit="pair", leave=False):
         oa, ob = outputs[a], outputs[b]
-        rows.append({"kind": kind, "run_a": a, "run_b": b, "cka_hidden": similarity.linear_cka(oa["hidden"], ob["hidden"]),
+        rows.append({"kind": kind, "run_a": a, "run_b": b,
+                     "cka_hidden": similarity.linear_cka(oa["hidden"], ob["hidden"]),
                      "procrustes_embedding": similarity.procrustes_similarity(oa["embedding"], ob["embedding"])[0],
                      "symmetric_kl": similarity.symmetric_kl(oa["logits"], ob["logits"])})
     pairs = pd.DataFrame(rows)
@@ -423,7 +424,8 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
              f"{_fmt(power['threshold'], 3)} "
              f"with the exact paired sign-flip test. MDE: the true mean difference a two-sided paired t-test detects "
              f"with 80% power at that level, from the measured SD of the pair differences.", "",
-             "| comparison | pairs | SD of differences | min attainable p | threshold | MDE (nats) | MDE (SD) | tested |",
+             "| comparison | pairs | SD of differences | min attainable p | threshold | MDE (nats) | MDE (SD) "
+             "| tested |",
              "|---|---|---|---|---|---|---|---|"]
     for _, row in primary.iterrows():
         lines.append(f"| {row['comparison']} | {row['n']} | {_fmt(row['sd_diff'])} | {_fmt(row['min_p'], 2)} | "
@@ -443,13 +445,16 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
               f"{cfg.get('max_seq_len')}, batch {cfg.get('batch_size')}, lr {cfg.get('learning_rate')} → "
               f"{cfg.get('min_lr')}, dtype **{cfg.get('dtype')}** (pinned), size `{design['size']}`.",
               f"- Pairs: init seeds 0..{design['n_pairs'] - 1}; in pair i, `{BASELINE}` uses data-order seed "
-              f"{DATA_SEED_OFFSET}+i and {', '.join(f'`{c}`' for c in conds)} sort the same selection by `{design['metric']}` "
+              f"{DATA_SEED_OFFSET}+i and {', '.join(f'`{c}`' for c in conds)} sort the same selection by "
+              f"`{design['metric']}` "
               f"(stable, ties by story id). Grid: init seeds 0..{design['grid'] - 1} × data-order seeds "
-              f"{DATA_SEED_OFFSET}..{DATA_SEED_OFFSET + design['grid'] - 1} of `{BASELINE}` (diagonal = the pairs' baseline runs) → "
+              f"{DATA_SEED_OFFSET}..{DATA_SEED_OFFSET + design['grid'] - 1} of `{BASELINE}` (diagonal = the pairs' "
+              "baseline runs) → "
               f"{len(runs)} runs.",
               "- Every run: `modelling/train.py` (trajectory: `val_loss_sub` on the first "
               f"{cfg.get('eval_iters', 0) * cfg.get('batch_size', 0)} validation stories at every checkpoint), "
-              f"then `eval.py` at the final step for the pairs' runs (the grid's runs are only trained; its `val_loss` on {design['eval'].get('val_stories')} stories of the "
+              "then `eval.py` at the final step for the pairs' runs (the grid's runs are only trained; its "
+              f"`val_loss` on {design['eval'].get('val_stories')} stories of the "
               f"fixed iid sample, {design['eval'].get('n_prompts')} prompts × {design['eval'].get('max_new_tokens')} "
               "generated tokens: exploratory)."] + run_time_lines(exp_dir) + ["",
               "## Checks", "",
@@ -495,7 +500,7 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
     for _, row in sim.iterrows():
         lines.append(f"| {row['kind']} | {row['n_pairs']} | "
                      f"{_ci(row['cka_hidden'], row['cka_hidden_ci_lo'], row['cka_hidden_ci_hi'])} | "
-                     f"{_ci(row['procrustes_embedding'], row['procrustes_embedding_ci_lo'], row['procrustes_embedding_ci_hi'])} | "
+                     f"{_ci(*(row[f'procrustes_embedding{k}'] for k in ('', '_ci_lo', '_ci_hi')))} | "
                      f"{_ci(row['symmetric_kl'], row['symmetric_kl_ci_lo'], row['symmetric_kl_ci_hi'])} |")
     lines += ["", "![similarity](figures/similarity.png)", "", "## Limits", "",
               f"- One small model, one corpus, one selection of {check['n_distinct_stories']} stories, one epoch of "
@@ -543,7 +548,8 @@ def analyse(exp_dir, design, record=lambda summary: None, partial=False):
     sim, sim_pairs = similarity_table(runs, final_model_outputs(runs))
     per_run = pd.DataFrame([{"run": r["name"], "condition": r["condition"], "role": r["role"],
                              "init_seed": r["init_seed"], "data_seed": r["data_seed"],
-                             "multiset_sha256": multiset_hash(r["segments"]), f"rho_{design['metric']}": rhos[r["name"]],
+                             "multiset_sha256": multiset_hash(r["segments"]),
+                             f"rho_{design['metric']}": rhos[r["name"]],
                              **finals[r["name"]]} for r in runs])
     tables = {"primary": primary, "exploratory": exploratory, "variance": variance, "similarity": sim,
               "similarity_pairs": sim_pairs, "saturation": saturation, "runs": per_run}

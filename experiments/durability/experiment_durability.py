@@ -33,15 +33,15 @@ from common.errors import UserError, run_main  # noqa: E402
 from common.ids import selection_id_of, tokenized_id  # noqa: E402
 from common.io import sha256_file  # noqa: E402
 from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, require, tok_dir  # noqa: E402
-from experiments.common import runner, stats  # noqa: E402
+from experiments.common import runner  # noqa: E402
 from experiments.durability.naming import BASELINE, DATA_SEED_OFFSET, GRID, experiments_dir  # noqa: E402
 
 ALPHA = 0.05
 # Sizes. train = modelling/train.py options shared by every run (the experiment sets dataset, seeds, sampler,
 # selection and max_iters itself); eval = eval.py options (evaluated at the final checkpoint only: the
 # trajectory comes from train.py's val_loss_sub at every checkpoint). dtype is pinned: results must not depend
-# on a machine's dtype=auto. measured = CPU seconds per training step and per evaluation from the committed
-# example (see its report), for the duration printed before running.
+# on a machine's dtype=auto. measured = CPU seconds per training step and per evaluation of one demo run (a
+# single-run probe on the 2-core VM), for the idle-machine duration printed before running.
 SIZES = {
     "smoke": dict(metric="flesch_ease", orders=("asc",), n_pairs=2, grid=2, n_stories=200,
                   train=dict(dim=16, n_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, max_seq_len=64,
