@@ -19,7 +19,6 @@ from common.paths import tok_dir
 
 # folders inside a run that never hold runs themselves (keeps discovery cheap while a run is training)
 SKIP_DIRS = {"ckpt", "tables", "visualize", "figures", "bench", "__pycache__"}
-DURABILITY = Path("experiments") / "durability"
 RUN_FILES = ("config.json", "train_log.csv", "val_log.csv", "batch_log.json", "batch_log.bin", "attn_probes.json")
 
 
@@ -92,17 +91,16 @@ class Store:
                 if (d / sub).is_dir():
                     files += sorted((d / sub).iterdir())
             sig.append((name, _signature(*files)))
-        for name in self.experiments():
-            d = self.out_dir / DURABILITY / name
+        for name in self.experiments():  # description.json, experiment.json, tables: any experiment kind
+            d = self.out_dir / "experiments" / name
             sig.append((name, _signature(*sorted(p for p in d.iterdir() if p.is_file()))))
         return hashlib.sha1(repr(sig).encode()).hexdigest()[:16]
 
     def experiments(self):
-        """Names of durability experiments: folders under out/experiments/durability/."""
-        root = self.out_dir / DURABILITY
-        if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        """'<kind>/<name>' of every experiment under out/experiments/ (the kit's description.json, or the
+        experiment.json of one still running)."""
+        from experiments.common.describe import find_experiments
+        return find_experiments(self.out_dir)
 
     def run_dir(self, name):
         """The folder of run `name`, only if `name` is exactly one of the discovered runs."""
@@ -115,11 +113,6 @@ class Store:
         if not path.is_relative_to(self.out_dir.resolve()):  # belt and braces: symlinks out of --out
             raise UnknownName(f"run {name!r} lies outside {self.out_dir}")
         return path
-
-    def experiment_dir(self, name):
-        if not isinstance(name, str) or name not in self.experiments():
-            raise UnknownName(f"unknown experiment {name!r}: pick one under {self.out_dir / DURABILITY}")
-        return (self.out_dir / DURABILITY / name).resolve()
 
     # ---- a run -----------------------------------------------------------------------------------------
     def run(self, name):
@@ -322,25 +315,6 @@ class Store:
             return [html.escape(sp.id_to_piece(int(t))) for t in tokens]
         except (Missing, AttributeError, IndexError):
             return [str(int(t)) for t in tokens]
-
-    # ---- experiments -----------------------------------------------------------------------------------
-    def experiment_file(self, name, filename):
-        path = self.experiment_dir(name) / filename
-        if not path.exists():
-            raise Missing(f"experiments/durability/{name}/{filename} not found yet — run or resume "
-                          f"`python experiments/durability/experiment_durability.py` for {name}")
-        return path
-
-    def experiment_table(self, name, table):
-        """results.csv, curves.csv, runs.csv or divergence.csv of a durability experiment."""
-        path = self.experiment_file(name, f"{table}.csv")
-        return self._csv(path, f"experiments/durability/{name}/{table}.csv",
-                         "python experiments/durability/experiment_durability.py")
-
-    def experiment_runs(self, name):
-        """Run names (as in runs()) of the experiment's condition × seed folders."""
-        prefix = f"{DURABILITY.as_posix()}/{name}/runs/"
-        return [r for r in self.runs() if r.startswith(prefix)]
 
 
 TABLE_MAKERS = {

@@ -72,3 +72,37 @@ def test_a_running_experiment_is_drawn_live_from_its_runs(tmp_path):
         experiments.primary_frame(store, "kit/live")
     with pytest.raises(Missing, match="no curve"):
         experiments.curves_figure(store, "kit/live", "nope")
+
+
+def test_the_url_names_the_experiment_and_refresh_follows_file_changes(tmp_path):
+    """?exp=&curve= open that experiment and curve (a shared link), choices are written back to the URL keys, a
+    mistyped ?exp= says so, and the refresh version changes when any experiment kind's files change."""
+    from dash import Dash
+
+    def dropdown_values(component):
+        found = {}
+        if getattr(component, "id", None) in ("exp-name", "exp-metric"):
+            found[component.id] = component.value
+        for child in getattr(component, "children", None) or []:
+            if hasattr(child, "to_plotly_json"):
+                found.update(dropdown_values(child))
+        return found
+
+    page = experiments.layout(None, {"exp": "facts/demo", "curve": "p_choice"})
+    assert dropdown_values(page) == {"exp-name": "facts/demo", "exp-metric": "p_choice"}
+    out = tmp_path / "out"
+    for kind in ("durability", "fact_injection"):
+        (out / "experiments" / kind / "demo").mkdir(parents=True)
+        (out / "experiments" / kind / "demo" / "experiment.json").write_text(json.dumps({"design": {"runs": []}}))
+    store = Store(out)
+    update_names, remember_view = experiments.register(Dash(__name__, suppress_callback_exceptions=True), store)[:2]
+    options, value, said = update_names(None, "/experiments", "fact_injection/demo")
+    assert [o["value"] for o in options] == ["durability/demo", "fact_injection/demo"]
+    assert value == "fact_injection/demo" and said is None
+    _, value, said = update_names(None, "/experiments", "facts/nope")
+    assert value == "durability/demo" and "facts/nope" in str(said)
+    assert remember_view("fact_injection/demo", "p_choice", {"run": "x"}) == {"run": "x", "exp": "fact_injection/demo",
+                                                                             "curve": "p_choice"}
+    before = store.version()
+    (out / "experiments" / "fact_injection" / "demo" / "description.json").write_text("{}")
+    assert store.version() != before

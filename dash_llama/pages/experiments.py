@@ -10,8 +10,8 @@ from dash import Input, Output, State, dcc, html
 
 from common.errors import UserError
 from dash_llama.data import Missing, UnknownName
-from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, message_figure, notes, table,
-                           table_data)
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, message_figure, notes, remember,
+                           table, table_data)
 from experiments.common import describe
 
 FIGURE_ROUTE = "/experiment-figures"
@@ -19,12 +19,15 @@ PRIMARY_COLUMNS = ["comparison", "outcome", "n", "diff", "ci_lo", "ci_hi", "p", 
                    "g_av", "tested", "significant"]
 
 
-def layout():
+def layout(store=None, view=None):
+    view = view or {}  # ?exp=<kind>/<name>&curve=<column>: a shared link opens the same experiment and curve
     return html.Div([
         html.H2("Experiments"),
         html.Div(className="controls", children=[
-            html.Label(["Experiment", dcc.Dropdown(id="exp-name", clearable=False)], className="grow"),
-            html.Label(["Curve", dcc.Dropdown(id="exp-metric", clearable=False)], className="grow"),
+            html.Label(["Experiment", dcc.Dropdown(id="exp-name", clearable=False, value=view.get("exp"))],
+                       className="grow"),
+            html.Label(["Curve", dcc.Dropdown(id="exp-metric", clearable=False, value=view.get("curve"))],
+                       className="grow"),
         ]),
         html.Div(id="exp-msg"),
         html.Div(id="exp-status"),
@@ -201,13 +204,22 @@ def register(app, store):
                             lambda kind, name, filename: serve_figure(store, kind, name, filename))
 
     @app.callback(Output("exp-name", "options"), Output("exp-name", "value"), Output("exp-msg", "children"),
-                  Input("refresh", "n_intervals"), Input("url", "pathname"), State("exp-name", "value"))
-    def update_names(_n, _path, current):
+                  Input("version", "data"), Input("url", "pathname"), State("exp-name", "value"))
+    def update_names(_version, _path, current):  # re-read only when a file under --out changed
         names = experiment_names(store)
         if not names:
             return [], None, message(f"no experiments under {store.out_dir}/experiments/ yet — run one, e.g. "
                                      "`python experiments/durability/experiment_durability.py`", "info")
-        return [{"label": n, "value": n} for n in names], current if current in names else names[0], None
+        if current in names:
+            return [{"label": n, "value": n} for n in names], current, None
+        said = message(f"no experiment {current!r} under {store.out_dir}/experiments/ — showing {names[0]}", "warn") \
+            if current else None  # a stale or mistyped ?exp= says so instead of silently showing another one
+        return [{"label": n, "value": n} for n in names], names[0], said
+
+    @app.callback(Output("page-view", "data", allow_duplicate=True), Input("exp-name", "value"),
+                  Input("exp-metric", "value"), State("page-view", "data"), prevent_initial_call=True)
+    def remember_view(name, curve, view):
+        return remember(view, exp=name, curve=curve)
 
     @app.callback(Output("exp-metric", "options"), Output("exp-metric", "value"), Output("exp-status", "children"),
                   Input("exp-name", "value"), State("exp-metric", "value"))
@@ -265,4 +277,5 @@ def register(app, store):
             return "", None
         return report_markdown(store, name), None
 
-    return update_names, update_metrics, update_curves, update_primary, update_table_names, update_table, update_report
+    return (update_names, remember_view, update_metrics, update_curves, update_primary, update_table_names, update_table,
+            update_report)
