@@ -42,13 +42,14 @@ def _json_safe(value):
     return value
 
 
-def write_run_curves(exp_dir, runs, columns, x_columns=("step", "tokens_seen")):
-    """Copy each run's x and outcome columns from runs/<name>/tables/summary.csv to curves/<name>.csv.
-    runs: dicts with name and condition (+ labels). Returns the description's curves["runs"] entries."""
+def write_run_curves(exp_dir, runs, columns, x_columns=("step", "tokens_seen"), source="tables/summary.csv"):
+    """Copy each run's x and outcome columns from runs/<name>/<source> (eval.py's summary by default) to
+    curves/<name>.csv. runs: dicts with name and condition (+ labels). Returns the description's
+    curves["runs"] entries."""
     exp_dir = Path(exp_dir)
     entries = []
     for run in runs:
-        summary = exp_dir / "runs" / run["name"] / "tables" / "summary.csv"
+        summary = exp_dir / "runs" / run["name"] / source
         if not summary.exists():
             raise UserError(f"{summary} missing — re-run the experiment command to finish run {run['name']}")
         table = pd.read_csv(summary)

@@ -1,7 +1,8 @@
 """Plan and run an experiment's runs (conditions × seeds) through the real modelling/train.py and eval.py.
 
 A run is a plain dict: {name, condition, steps, train: {train.py option: value}, eval: {eval.py option: value},
-...any labels the analysis wants (init_seed, data_seed, ...)}. The runner
+...any labels the analysis wants (init_seed, data_seed, ...)}; eval None = train only (the experiment measures
+its checkpoints itself); a `branch_from` label (a parent checkpoint path) makes train.py branch from it. The runner
   - prints the plan as plain shell commands (--plan) another scheduler could run as they are;
   - runs the runs not yet finished, `jobs` at a time, each as train.py then eval.py subprocesses;
   - resumes: a finished run (batch log covers its steps, last checkpoint at its last step, every checkpoint
@@ -43,14 +44,14 @@ def make_run(name, condition, steps, train, eval_args, **labels):
     if reserved:
         raise ValueError(f"train options {sorted(reserved)} are set by the runner")
     return {"name": name, "condition": condition, "steps": int(steps), "train": dict(train),
-            "eval": dict(eval_args), **labels}
+            "eval": dict(eval_args) if eval_args is not None else None, **labels}
 
 
 def train_command(run, run_dir, resume=False, python=None):
     """argv of modelling/train.py for this run (max_iters pinned to the planned steps)."""
     args = {"out_dir": str(run_dir), **run["train"], "max_iters": run["steps"]}
-    if resume:
-        args["init_from"] = "resume"
+    if resume or run.get("branch_from"):  # branch_from: a parent checkpoint (train.py branches from it)
+        args["init_from"] = "resume" if resume else run["branch_from"]
     return [python or sys.executable, str(TRAIN_SCRIPT)] + [f"--{k}={v}" for k, v in args.items()]
 
 
@@ -70,7 +71,8 @@ def plan_lines(runs, exp_dir):
     lines = []
     for run in runs:
         run_dir = os.path.relpath(Path(exp_dir) / "runs" / run["name"], REPO_ROOT)
-        lines.append(f"{relative(train_command(run, run_dir))} && {relative(eval_command(run, run_dir))}")
+        line = relative(train_command(run, run_dir))
+        lines.append(line if run["eval"] is None else f"{line} && {relative(eval_command(run, run_dir))}")
     return lines
 
 
@@ -93,7 +95,8 @@ def training_finished(run_dir, n_steps):
     except UserError:
         return False
     checkpoints = list_checkpoints(run_dir)
-    return logged >= n_steps and bool(checkpoints) and checkpoints[-1][0] == n_steps
+    offset = int(BatchLog(run_dir).meta.get("step_offset") or 0)  # a branch counts on from its parent's step
+    return logged >= n_steps and bool(checkpoints) and checkpoints[-1][0] == offset + n_steps
 
 
 def training_state(run_dir, n_steps):
@@ -122,8 +125,8 @@ def eval_complete(run_dir):
     return bool(checkpoints) and all(step in done for step, _ in checkpoints)
 
 
-def run_finished(run_dir, n_steps):
-    return training_finished(run_dir, n_steps) and eval_complete(run_dir)
+def run_finished(run_dir, n_steps, evaluate=True):
+    return training_finished(run_dir, n_steps) and (not evaluate or eval_complete(run_dir))
 
 
 # ---- experiment.json ----
@@ -201,7 +204,7 @@ def run_one(experiment, run, env):
         run_stage(train_command(run, run_dir, resume=state == "resume"), log_path, f"training {run['name']}", env)
         experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
                           train_s=round(time.time() - t0, 1))
-    if not eval_complete(run_dir):
+    if run["eval"] is not None and not eval_complete(run_dir):  # eval None: the experiment measures itself
         t0 = time.time()
         run_stage(eval_command(run, run_dir), log_path, f"eval of {run['name']}", env)
         if not eval_complete(run_dir):
@@ -214,7 +217,7 @@ def run_one(experiment, run, env):
 
 def pending(exp_dir, runs):
     """The runs not finished yet, in plan order."""
-    return [r for r in runs if not run_finished(Path(exp_dir) / "runs" / r["name"], r["steps"])]
+    return [r for r in runs if not run_finished(Path(exp_dir) / "runs" / r["name"], r["steps"], r["eval"] is not None)]
 
 
 def run_all(exp_dir, design, runs, jobs=DEFAULT_JOBS):
