@@ -86,3 +86,59 @@ def test_smoke_size_end_to_end(tmp_path, monkeypatch):
     assert description["kind"] == "bias_unlearning" and len(description["curves"]["runs"]) == len(m["run"].unique())
     report = (exp_dir / "report.md").read_text()
     assert "Primary result" in report and "underpowered" in report  # 2 seeds cannot reject: said so
+
+
+DIRECTION_TRAIN = dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=4, multiple_of=16, batch_size=16, max_seq_len=256,
+                       learning_rate=1e-2, min_lr=1e-3, warmup_iters=10, eval_iters=1, n_probe_stories=1, probe_len=32,
+                       dtype="float32", seed=1, data_seed=1, vocab_size=2048)
+PARENT_STEPS, BRANCH_STEPS = 400, 100
+
+
+@pytest.mark.slow
+def test_a_counter_biased_branch_lowers_the_stereotype_and_the_control_does_not(tmp_path):
+    """Direction test (fixed seeds): a 1-layer model learns the occupation-pronoun association of a fully biased
+    storyworld corpus (--occupation_bias 1.0); branched for the same budget onto new stories at 0.0 its p of the
+    stereotyped pronoun falls, onto new stories at 1.0 (the control for more training) it does not."""
+    import os
+    import subprocess
+
+    import torch
+
+    from metadata import bias_probe
+    from modelling.checkpoints import load_model
+    from tests.fixtures_data import PYTHON, REPO
+    from tests.fixtures_run import ONE_THREAD, train_args
+    from tokenization.dataset import TokenizedDataset
+    ws = tmp_path
+    for name, n, seed, bias in (("dp", 3000, 0, 1.0), ("dc", 1500, 5, 0.0), ("dk", 1500, 6, 1.0)):
+        run_stage(ws, "download/download_datasets.py", "storyworld", "--name", name, "--n_stories", n,
+                  "--shard_size", n, "--seed", seed, "--occupation_bias", bias)
+    run_stage(ws, "tokenization/pretokenize.py", "train_vocab", "--dataset", "dp", "--vocab_size", 2048)
+    run_stage(ws, "tokenization/pretokenize.py", "pretokenize", "--dataset", "dp", "--vocab_size", 2048)
+    for name in ("dc", "dk"):
+        run_stage(ws, "tokenization/pretokenize.py", "pretokenize", "--dataset", name, "--vocab_size", 2048,
+                  "--tokenizer_from", "dp")
+    run_stage(ws, "modelling/train.py", *train_args(dataset="dp", out_dir="out/parent", max_iters=PARENT_STEPS,
+                                                    eval_interval=PARENT_STEPS, **DIRECTION_TRAIN), env=ONE_THREAD)
+    parent_ckpt = f"out/parent/ckpt/step_{PARENT_STEPS:06d}.pt"
+    procs = [subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *train_args(
+        dataset=name, out_dir=f"out/{name}", init_from=parent_ckpt, max_iters=BRANCH_STEPS,
+        eval_interval=BRANCH_STEPS, **DIRECTION_TRAIN)], cwd=ws, env={**os.environ, **ONE_THREAD},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("dc", "dk")]
+    for proc in procs:
+        assert proc.wait(timeout=900) == 0, proc.stderr.read()[-2000:]
+    torch.set_num_threads(1)
+    cwd = os.getcwd()
+    try:
+        os.chdir(ws)
+        ds = TokenizedDataset("dk", 2048)
+        inputs = bias_probe.prepare(ds.tokenizer, int(ds.manifest["bos_id"]), bias_probe.dataset_corpus_rates(ds))
+        end = f"ckpt/step_{PARENT_STEPS + BRANCH_STEPS:06d}.pt"
+        p = {name: bias_probe.overt_probe(load_model(path)[0], inputs)[1]["bias_seen"] + 0.5
+             for name, path in (("parent", parent_ckpt), ("counter", f"out/dc/{end}"), ("control", f"out/dk/{end}"))}
+    finally:
+        os.chdir(cwd)
+    print(p)
+    assert p["parent"] > 0.55  # the parent learned the stereotype
+    assert p["counter"] < p["parent"] - 0.05  # unlearning on the counter-biased corpus
+    assert p["control"] > p["parent"] - 0.02  # more training on the same bias does not lower it
