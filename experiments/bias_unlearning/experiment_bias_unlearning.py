@@ -351,7 +351,9 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
              f"- Corpora (storyworld, one tokenizer of {design['vocab_size']} pieces trained on the parent corpus, "
              f"shared with `pretokenize --tokenizer_from`): parent {design['stories'][0]} stories at 0.9; branch "
              f"corpora of {design['stories'][1]} new stories each (other generator seeds) at 0.9 / 0.5 / 0.1.",
-             f"- {len(design['seeds'])} init seeds; parent {design['parent_steps']} steps; branches at steps "
+             f"- {measures['init_seed'].nunique()} init seeds analysed of {len(design['seeds'])} planned "
+             f"({', '.join(map(str, sorted(measures['init_seed'].unique())))}); parent {design['parent_steps']} "
+             f"steps; branches at steps "
              f"{', '.join(map(str, design['stages']))} (1/8, 1/2, all), each {design['branch_steps']} steps on each "
              f"corpus (fresh AdamW, its own warmup and cosine schedule, its own data order). Model: dim "
              f"{design['train'].get('dim')}, layers {design['train'].get('n_layers')}, max_seq_len "
@@ -399,7 +401,7 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
               "## Figures", "", "![overt](figures/overt_curves.png)", "", "![weat](figures/weat_curves.png)", "",
               "![grid](figures/grid.png)", "",
               "## Run", "",
-              f"Wall time {wall_s / 60:.1f} min on {machine_info().get('cpu', 'this machine')} "
+              f"Wall time of the command that wrote this report {wall_s / 60:.1f} min on {machine_info().get('cpu', 'this machine')} "
               f"({os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.1f}), dtype "
               f"{design['train'].get('dtype')}. Commit {provenance().get('git_commit')}.", ""]
     atomic_write_text(exp_dir / "report.md", "\n".join(lines))
@@ -421,7 +423,7 @@ def main(argv=None):
     exp_dir = out_dir() / "experiments" / KIND / args.name
     args.exp_dir = exp_dir
     design, parents, branches = plan(args, size)
-    power = runner.check_design(len(size["seeds"]))
+    power = runner.check_design(len(size["seeds"]))  # the planned design; the report states the seeds done
     print(f"{KIND}/{args.name}: {len(parents)} parents x {size['parent_steps']} steps, {len(branches)} branches x "
           f"{size['branch_steps']} steps (stages {design['stages']}); {power['reason']}")
     if args.plan:
@@ -431,9 +433,21 @@ def main(argv=None):
     t0 = time.time()
     exp_dir.mkdir(parents=True, exist_ok=True)
     make_corpora(args.prefix, size, runner.child_env(args.jobs))
-    runner.run_all(exp_dir, design, parents, args.jobs)  # branches need their parents' checkpoints
-    runner.run_all(exp_dir, design, branches, args.jobs)
-    measures = measure_all(exp_dir, design, parents, branches, args.jobs)
+    # seed groups of `jobs`: each group's parents, then its branches (which need the parents' checkpoints), then
+    # its measures and the analysis of every seed done so far — so a stopped experiment leaves a valid report
+    seeds = list(size["seeds"])
+    for start in range(0, len(seeds), args.jobs):
+        group = set(seeds[start:start + args.jobs])
+        runner.run_all(exp_dir, design, [r for r in parents if r["init_seed"] in group], args.jobs)
+        runner.run_all(exp_dir, design, [r for r in branches if r["init_seed"] in group], args.jobs)
+        done = set(seeds[:start + args.jobs])
+        analyse(exp_dir, design, [r for r in parents if r["init_seed"] in done],
+                [r for r in branches if r["init_seed"] in done], args.jobs, time.time() - t0)
+
+
+def analyse(exp_dir, design, parents, branches, jobs, wall):
+    """Measures (cached per run), derived tables, figures, report and description of the seeds given."""
+    measures = measure_all(exp_dir, design, parents, branches, jobs)
     atomic_write_text(exp_dir / "measures.csv", measures.to_csv(index=False))
     unlearn = time_to_unlearn(measures)
     atomic_write_text(exp_dir / "unlearn.csv", unlearn.to_csv(index=False))
@@ -445,7 +459,7 @@ def main(argv=None):
     figure_curves(measures, exp_dir / "figures/overt_curves.png", "overt_bias", "overt bias (p_stereo − 0.5)")
     figure_curves(measures, exp_dir / "figures/weat_curves.png", "weat_d_last", "WEAT d (last layer)")
     figure_grid(table, exp_dir / "figures/grid.png")
-    wall = time.time() - t0
+    power = runner.check_design(len(parents))
     write_report(exp_dir, design, measures, unlearn, table, results, wall, power)
     curve_runs = describe.write_run_curves(exp_dir, parents + branches, MEASURES + ["loss_parent"],
                                            source="tables/bias_unlearning.csv")
@@ -462,7 +476,7 @@ def main(argv=None):
         figures=[{"path": "figures/overt_curves.png", "caption": "overt bias vs tokens, branches off the parent"},
                  {"path": "figures/weat_curves.png", "caption": "covert bias (WEAT d) vs tokens"},
                  {"path": "figures/grid.png", "caption": "stage x corpus at branch end"}])
-    print(f"wrote {exp_dir}/report.md ({wall / 60:.1f} min)")
+    print(f"wrote {exp_dir}/report.md: {len(parents)} of {len(design['seeds'])} seeds ({wall / 60:.1f} min)")
 
 
 if __name__ == "__main__":
