@@ -56,7 +56,7 @@ MODEL = dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=4, multiple_of=32, max_se
              n_probe_stories=1, probe_len=32, log_interval=50)
 SIZES = {
     # tests: seconds per run
-    "smoke": dict(stories=(800, 400), vocab=512, seeds=(0, 1), parent_steps=16, branch_steps=8, eval_interval=8,
+    "smoke": dict(stories=(800, 400), vocab=512, seeds=(0, 1), parent_steps=8, branch_steps=4, eval_interval=4,
                   train=dict(MODEL, dim=16, warmup_iters=4)),
     # 2-core CPU: 6 seeds, the fewest whose paired sign-flip test can reach p < 0.05 (2 / 2^6)
     "demo": dict(stories=(4000, 2000), vocab=2048, seeds=(0, 1, 2, 3, 4, 5), parent_steps=512, branch_steps=64,
