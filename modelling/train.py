@@ -45,6 +45,7 @@ from modelling.cards import ModelCardHook
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, parse_config, resolve_dtype, validate
 from modelling.data import SegmentBatches, one_per_row, pack_rows, split_rows, story_loss
+from modelling.dynamic_sampler import DynamicSampler
 from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
@@ -73,12 +74,16 @@ max_seq_len = 256  # positions per row; a longer story is cut into segments of a
 pack = True  # pack a step's segments into rows (attention kept per segment); False: one segment per row, padded
 data_seed = 1337  # data order; separate from the weight-init seed (seed) and the selection (selection_seed)
 selection_seed = 0  # which stories an n_stories budget picks; two orders of one selection share it
-sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined
+sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined | dynamic
 sort_by = ""  # metadata column for the sorted samplers (data/<raw>/tok<V>/metadata.parquet)
 sort_order = "ascending"  # combined only: ascending | descending
 filter_column = ""  # metadata column for filter_by_threshold / combined
 threshold = 0.0
 filter_keep = "above"  # above: keep value >= threshold; below: keep value < threshold
+dynamic_interval = 10  # --sampler=dynamic (modelling/dynamic_sampler.py): re-score a pool every this many steps
+dynamic_pool = 4  # candidates scored per decision, as a multiple of the segments the next interval trains
+dynamic_score = "reducible_loss"  # reducible_loss | loss | constant | metadata:COLUMN (metadata:-COLUMN: low first)
+dynamic_temperature = 0.1  # draw probability ∝ exp(score / temperature) (scores in nats for the losses)
 n_stories = 8000  # selection budget (0 = every selected train story); the demo trains on 8000
 epochs = 1  # passes over the selection when max_iters = -1
 n_probe_stories = 3  # validation stories in the fixed probe set (plus the induction probe)
@@ -181,12 +186,21 @@ def main(argv):
     lineage = parent.lineage if parent is not None else (resume or {}).get("lineage") or {}
     base_step = int(lineage.get("parent_step") or 0)
     batches = SegmentBatches(ds, max_seq_len, int(ds.manifest.get("bos_id", 1)))
-    metadata = load_metadata(dataset, vocab_size) if sampler != "random" else None
+    needs_metadata = sampler != "random" and not (sampler == "dynamic" and dynamic_score in ("loss", "constant"))
+    metadata = load_metadata(dataset, vocab_size) if needs_metadata else None
     n_micro = gradient_accumulation_steps * world  # row groups per step: one per micro-batch and rank
     segments_per_step = batch_size * n_micro
     train_ids = ds.story_ids("train")
-    schedule = SegmentSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, sampler, data_seed, metadata,
-                              sort_by, sort_order, filter_column, threshold, filter_keep, n_stories, selection_seed)
+    if sampler == "dynamic":  # the order is decided while training, from the model's scores
+        if world > 1:
+            raise UserError("--sampler=dynamic runs in one process (its draws need the model of that process)")
+        schedule = DynamicSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, data_seed, metadata,
+                                  n_stories, selection_seed, dynamic_interval, dynamic_pool, dynamic_score,
+                                  dynamic_temperature)
+    else:
+        schedule = SegmentSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, sampler, data_seed,
+                                  metadata, sort_by, sort_order, filter_column, threshold, filter_keep, n_stories,
+                                  selection_seed)
     n_own = max_iters if max_iters > 0 else epochs * schedule.steps_per_epoch  # this run's own steps
     n_steps = base_step + n_own  # the last step on the shared x axis (a branch continues its parent's counter)
     val_ids = ds.story_ids("val")
@@ -285,6 +299,8 @@ def main(argv):
         recorder.hooks.append(ModelCardHook(out))  # out_dir/README.md describes the newest checkpoint
         if tracker is not None:
             recorder.hooks.append(tracker)
+        if sampler == "dynamic":  # scores with this model; its decision log restarts or resumes with the run
+            recorder.hooks.append(schedule.attach(model, batches, ctx, dev, out, start_step - base_step if resume else 0))
         print(f"{out}: {ids['run']} on {ids['tokenized']} ({ids['dataset']}), selection {ids['selection']}")
         print(f"{out}: {model.num_params() / 1e6:.2f}M params, {n_steps} steps of {segments_per_step} segments "
               f"({len(schedule.selection)} stories, {len(schedule.segments)} segments, {schedule.n_tokens} tokens; "
