@@ -414,6 +414,9 @@ def main(argv=None):
     runner.add_arguments(ap)
     ap.add_argument("--prefix", default=None, help="corpus names are PREFIX_parent, PREFIX_biased, … "
                                                    "(default bu_<size>)")
+    ap.add_argument("--max_seeds", type=int, default=0,
+                    help="run and analyse only the first N seeds of the plan in this invocation (0 = all); "
+                         "re-run without it to finish the rest")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a further train.py override for every run, e.g. --set device=cuda")
     args = ap.parse_args(argv)
@@ -435,7 +438,7 @@ def main(argv=None):
     make_corpora(args.prefix, size, runner.child_env(args.jobs))
     # seed groups of `jobs`: each group's parents, then its branches (which need the parents' checkpoints), then
     # its measures and the analysis of every seed done so far — so a stopped experiment leaves a valid report
-    seeds = list(size["seeds"])
+    seeds = list(size["seeds"])[:args.max_seeds or None]
     for start in range(0, len(seeds), args.jobs):
         group = set(seeds[start:start + args.jobs])
         runner.run_all(exp_dir, design, [r for r in parents if r["init_seed"] in group], args.jobs)
