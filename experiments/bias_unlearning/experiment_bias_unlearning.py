@@ -392,9 +392,12 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
                      f"{fmt(r['ci_hi'])}] | {fmt(r['p'], 4)} | {fmt(r.get('q'), 3)} | {fmt(r['mde'])} |")
     parent_end = measures[(measures["role"] == "parent") & (measures["step"] == design["parent_steps"])]
     lines += ["", "## Checks", "",
-              f"- The parent learned the bias: overt bias at its last step {fmt(parent_end['overt_bias'].mean())} "
+              f"- How much of the bias the parent learned: overt bias at its last step "
+              f"{fmt(parent_end['overt_bias'].mean())} "
               f"(seeds {', '.join(fmt(v) for v in parent_end['overt_bias'])}); the corpus's own stereotyped rate "
-              f"is {fmt(parent_end['corpus_stereo_rate'].mean())} (overt {fmt(parent_end['corpus_stereo_rate'].mean() - 0.5)}).",
+              f"is {fmt(parent_end['corpus_stereo_rate'].mean())} (overt {fmt(parent_end['corpus_stereo_rate'].mean() - 0.5)}). "
+              f"A branch whose overt bias is already within the interval of its corpus's rate at the branch point "
+              f"(a parent that learned little, on the neutral corpus) counts as unlearned after 0 tokens.",
               "- Loss: `loss_parent` (the parent corpus's validation sample) at branch end per condition is in "
               "results.csv; a counter branch that lowers bias while its loss on the parent corpus matches the "
               "control's has not just got worse at the language.", "",
