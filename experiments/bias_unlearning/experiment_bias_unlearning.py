@@ -297,7 +297,7 @@ def figure_curves(measures, path, column, ylabel):
     """column vs tokens seen: each seed's parent curve (grey) with its branches hanging off it."""
     colors = {"biased": "tab:red", "neutral": "tab:gray", "counter": "tab:blue"}
     seeds = sorted(measures["init_seed"].unique())
-    fig, axes = plt.subplots(1, len(seeds), figsize=(3.2 * len(seeds), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(seeds), figsize=(max(6.4, 3.2 * len(seeds)), 3.4), sharey=True, squeeze=False)
     for ax, seed in zip(axes[0], seeds):
         m = measures[measures["init_seed"] == seed]
         p = m[m["role"] == "parent"].sort_values("step")
