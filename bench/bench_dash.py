@@ -51,7 +51,7 @@ def build_run(ws, quick):
     stage(ws, "visualize_sat_curves.py", "--out_dir", run, "--metrics", "flesch_ease")
 
 
-def timed(fn, repeats):
+def timed(fn, repeats, out="out"):
     """(cold ms, warm median ms) of fn(store) + Dash's JSON encoding of its result. Cold: a fresh Store, so the
     run, tables and checkpoint are read from disk as on a page's first visit; warm: the Store's cache."""
     from dash_llama.data import Store
@@ -60,8 +60,8 @@ def timed(fn, repeats):
         t0 = time.perf_counter()
         plotly.io.json.to_json_plotly(fn(store))
         return (time.perf_counter() - t0) * 1000
-    cold = once(Store("out"))
-    warm_store = Store("out")
+    cold = once(Store(out))
+    warm_store = Store(out)
     once(warm_store)
     return cold, statistics.median(once(warm_store) for _ in range(repeats))
 
@@ -88,6 +88,10 @@ def callbacks(store, run):
         "data: histogram": lambda s: data_page.histogram_figure(s, run, "flesch_ease"),
         "data: batch composition": lambda s: data_page.composition_figure(s, run, "flesch_ease"),
         "data: batch viewer": lambda s: data_page.batch_rows(s, run, 7, ["flesch_ease"]),
+        "attention: a compared run's head": lambda s: attention.compared_heads(s, [run], steps[len(steps) // 2] + 1,
+                                                                               probe, 1, 1),
+        "header: damage checks": lambda s: s.health(run),
+        "refresh: file version check": lambda s: s.version(),
     }
 
 
@@ -108,7 +112,7 @@ def run(quick=False):
         try:
             steps, fns = callbacks(Store(ws / "out"), "b56")
             for name, fn in fns.items():
-                cold, warm = timed(fn, repeats)
+                cold, warm = timed(fn, repeats, ws / "out")
                 verdict = lambda ms: "ok" if ms < TARGET_MS else "OVER TARGET"  # noqa: E731
                 rows.append({"bench": "dash", "metric": f"{name} (warm)", "value": round(warm, 1), "unit": "ms",
                              "note": f"median of {repeats}, cached Store; < {TARGET_MS} ms: {verdict(warm)}"})

@@ -4,6 +4,7 @@ browser, and read every artifact through the project's shared readers, cached un
 Pages never touch paths themselves: they ask the Store, which raises Missing (a message meant for the page)
 when a stage has not been run yet, and UnknownName when a name from the browser is not a run or experiment
 under --out (so `../../etc` can never become a path)."""
+import hashlib
 import html
 import os
 import threading
@@ -19,10 +20,16 @@ from common.paths import tok_dir
 # folders inside a run that never hold runs themselves (keeps discovery cheap while a run is training)
 SKIP_DIRS = {"ckpt", "tables", "visualize", "figures", "bench", "__pycache__"}
 DURABILITY = Path("experiments") / "durability"
+RUN_FILES = ("config.json", "train_log.csv", "val_log.csv", "batch_log.json", "batch_log.bin", "attn_probes.json")
 
 
 class Missing(Exception):
     """An artifact a page needs does not exist yet; the message says which stage makes it."""
+
+
+class NoRun(Missing):
+    """No run is selected (none under --out yet, or the URL named one that was refused): the header says why,
+    so the panels stay quiet instead of each repeating it."""
 
 
 class UnknownName(Exception):
@@ -74,6 +81,22 @@ class Store:
                 found.append(Path(root).relative_to(self.out_dir).as_posix())
         return sorted(found, key=lambda n: (n.count("/"), n))
 
+    def version(self):
+        """A short hash of the (mtime, size) of every file the pages read, for every run and experiment: the
+        periodic refresh redraws only when it changes, so an idle dashboard leaves the user's view alone."""
+        sig = []
+        for name in self.runs():
+            d = self.out_dir / name
+            files = [d / f for f in RUN_FILES]
+            for sub in ("tables", "ckpt"):
+                if (d / sub).is_dir():
+                    files += sorted((d / sub).iterdir())
+            sig.append((name, _signature(*files)))
+        for name in self.experiments():
+            d = self.out_dir / DURABILITY / name
+            sig.append((name, _signature(*sorted(p for p in d.iterdir() if p.is_file()))))
+        return hashlib.sha1(repr(sig).encode()).hexdigest()[:16]
+
     def experiments(self):
         """Names of durability experiments: folders under out/experiments/durability/."""
         root = self.out_dir / DURABILITY
@@ -84,7 +107,7 @@ class Store:
     def run_dir(self, name):
         """The folder of run `name`, only if `name` is exactly one of the discovered runs."""
         if name is None or name == "":
-            raise Missing(f"no run selected — none found under {self.out_dir} yet; train one with "
+            raise NoRun(f"no run selected — none found under {self.out_dir} yet; train one with "
                           f"`python modelling/train.py --out_dir={self.out_dir.as_posix()}/NAME`")
         if not isinstance(name, str) or name not in self.runs():
             raise UnknownName(f"unknown run {name!r}: pick one of the runs found under {self.out_dir}")
@@ -104,8 +127,7 @@ class Store:
         whenever training appends to the logs or writes a checkpoint."""
         from modelling.checkpoints import load_run
         d = self.run_dir(name)
-        sig = _signature(d / "config.json", d / "train_log.csv", d / "val_log.csv", d / "ckpt",
-                         d / "batch_log.json", d / "attn_probes.json")
+        sig = _signature(*(d / f for f in RUN_FILES), d / "batch_log_steps.bin", d / "ckpt")
 
         def load():
             try:
@@ -165,18 +187,100 @@ class Store:
             return self._cached(("summary", str(path)), _signature(path), load)
         return self._csv(path, f"{name}/tables/{table}.csv", TABLE_MAKERS.get(table, "the eval stages"), name)
 
+    def table_json(self, name, table):
+        """out/RUN/tables/<table>.json as a dict ({} when absent or unreadable: these only add labels)."""
+        import json
+        path = self.run_dir(name) / "tables" / f"{table}.json"
+
+        def load():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+        return self._cached(("json", str(path)), _signature(path), load)
+
     def _csv(self, path, label, maker, run=None):
         sig = _signature(path)
+        cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker
         if sig[0] is None:
-            cmd = maker.format(run=f"{self.out_dir.as_posix()}/{run}") if run else maker
             raise Missing(f"{label} not found yet — run `{cmd}`")
 
         def load():
             try:
                 return pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-                raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{maker}`") from None
+                raise Missing(f"{label} is unreadable ({type(e).__name__}) — re-run `{cmd}`") from None
         return self._cached(("csv", str(path)), sig, load)
+
+    # ---- silent damage ---------------------------------------------------------------------------------
+    def health(self, name):
+        """Warnings for damage a figure would otherwise hide: each artifact checked against what config.json and
+        the run's own logs say it should hold. Each warning names the file, what is wrong, what the pages
+        show because of it, and the command that rebuilds it. [] for a healthy run."""
+        run = self.run(name)
+        d = self.run_dir(name)
+        out = f"{self.out_dir.as_posix()}/{name}"
+        retrain = "only re-training the run (settings in its config.json) rewrites it"
+        present = [int(s) for s, _ in run.checkpoints]
+        last_ckpt = max(present, default=0)
+        log = run.train_log
+        last_logged = int(log["step"].max()) if not log.empty and "step" in log.columns else 0
+        warnings = []
+        if last_logged < last_ckpt:
+            warnings.append(f"{name}/train_log.csv ends at step {last_logged} but the checkpoints go to step "
+                            f"{last_ckpt}: the log was cut, so loss curves and progress stop at step {last_logged} "
+                            f"— {retrain}")
+        trained_to = max(last_logged, last_ckpt)
+        scheduled = [int(s) for s in run.config.get("checkpoint_steps") or []]
+        # a checkpoint the schedule wanted at a step the run has passed (the newest may still be being written)
+        lost = [s for s in scheduled if s not in present and (s < trained_to or s <= last_ckpt)]
+        if lost:
+            shown = ", ".join(f"step {s}" for s in lost[:6]) + (" …" if len(lost) > 6 else "")
+            warnings.append(f"{name}/ckpt/ lacks {len(lost)} checkpoint(s) that config.json schedules and the run "
+                            f"trained past ({shown}): sliders skip those steps — {retrain}")
+        if run.batch_log is not None and len(run.batch_log) < last_ckpt:  # durable at every checkpoint
+            warnings.append(f"{name}/batch_log.bin holds steps 1..{len(run.batch_log)} but the run has checkpoints "
+                            f"to step {last_ckpt}: the file was cut, so batch composition and the batch viewer stop "
+                            f"at step {len(run.batch_log)} — {retrain}")
+        warnings += self._table_health(name, d, out)
+        return warnings
+
+    def _table_health(self, name, d, out):
+        """summary.csv against eval.json's evaluated steps; plateau and attention tables against their inputs."""
+        import json
+        tables, warnings = d / "tables", []
+        summary_path, state_path = tables / "summary.csv", tables / "eval.json"
+        if summary_path.exists() and state_path.exists():
+            try:
+                evaluated = {int(s) for s in json.loads(state_path.read_text()).get("steps_done", [])}
+                summary_steps = set(pd.read_csv(summary_path, usecols=["step"], on_bad_lines="skip")["step"]
+                                    .dropna().astype(int))
+            except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                evaluated, summary_steps = set(), set()
+                warnings.append(f"{name}/tables/summary.csv or eval.json is unreadable — rebuild both with "
+                                f"`python eval.py --out_dir {out} --rebuild`")
+            lacking = sorted(evaluated - summary_steps)
+            if lacking:
+                shown = ", ".join(map(str, lacking[:6])) + (" …" if len(lacking) > 6 else "")
+                warnings.append(f"{name}/tables/summary.csv lacks {len(lacking)} of the {len(evaluated)} steps "
+                                f"tables/eval.json lists as evaluated (steps {shown}): the file was cut, so curves "
+                                f"miss those points — rebuild it with `python eval.py --out_dir {out} --rebuild`")
+        sat_path = tables / "saturation.csv"
+        if sat_path.exists() and summary_path.exists() and sat_path.stat().st_mtime < summary_path.stat().st_mtime:
+            warnings.append(f"{name}/tables/saturation.csv is older than summary.csv: its plateau marks may be "
+                            f"stale — rebuild it with `python visualize_sat_curves.py --out_dir {out}`")
+        if (tables / "attn_stats.csv").exists():
+            try:
+                covered = set(self.table(name, "attn_stats")["step"].astype(int))
+            except (Missing, KeyError, ValueError):
+                covered = None
+            new = sorted({int(s) for s, _ in self.run(name).checkpoints} - covered) if covered is not None else []
+            if new:
+                warnings.append(f"{name}/tables/attn_stats.csv has no rows for checkpoint step(s) "
+                                f"{', '.join(map(str, new[:6]))}{' …' if len(new) > 6 else ''}: the per-head "
+                                f"statistics stop before them — rebuild it with `python visualize_attn.py "
+                                f"--out_dir {out}`")
+        return warnings
 
     # ---- dataset side ----------------------------------------------------------------------------------
     def dataset(self, name):

@@ -26,7 +26,7 @@ from common.card import CARD, read_card, write_card  # noqa: E402
 from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_write_text, provenance, sha256_file  # noqa: E402
 from common.paths import RAW_FOLDERS, add_root_argument, apply_root, data_dir, raw_dir  # noqa: E402
-from download import storyworld  # noqa: E402
+from download import fact_set, storyworld  # noqa: E402
 
 TINYSTORIES_URL = ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
                    "TinyStories_all_data.tar.gz")
@@ -118,6 +118,8 @@ def cmd_storyworld(args):
         raise UserError("--n_stories and --shard_size must be positive integers")
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val_fraction {args.val_fraction} must be in [0, 1)")
+    if args.fact_set == 1 or args.fact_set < 0:
+        raise UserError(f"--fact_set {args.fact_set}: give 0 (none) or at least 2 facts")
     cfg = storyworld.StoryWorldConfig(seed=args.seed, occupation_bias=args.occupation_bias,
                                       toxic_rate=args.toxic_rate, happy_fraction=args.happy_fraction,
                                       inject_rate=args.inject_rate, facts=storyworld.load_facts(args.inject_facts),
@@ -128,6 +130,9 @@ def cmd_storyworld(args):
               "generator_sha256": sha256_file(storyworld.__file__),  # any code change regenerates
               "n_stories": args.n_stories, "shard_size": args.shard_size, "val_fraction": args.val_fraction,
               **cfg.params()}
+    if args.fact_set:  # issue 18: a fact set, its documents as the last shard (split 'facts'), facts.json
+        params["fact_set"] = {"n_facts": args.fact_set, "seed": args.seed,
+                              "sha256": sha256_file(fact_set.__file__)}
     card = read_card(folder)
     if card and card.get("source_kind") == "storyworld" and card.get("generator_params") == params \
             and shards_intact(folder, card):
@@ -139,6 +144,7 @@ def cmd_storyworld(args):
     gen_seconds, shards = 0.0, []
     stats, rates = storyworld.CorpusStats(), RateCounter()
     n_shards = max(1, -(-args.n_stories // args.shard_size))
+    facts = fact_set.make_facts(args.fact_set, args.seed) if args.fact_set else []
     folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=args.n_stories, desc="generate stories", unit="story") as bar:
         for k in range(n_shards):
@@ -146,10 +152,17 @@ def cmd_storyworld(args):
             t0 = time.time()
             chunk = storyworld.generate(min(args.shard_size, args.n_stories - start), cfg, start=start, progress=bar)
             gen_seconds += time.time() - t0
-            shards.append(write_shard(folder, k, n_shards, chunk))
+            shards.append(write_shard(folder, k, n_shards + bool(facts), chunk))
             for record in chunk:
                 stats.add(record["story"])
                 rates.add(record)
+    if facts:
+        shards.append(write_shard(folder, n_shards, n_shards + 1, fact_set.fact_documents(facts)))
+        (folder / fact_set.FACTS_FILE).parent.mkdir(exist_ok=True)
+        atomic_write_text(folder / fact_set.FACTS_FILE, json.dumps(fact_set.fact_set_header(facts, args.seed),
+                                                                   ensure_ascii=False, indent=1))
+    elif (folder / fact_set.FACTS_FILE).exists():
+        (folder / fact_set.FACTS_FILE).unlink()
     drop_stale_shards(folder, shards)
     warn_stale_tokenized(folder, shards)
     stats, rates = stats.result(), rates.result()
@@ -161,6 +174,9 @@ def cmd_storyworld(args):
         "generator_params": params, "stats": stats, "measured_rates": rates, "val_fraction": args.val_fraction,
         "generation_seconds": round(gen_seconds, 2), "provenance": provenance(),
     }
+    if facts:
+        header["fact_set"] = {"file": fact_set.FACTS_FILE, "n_facts": len(facts), "shard": shards[-1]["file"],
+                              "n_documents": shards[-1]["n_stories"], "split": fact_set.FACT_SPLIT}
     write_card(folder, header, storyworld_prose(args.name, params, stats, rates))
     print(f"wrote {args.n_stories} stories in {len(shards)} shards to {folder} "
           f"({args.n_stories / max(gen_seconds, 1e-9):,.0f} stories/s) and {folder / CARD}")
@@ -595,6 +611,9 @@ def main(argv=None):
     s.add_argument("--heldout_pair_fraction", type=float, default=0.085,
                    help="share of (hero name, plot) pairs held out of training: stories with one form split "
                         "val_novel")
+    s.add_argument("--fact_set", type=int, default=0,
+                   help="N synthetic entity facts (download/fact_set.py): their phrasings as a last shard of split "
+                        "'facts' (trained only through an injection plan) and the ground truth in facts.json")
     s.add_argument("--val_fraction", type=float, default=SW_VAL_FRACTION,
                    help="iid validation share the card asks pretokenize for (its default for this dataset)")
     lo = sub.add_parser("local", help="ingest your own .json/.jsonl/.txt story files")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from common.errors import UserError, run_main
 from common.ids import run_ids
-from common.io import provenance
+from common.io import atomic_write_json, provenance
 from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
@@ -46,6 +46,7 @@ from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, parse_config, resolve_dtype, validate
 from modelling.data import SegmentBatches, one_per_row, pack_rows, split_rows, story_loss
 from modelling.dynamic_sampler import DynamicSampler
+from modelling.injection import InjectionPlan
 from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
@@ -84,6 +85,7 @@ dynamic_interval = 10  # --sampler=dynamic (modelling/dynamic_sampler.py): re-sc
 dynamic_pool = 4  # candidates scored per decision, as a multiple of the segments the next interval trains
 dynamic_score = "reducible_loss"  # reducible_loss | loss | constant | metadata:COLUMN (metadata:-COLUMN: low first)
 dynamic_temperature = 0.1  # draw probability ∝ exp(score / temperature) (scores in nats for the losses)
+inject_plan = ""  # '' | injection plan .json (modelling/injection.py): segments ADDED to chosen steps (issue 18)
 n_stories = 8000  # selection budget (0 = every selected train story); the demo trains on 8000
 epochs = 1  # passes over the selection when max_iters = -1
 n_probe_stories = 3  # validation stories in the fixed probe set (plus the induction probe)
@@ -203,6 +205,7 @@ def main(argv):
                                   selection_seed)
     n_own = max_iters if max_iters > 0 else epochs * schedule.steps_per_epoch  # this run's own steps
     n_steps = base_step + n_own  # the last step on the shared x axis (a branch continues its parent's counter)
+    injection = InjectionPlan.load(root() / inject_plan, ds, max_seq_len) if inject_plan else None
     val_ids = ds.story_ids("val")
     if len(val_ids) == 0:
         raise UserError(f"dataset {dataset} has no validation stories — re-run pretokenize with a larger "
@@ -217,6 +220,9 @@ def main(argv):
         if n_stories > len(schedule.selection):
             warn(f"--n_stories={n_stories} but only {len(schedule.selection)} stories are available — training "
                  f"on all {len(schedule.selection)}")
+        if injection is not None and injection.n_after(n_steps):
+            warn(f"{injection.n_after(n_steps)} segments of --inject_plan={inject_plan} are planned after the last "
+                 f"step {n_steps}: this run does not train them (unless resumed with a larger --max_iters)")
         if decay_lr and min_lr > learning_rate:
             warn(f"--min_lr={min_lr} is above --learning_rate={learning_rate}: the cosine schedule rises after warmup")
         if decay_lr and warmup_iters > n_own:
@@ -258,6 +264,9 @@ def main(argv):
             scaler.load_state_dict(resume["scaler"])
         if resume["sampler"]["selection_sha256"] != schedule.selection_sha256:
             raise UserError(f"{out}: the dataset/selection changed since the run started — cannot resume exactly")
+        if resume["sampler"].get("injection_sha256") != (injection.sha256 if injection else None):
+            raise UserError(f"{out}: the injection plan {inject_plan} changed since the run started — cannot resume "
+                            f"exactly (restore it or start a new run)")
         start_step, tokens_seen = int(resume["step"]), int(resume["tokens_seen"])
         rng = resume["rng"]["torch"]
         torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)
@@ -289,6 +298,7 @@ def main(argv):
                     "val_sample": val_sample.tolist(), "model_args": args.to_dict(), "n_params": model.num_params(),
                     "flops_per_token": model.flops_per_token(max_seq_len), "dataset_dir": str(ds.dir),
                     "ids": ids, "resumed_from_step": start_step if resume is not None else None,
+                    "injection": injection.summary() if injection else None,
                     "tokenizer_sha256": ds.manifest.get("tokenizer_sha256"), "provenance": run_provenance}
         if lineage:
             run_info["lineage"] = lineage
@@ -296,6 +306,8 @@ def main(argv):
         attn_probes = make_attn_probes(ds, n_probe_stories, probe_len, max_seq_len, model_vocab)
         recorder = RunRecorder(out, run_info, attn_probes, segments_per_step, max_seq_len,
                                start_step if resume is not None else None, instrument, export_format, base_step)
+        if injection is not None:  # the plan as trained, beside the batch log that records its segments
+            atomic_write_json(out / "injection_plan.json", injection.plan)
         recorder.hooks.append(ModelCardHook(out))  # out_dir/README.md describes the newest checkpoint
         if tracker is not None:
             recorder.hooks.append(tracker)
@@ -319,6 +331,8 @@ def main(argv):
             group["lr"] = lr
         segments = schedule.step_segments(step - base_step)
         packed = pack_rows(segments, max_seq_len, min_rows=n_micro) if pack else one_per_row(segments)
+        if injection is not None:  # added segments; every sampled one keeps its row (the control's packing)
+            packed = injection.add(packed, step, pack)
         n_step_tokens = int(packed["n_tokens"].sum())
         micro_batches = split_rows(packed, n_micro)[rank * gradient_accumulation_steps:
                                                     (rank + 1) * gradient_accumulation_steps]
@@ -378,7 +392,8 @@ def main(argv):
                 resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "model_args": args.to_dict(), "config": cfg,
                                 "step": step, "tokens_seen": tokens_seen,
-                                "sampler": {"step": step, "selection_sha256": schedule.selection_sha256},
+                                "sampler": {"step": step, "selection_sha256": schedule.selection_sha256,
+                                            "injection_sha256": injection.sha256 if injection else None},
                                 "rng": rng_states, "ids": ids, "tokenizer_sha256": run_info["tokenizer_sha256"],
                                 "lineage": lineage or None}
                 recorder.checkpoint(step, weights, {"step": step, "tokens_seen": tokens_seen,

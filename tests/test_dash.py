@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from dash import Dash, no_update
 
-from dash_llama.app import PAGES, create_app, pick_run, render_page
-from dash_llama.data import Missing, Store, UnknownName
+from dash_llama.app import PAGES, create_app, pick_run, render_page, resolve_view, view_query
+from dash_llama.data import Missing, NoRun, Store, UnknownName
 from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation
-from dash_llama.ui import figure_or_message, guard
+from dash_llama.ui import figure_or_message, guard, is_log_spaced, make_query, nearest_index, parse_query
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
 from common.paths import ROOT_ENV
-from tests.fixtures_run import EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
+from tests.fixtures_run import EVAL_ARGS, EVALUATED_RUN, TINY_CKPTS, TINY_STEPS
 
 RUN = EVALUATED_RUN  # the shared evaluated copy of the tiny run (tests/fixtures_run.py), read-only here
 
@@ -75,7 +75,7 @@ def test_run_names_from_the_url_and_callbacks_are_refused(store):
     assert pick_run(store, "", "gone", triggered_by_url=False)[1] in store.runs()
     # a callback handed a bad name (a crafted request) answers with a message, not a path
     update_controls, update_grid, *_ = callbacks(attention, store)
-    figure, msg = update_grid("../../etc/passwd", 0, "val_0")
+    figure, msg, _ = update_grid("../../etc/passwd", 0, "val_0")
     assert "unknown run" in figure["layout"]["annotations"][0]["text"]
     assert "msg-error" in msg.className and "unknown run" in msg.children
 
@@ -101,6 +101,79 @@ def test_new_checkpoints_appear_without_restart(store, tmp_path):
     assert update_controls("live", 2, options, probe, 3, max_, marks)[1:5] == (no_update,) * 4
 
 
+def test_the_url_holds_the_view_and_only_names_under_out(store):
+    search = f"?run={RUN}&cmp={RUN},nope,../x&step=4&head=1.2&metric=flesch_ease&junk=1"
+    params = parse_query(search)
+    assert params == {"run": RUN, "cmp": f"{RUN},nope,../x", "step": "4", "head": "1.2", "metric": "flesch_ease"}
+    assert parse_query(make_query(params)) == params  # a written URL reads back the same
+    view = resolve_view(store, search)
+    assert view["run"] == RUN and view["cmp"] == []  # compared runs must exist and differ from the run
+    assert resolve_view(store, "?run=../../etc")["run"] is None
+    # the header's keys and the page's own make one query; defaults stay out of it
+    assert view_query(RUN, [], "auto", {"step": "4"}) == f"?run={RUN}&step=4"
+    assert parse_query(view_query(RUN, ["b"], "log", {"step": "4"})) == {"run": RUN, "cmp": "b", "axis": "log",
+                                                                         "step": "4"}
+    # a page built from a URL starts where the URL says: the attention slider on step 4, head L1 H2
+    layout = render_page("/attention", f"?run={RUN}&step=4&head=1.2", store)
+    ids = {c.id: c for c in component_tree(layout) if isinstance(getattr(c, "id", None), str)}
+    assert TINY_CKPTS[ids["attn-step"].value] == 4 and ids["attn-step"].max == len(TINY_CKPTS) - 1
+    assert ids["attn-head-sel"].data == {"layer": 1, "head": 2}
+    assert ids["attn-step-caption"].children == "step 4"
+    # a step between checkpoints opens the nearest one; no step opens the last
+    assert TINY_CKPTS[nearest_index(TINY_CKPTS, 14)] == 16 and TINY_CKPTS[nearest_index(TINY_CKPTS, 13)] == 10
+    assert nearest_index(TINY_CKPTS, None) == len(TINY_CKPTS) - 1
+    # a run switch keeps the step the user looked at (the nearest checkpoint of the new run)
+    update_controls, *_ = callbacks(attention, store)
+    assert update_controls(RUN, None, None, None, 0, 0, None, {"step": "20"})[4] == len(TINY_CKPTS) - 1
+
+
+def test_version_changes_only_when_files_change(store, tmp_path):
+    live = tmp_path / "out"
+    shutil.copytree(store.out_dir / RUN, live / "live")
+    live_store = Store(live)
+    before = live_store.version()
+    assert live_store.version() == before  # nothing changed: the refresh redraws nothing
+    last_step, last_path = list_checkpoints(live / "live")[-1]
+    last_path.unlink()
+    assert live_store.version() != before
+
+
+def test_pause_stops_the_refresh_and_ticked_rows_compare_runs(store):
+    app = create_app(store.out_dir)
+    pause = app.callback_map["refresh.disabled"]["callback"].__wrapped__
+    assert pause(["on"]) is False and pause([]) is True
+    # the URL writer leaves a refused or missing run's URL alone and drops default values
+    write_url = app.callback_map["url.search"]["callback"].__wrapped__
+    assert write_url(None, [], "auto", {"step": "4"}, "?run=../etc") is no_update
+    assert write_url(RUN, ["b"], "auto", {"step": "4"}, "") == f"?run={RUN}&cmp=b&step=4"
+    _, tick_rows, *_ = callbacks(runs, store)
+    rows = [{"run": RUN}, {"run": "b"}, {"run": "c"}]
+    assert tick_rows([0, 2], rows, RUN, []) == ["c"]  # the header's run is not compared with itself
+    assert tick_rows([0, 2], rows, RUN, ["c"]) is no_update
+
+
+def test_step_axis_is_log_where_checkpoints_are_log_spaced(store):
+    assert is_log_spaced(TINY_CKPTS) and is_log_spaced([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 350])
+    assert not is_log_spaced(list(range(50, 1001, 50))) and not is_log_spaced([1, 2])
+    assert runs.loss_figure(store, [RUN], "step", 0.0)[0]["layout"]["xaxis"]["type"] == "log"
+    assert runs.loss_figure(store, [RUN], "step", 0.0, "linear")[0]["layout"]["xaxis"]["type"] == "linear"
+    summary_steps = store.table(RUN, "summary")["step"].tolist()
+    sat, _ = saturation.saturation_figure(store, [RUN], "flesch_ease", "step", ["in", "out"], "auto")
+    assert sat["layout"]["xaxis"]["type"] == sat["layout"]["xaxis2"]["type"] == \
+        ("log" if is_log_spaced(summary_steps) else "linear")
+    assert saturation.saturation_figure(store, [RUN], "flesch_ease", "step", ["out"], "log")[0]["layout"][
+        "xaxis"]["type"] == "log"
+    assert generations.scores_figure(store, RUN, None, "linear")["layout"]["xaxis"]["type"] == "linear"
+
+
+def test_no_run_selected_is_said_once_by_the_header(store):
+    with pytest.raises(NoRun):
+        store.run_dir(None)
+    _, update_grid, *_ = callbacks(attention, store)
+    figure, msg, _ = update_grid(None, 0, "val_0")
+    assert msg is None  # the header's message covers it; panels add no "none found" of their own
+
+
 def component_tree(component):
     """Every Dash component in a layout, depth first."""
     yield component
@@ -118,7 +191,7 @@ def test_every_page_renders_its_controls_and_unknown_page_says_so(store):
     shell_ids = {c.id for c in component_tree(app.layout) if getattr(c, "id", None)}
     page_ids = {}
     for path, (title, _) in PAGES.items():
-        layout = render_page(path)
+        layout = render_page(path, f"?run={RUN}", app.store)
         ids = [c.id for c in component_tree(layout) if isinstance(getattr(c, "id", None), str)]
         assert len(ids) == len(set(ids)), f"{path}: duplicate ids"
         headings = [c.children for c in component_tree(layout) if type(c).__name__ == "H2"]
@@ -129,7 +202,7 @@ def test_every_page_renders_its_controls_and_unknown_page_says_so(store):
     for out_id in outputs:
         owners = [p for p, ids in page_ids.items() if out_id in ids] + (["shell"] if out_id in shell_ids else [])
         assert len(owners) == 1, (out_id, owners)
-    home = {c.id for c in component_tree(render_page("/")) if isinstance(getattr(c, "id", None), str)}
+    home = {c.id for c in component_tree(render_page("/", "", app.store)) if isinstance(getattr(c, "id", None), str)}
     assert home == page_ids["/runs"]
     assert "no page" in render_page("/nope").children
 
@@ -211,6 +284,10 @@ def test_embeddings_scatter_search_and_trajectories(store):
     trajectories, _ = embeddings.trajectory_figure(store, RUN, query, steps[0])
     path = trajectories["data"][0]
     assert len(path["x"]) == len(steps) and path["customdata"] == steps
+    start = trajectories["data"][1]  # the open circle on the path's first step
+    assert start["marker"]["symbol"] == "circle-open" and (start["x"][0], start["y"][0]) == (path["x"][0], path["y"][0])
+    ratio = store.table_json(RUN, "embd_basis")["explained_variance_ratio"][0]
+    assert figure["layout"]["xaxis"]["title"]["text"].startswith(f"PC1 ({100 * ratio:.1f}% of variance")
     with pytest.raises(Missing):
         embeddings.trajectory_figure(store, RUN, "zzzqqq", steps[0])
 
@@ -229,6 +306,54 @@ def test_generations_table_for_a_checkpoint(store):
     assert figure["data"][0]["x"] == steps
     with pytest.raises(Missing):
         generations.generations_table(store, RUN, -5, "all", [])
+
+
+# ---- comparison ----
+
+@pytest.fixture
+def two_runs(store, tmp_path):
+    """A Store over two copies of the run, "a" and "b" (b is what the header compares with)."""
+    out = tmp_path / "out"
+    for name in ("a", "b"):
+        shutil.copytree(store.out_dir / RUN, out / name)
+    return Store(out)
+
+
+def test_compared_runs_show_beside_the_run_at_the_nearest_step(two_runs):
+    probe = attention.probe_names(two_runs, "b")[0]
+    figures, note_lines = attention.compared_heads(two_runs, ["b"], 13, probe, 1, 2)
+    assert note_lines == [] and len(figures) == 1
+    assert figures[0]["layout"]["title"]["text"] == "b · layer 1 · head 2 · step 10 (nearest to step 13)"
+    alone, _ = attention.head_figure(two_runs, "b", 10, probe, 1, 2)
+    assert np.allclose(z_of(figures[0]["data"][0]), z_of(alone["data"][0]))
+    stats, _ = attention.stats_figure(two_runs, "a", "induction", 10, (1, 2), compare=["b"])
+    theirs = next(t for t in stats["data"] if t["name"] == "b · L1 H2")
+    mine = next(t for t in stats["data"] if t["name"] == "L1 H2")
+    assert theirs["y"] == mine["y"] and theirs["line"]["dash"] == "dash"  # identical copies draw alike
+    steps = generations.generation_steps(two_runs, "a")
+    columns, rows = generations.generations_table(two_runs, "a", steps[1], "all", [], ["b"])
+    assert [c["id"] for c in columns][:2] == ["run", "step"] and {r["run"] for r in rows} == {"a", "b"}
+    assert len(rows) == 2 * len(generations.generations_table(two_runs, "a", steps[1])[1])
+    scores = generations.scores_figure(two_runs, "a", steps[-1], compare=["b"])
+    assert any(t["name"].startswith("b · ") for t in scores["data"])
+    comp, _ = data_page.composition_figure(two_runs, "a", "flesch_ease", compare=["b"])
+    assert comp["data"][-1]["name"].startswith("b EMA") and comp["data"][-1]["y"] == comp["data"][1]["y"]
+
+
+def test_generations_step_k_beside_the_final_step_with_a_word_diff(store):
+    gens = pd.read_csv(store.run_dir(RUN) / "tables" / "generations.csv")
+    steps = generations.generation_steps(store, RUN)
+    columns, rows = generations.generations_table(store, RUN, steps[0])
+    names = {c["id"]: c["name"] for c in columns}
+    assert names["final_text"] == f"generated at final step {steps[-1]}"
+    final = gens[gens["step"] == steps[-1]].set_index("prompt_id")["generated_text"]
+    for row in rows:
+        assert row["final_text"] == final[row["prompt_id"]]
+    # the diff of a text with itself marks nothing; a real edit is struck out / bold
+    _, last = generations.generations_table(store, RUN, steps[-1])
+    assert all("~~" not in r["diff"] and "**" not in r["diff"] for r in last)
+    assert generations.word_diff("the cat sat", "the dog sat down") == "the ~~cat~~ **dog** sat **down**"
+    assert generations.word_diff("a*b", "a*b") == "a\\*b"  # markdown characters are escaped
 
 
 # ---- Saturation ----
@@ -273,6 +398,8 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
     hist = data_page.histogram_figure(store, RUN, "flesch_ease")
     assert {t["name"].split(" ")[0] for t in hist["data"]} == {"train", "val", "val_novel"}
     assert all(sum(t["y"]) == pytest.approx(1, abs=1e-4) for t in hist["data"])
+    with pytest.raises(UnknownName, match="whole number"):  # the step box refuses 2.5 instead of "step None"
+        data_page.batch_rows(store, RUN, 2.5, [])
     columns, rows = data_page.batch_rows(store, RUN, 5, ["flesch_ease"])
     assert [(r["story_id"], r["start"], r["n_tokens"]) for r in rows] == log.step(5)[["story_id", "start",
                                                                                      "n_tokens"]].tolist()
@@ -319,12 +446,46 @@ def test_experiment_curves_live_from_condition_runs(store, tmp_path):
 
 # ---- missing and corrupt files ----
 
+def damage(run_dir):
+    """Cut and delete files of a run copy the way a full disk, a stopped copy or a stray rm would: train log
+    after step 11, checkpoint 16 gone, batch log after step 7, summary.csv after its first row."""
+    lines = (run_dir / "train_log.csv").read_text().splitlines(keepends=True)
+    (run_dir / "train_log.csv").write_text("".join(lines[:12]))
+    dict(list_checkpoints(run_dir))[16].unlink()
+    ends = np.fromfile(run_dir / "batch_log_steps.bin", dtype="<i8")
+    with open(run_dir / "batch_log.bin", "r+b") as f:
+        f.truncate(int(ends[6]) * 32)  # 4 int64 fields per segment record
+    summary = run_dir / "tables" / "summary.csv"
+    summary.write_text("".join(summary.read_text().splitlines(keepends=True)[:2]))
+
+
+def test_damaged_files_are_warned_about_with_the_command_that_rebuilds_them(store, tmp_path):
+    assert store.health(RUN) == []  # the intact run: no warning
+    out = tmp_path / "out"
+    shutil.copytree(store.out_dir / RUN, out / "dmg")
+    damage(out / "dmg")
+    dmg = Store(out)
+    warnings = dmg.health("dmg")
+    text = "\n".join(warnings)
+    assert "dmg/train_log.csv ends at step 11 but the checkpoints go to step 40" in text
+    assert "dmg/ckpt/ lacks 1 checkpoint(s)" in text and "(step 16)" in text
+    assert "dmg/batch_log.bin holds steps 1..7 but the run has checkpoints to step 40" in text
+    evaluated = len(EVAL_ARGS[EVAL_ARGS.index("--steps") + 1:])
+    assert f"dmg/tables/summary.csv lacks {evaluated - 1} of the {evaluated} steps" in text
+    assert f"python eval.py --out_dir {out.as_posix()}/dmg --rebuild" in text
+    assert "dmg/tables/saturation.csv is older than summary.csv" in text  # its plateaus came from the full file
+    assert len(warnings) == 5 and "{" not in text  # one line per damage, no unformatted placeholders
+    assert runs.runs_table(dmg).set_index("run").loc["dmg", "status"] == \
+        "train log cut at step 11 (checkpoints to 40)"
+
+
+
 def test_missing_and_corrupt_tables_become_messages(store, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(store.out_dir / RUN, out / "bare", ignore=shutil.ignore_patterns("tables", "ckpt"))
     bare = Store(out)
-    _, update_figure, _ = callbacks(saturation, bare)
-    figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], 0)
+    _, update_figure, *_ = callbacks(saturation, bare)
+    figure, msg = update_figure("bare", [], "flesch_ease", "step", ["in", "out"], "auto", None)
     assert "eval.py --out_dir" in figure["layout"]["annotations"][0]["text"] and "msg-info" in msg.className
     update_controls, *_ = callbacks(attention, bare)
     *_, msg = update_controls("bare", 0, None, None, None, None, None)

@@ -184,3 +184,40 @@ def test_dynamic_run_resumed_after_sigkill_draws_exactly(meta_dataset):
     assert np.all(np.abs(model_loss - np.log(meta_dataset["vocab_size"])) < 0.5)
     info = json.loads((whole / "config.json").read_text())
     assert info["config"]["sampler"] == "dynamic"
+
+
+@pytest.mark.slow
+def test_experiment_smoke(meta_dataset):
+    """experiments/dynamic_sampling at smoke size: every run trained the same multiset (equal token budget), the
+    curriculum's order follows ppl_ref exactly, random's does not, the dynamic runs' decisions are logged and
+    drawn above their pool's mean, and a 2-pair design is reported as not tested (underpowered)."""
+    ws = meta_dataset["workspace"]
+    proc = run_stage(ws, "experiments/dynamic_sampling/experiment_dynamic.py", "--size", "smoke", "--name", "smoke",
+                     "--jobs", "2", env=ONE_THREAD, timeout=1800)  # ~1 min quiet; a shared box can be 10x slower
+    exp = ws / "out/experiments/dynamic_sampling/smoke"
+    results = pd.read_csv(exp / "results.csv")
+    assert sorted(results["condition"].unique()) == ["curriculum", "dynamic", "random"] and len(results) == 6
+    assert results["multiset_sha256"].nunique() == 1 and results["targets"].nunique() == 1
+    order = pd.read_csv(exp / "order.csv").groupby("condition")["rho_step_log_ppl_ref"].mean()
+    assert order["curriculum"] > 0.8 and abs(order["random"]) < order["curriculum"] - 0.5
+    decisions = pd.read_csv(exp / "decisions.csv")
+    assert len(decisions) > 0 and set(decisions["run"]) == {"dynamic_s0", "dynamic_s1"}
+    free = decisions[decisions["n_pool"] > decisions["n_drawn"]]  # decisions with a choice
+    assert (free["drawn_score"] > free["pool_score"]).mean() > 0.5
+    comparisons = pd.read_csv(exp / "comparisons.csv")
+    primary = comparisons[comparisons["kind"] == "primary"].iloc[0]
+    assert primary["comparison"] == "dynamic - random" and not primary["tested"] and primary["min_p"] == 0.5
+    report = (exp / "report.md").read_text()
+    assert "not tested (underpowered design)" in report and "PLACEHOLDER" not in report
+    description = json.loads((exp / "description.json").read_text())
+    assert len(description["curves"]["runs"]) == 6 and description["primary"][0]["comparison"] == "dynamic - random"
+    assert "report:" in proc.stdout
+    again = run_stage(ws, "experiments/dynamic_sampling/experiment_dynamic.py", "--size", "smoke", "--name", "smoke",
+                      "--plan", env=ONE_THREAD)
+    assert again.stdout.count("modelling/train.py") == 6 and "--sampler=dynamic" in again.stdout
+    last_ckpt = sorted((exp / "runs/curriculum_s1/ckpt").glob("step_*.pt"))[-1]
+    last_ckpt.unlink()  # seed 1 unfinished: one complete pair is too few
+    cut = run_stage(ws, "experiments/dynamic_sampling/experiment_dynamic.py", "--size", "smoke", "--name", "smoke",
+                    "--finished_only", env=ONE_THREAD, check=False)
+    assert cut.returncode == 2 and cut.stderr.strip().splitlines()[-1].startswith("error:") \
+        and "fewer than 2 seeds" in cut.stderr

@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.paths import raw_dir, tok_dir
 
 RAW_SHARDS_CACHED = 4  # raw JSON shards kept in memory by .text() (a TinyStories shard is ~40 MB)
-SPLITS = ("train", "val", "val_novel")
+SPLITS = ("train", "val", "val_novel", "facts")  # facts: a fact set's documents (download/fact_set.py)
 VAL_KINDS = {"iid": "val", "novel": "val_novel"}  # validation_sample kind -> split
 VAL_SAMPLE_STORIES = 2000  # default size of the fixed validation sample (issue 13: >= 2,000 stories)
 # The fixed validation sample: stories of a validation split ranked by a keyed hash of their story id. Story ids

@@ -11,7 +11,8 @@ and record order; the raw shards' SHA-256 are recorded and every later run check
 an error rather than a silent re-numbering.
 
 Splits: `val_novel` for records whose generator marked them (`split_hint: "val_novel"`, storyworld's held-out
-entity combinations; a story with the same text as one goes there too), else `val` by the text hash rule
+entity combinations; a story with the same text as one goes there too), `facts` for a fact set's documents
+(`split_hint: "facts"`, download/fact_set.py; no sampler selects them), else `val` by the text hash rule
 (SPLIT_RULE), else `train`. --val_fraction defaults to the dataset card's `val_fraction` (storyworld: 0.1) or
 0.02. The sentence overlap of each validation split with train (share of its sentences, as metadata.metrics
 splits them, that occur verbatim in a train story) goes into the manifest and the card's "Validation splits"
@@ -120,7 +121,9 @@ def is_val(story, val_fraction):
 
 
 def split_of(story, hint, val_fraction):
-    return "val_novel" if hint == "val_novel" else "val" if is_val(story, val_fraction) else "train"
+    if hint in ("val_novel", "facts"):  # facts: a fact set's documents, trained only by injection (issue 18)
+        return hint
+    return "val" if is_val(story, val_fraction) else "train"
 
 
 def sentence_keys(stories):
@@ -479,14 +482,16 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
         (out / stale).unlink()
     n_val = int((index["split"] == "val").sum())
     n_novel = int((index["split"] == "val_novel").sum())
-    validation = {"val_fraction": args.val_fraction, "n_train": len(index) - n_val - n_novel, "n_val": n_val,
-                  "n_val_novel": n_novel, "sentence_overlap": overlap}
+    n_facts = int((index["split"] == "facts").sum())
+    validation = {"val_fraction": args.val_fraction, "n_train": len(index) - n_val - n_novel - n_facts,
+                  "n_val": n_val, "n_val_novel": n_novel, "sentence_overlap": overlap}
     atomic_write_json(manifest_path, {
         "provenance": provenance(), "dataset": args.dataset, "raw_dir": str(raw_dir(args.dataset)),
         "vocab_size": sp.vocab_size(), "tokenizer": model.name, "tokenizer_sha256": tok_sha,
         "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id(), "dtype": "uint16 little-endian",
         "shards": shard_rows, "n_stories": len(index), "n_train": validation["n_train"], "n_val": n_val,
         "n_val_novel": n_novel, "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
+        "n_fact_documents": n_facts,
         "validation": validation, "validation_sample": VALIDATION_SAMPLE, "encoder": encoder.method,
         "tokenizer_from": tokenizer_from,
     })

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dcc, html
 
-from dash_llama.data import Missing
+from dash_llama.data import Missing, UnknownName
 from metadata.metrics import METRICS
 from modelling.batch_table import step_table
-from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, smooth_ema, table,
-                           table_data)
+from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, int_or_none, keep_zoom, message, notes,
+                           remember, smooth_ema, table, table_data, zoomable_graph)
 
 HIST_BINS = 60
 MAX_STEP_POINTS = 2000   # batch-composition points drawn; longer runs are averaged over step bins (with a note)
@@ -17,11 +17,14 @@ TEXT_CHARS = 400         # story text shown per row in the batch viewer
 DEFAULT_METRIC = "flesch_ease"
 
 
-def layout():
+def layout(store=None, view=None):
+    view = view or {}
+    step = int_or_none(view.get("step"))
     return html.Div([
         html.H2("Data"),
         html.Div(className="controls", children=[
-            html.Label(["Metric", dcc.Dropdown(id="data-metric", clearable=False)], className="grow"),
+            html.Label(["Metric", dcc.Dropdown(id="data-metric", clearable=False, value=view.get("metric"))],
+                       className="grow"),
         ]),
         html.Div(id="data-msg"),
         html.Div(className="row", children=[
@@ -30,12 +33,12 @@ def layout():
                                                  dcc.Graph(id="data-hist", config=GRAPH_CONFIG)]),
             html.Div(className="col", children=[html.H3("Batch composition over steps"),
                                                  html.Div(id="data-comp-msg"),
-                                                 dcc.Graph(id="data-comp", config=GRAPH_CONFIG)]),
+                                                 zoomable_graph("data-comp")]),
         ]),
         html.H3("Batch viewer"),
         html.Div(className="controls", children=[
-            html.Label(["Step", dcc.Input(id="data-step", type="number", min=1, step=1, value=1, debounce=True,
-                                          className="num-input")]),
+            html.Label(["Step", dcc.Input(id="data-step", type="number", min=1, step=1, debounce=True,
+                                          value=step if step and step >= 1 else 1, className="num-input")]),
         ]),
         html.Div(id="data-batch-msg"),
         table("data-batch", page_size=10),
@@ -81,13 +84,12 @@ def histogram_figure(store, name, metric):
         "legend": {"orientation": "h", "y": -0.2}}}
 
 
-def composition_figure(store, name, metric, smoothing=0.9):
-    """Mean of `metric` over the tokens trained in every optimizer step (batch log × metadata: each segment's
-    story value weighted by its trained tokens), raw and smoothed, with the dataset mean for reference.
-    Returns (figure, notes)."""
+def step_means(store, name, metric):
+    """(steps, the token-weighted mean of `metric` over each optimizer step's segments, notes), binned above
+    MAX_STEP_POINTS steps."""
     values = _metric(store, name, metric)
     log = store.batch_log(name)
-    n_steps, per_step = len(log), log.meta.get("segments_per_step", 0)
+    n_steps = len(log)
     segments = log.steps(1, n_steps)
     lookup = values.reindex(np.arange(int(values.index.max()) + 1)).to_numpy(dtype=float)
     if len(segments) and segments["story_id"].max() >= len(lookup):
@@ -97,7 +99,7 @@ def composition_figure(store, name, metric, smoothing=0.9):
     value = lookup[segments["story_id"]]
     weight = segments["n_tokens"] * np.isfinite(value)
     with np.errstate(invalid="ignore", divide="ignore"):
-        step_means = np.bincount(step_of, np.where(np.isfinite(value), value, 0) * weight, n_steps) / \
+        means = np.bincount(step_of, np.where(np.isfinite(value), value, 0) * weight, n_steps) / \
             np.bincount(step_of, weight, n_steps)
     steps = np.arange(1, n_steps + 1)
     note_lines = []
@@ -105,19 +107,40 @@ def composition_figure(store, name, metric, smoothing=0.9):
         width = int(np.ceil(n_steps / MAX_STEP_POINTS))
         n_bins = n_steps // width
         steps = steps[: n_bins * width].reshape(n_bins, width)[:, -1]
-        step_means = step_means[: n_bins * width].reshape(n_bins, width).mean(axis=1)
-        note_lines.append(f"{n_steps:,} steps averaged in bins of {width} for display")
-    smoothed = smooth_ema(step_means, smoothing)
+        means = means[: n_bins * width].reshape(n_bins, width).mean(axis=1)
+        note_lines.append(f"{name}: {n_steps:,} steps averaged in bins of {width} for display")
+    return steps, means, note_lines
+
+
+def composition_figure(store, name, metric, smoothing=0.9, compare=()):
+    """Mean of `metric` over the tokens trained in every optimizer step (batch log × metadata: each segment's
+    story value weighted by its trained tokens), raw and smoothed, with the dataset mean for reference; the
+    compared runs' smoothed curves overlaid. Returns (figure, notes)."""
+    values = _metric(store, name, metric)
+    per_step = store.batch_log(name).meta.get("segments_per_step", 0)
+    steps, means, note_lines = step_means(store, name, metric)
+    smoothed = smooth_ema(means, smoothing)
     traces = [
-        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(step_means, 5).tolist(),
+        {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(means, 5).tolist(),
          "name": "per step", "line": {"color": PALETTE[0], "width": 1}, "opacity": 0.35},
         {"type": "scattergl", "mode": "lines", "x": steps.tolist(), "y": np.round(smoothed, 5).tolist(),
-         "name": f"EMA {smoothing}", "line": {"color": PALETTE[0], "width": 2.5}},
+         "name": f"{name} EMA {smoothing}" if compare else f"EMA {smoothing}",
+         "line": {"color": PALETTE[0], "width": 2.5}},
         {"type": "scatter", "mode": "lines", "x": [int(steps[0]), int(steps[-1])],
          "y": [float(np.nanmean(values))] * 2, "name": "dataset mean", "line": {"color": "#777", "dash": "dot"}},
     ]
+    for i, other in enumerate(c for c in compare or [] if c != name):
+        try:
+            their_steps, theirs, their_notes = step_means(store, other, metric)
+        except Missing as e:
+            note_lines.append(f"{other}: {e}")
+            continue
+        note_lines += their_notes
+        traces.append({"type": "scattergl", "mode": "lines", "x": their_steps.tolist(),
+                       "y": np.round(smooth_ema(theirs, smoothing), 5).tolist(), "name": f"{other} EMA {smoothing}",
+                       "line": {"color": PALETTE[(i + 1) % len(PALETTE)], "width": 2.5, "dash": "dash"}})
     return {"data": traces, "layout": {
-        "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
+        "height": 380, "margin": {"l": 60, "r": 10, "t": 30, "b": 50}, "uirevision": f"{name}{metric}",
         "xaxis": {"title": {"text": "optimizer step"}},
         "yaxis": {"title": {"text": f"token-weighted mean {metric} of the step's {per_step} segments"}},
         "legend": {"orientation": "h", "y": -0.2}}}, note_lines
@@ -127,7 +150,10 @@ def batch_rows(store, name, step, metrics=()):
     """(columns, records) of step `step` as the batch viewer shows it (modelling/batch_table.step_table:
     position, row, story id, start, trained tokens, label, metric columns) plus split and the segment's text."""
     log = store.batch_log(name)
-    if step is None or not 1 <= int(step) <= len(log):
+    if step is None or step == "" or float(step) != int(float(step)):
+        raise UnknownName(f"step must be a whole number of optimizer steps, got {step!r}")
+    step = int(float(step))
+    if not 1 <= step <= len(log):
         raise Missing(f"step {step} is not in the batch log of {name} (steps 1..{len(log)})")
     # the batch viewer's own table: ids in training order + metric columns (when metadata exists)
     dataset = store.dataset(name)
@@ -141,6 +167,8 @@ def batch_rows(store, name, step, metrics=()):
 
 
 def register(app, store):
+    keep_zoom(app, "data-comp")
+
     @app.callback(Output("data-metric", "options"), Output("data-metric", "value"), Output("data-msg", "children"),
                   Input("run", "value"), State("data-metric", "value"))
     @guard(lambda text, kind: ([], None, message(text, kind)))
@@ -160,14 +188,15 @@ def register(app, store):
             raise Missing("no metadata metric to show")
         return histogram_figure(store, run, metric), None
 
-    @app.callback(Output("data-comp", "figure"), Output("data-comp-msg", "children"),
-                  Input("run", "value"), Input("data-metric", "value"), Input("refresh", "n_intervals"))
+    @app.callback(Output("data-comp-next", "data"), Output("data-comp-msg", "children"),
+                  Input("run", "value"), Input("data-metric", "value"), Input("cmp", "value"),
+                  Input("version", "data"))
     @guard(figure_or_message())
-    def update_composition(run, metric, _n):
+    def update_composition(run, metric, cmp, _version):
         store.metadata(run)  # an unknown run or missing metadata says so first
         if not metric:
             raise Missing("no metadata metric to show")
-        figure, note_lines = composition_figure(store, run, metric)
+        figure, note_lines = composition_figure(store, run, metric, compare=cmp or [])
         return figure, notes(*note_lines)
 
     @app.callback(Output("data-batch", "columns"), Output("data-batch", "data"), Output("data-batch-msg", "children"),
@@ -177,4 +206,10 @@ def register(app, store):
         columns, data = batch_rows(store, run, step, [metric] if metric else [])
         return columns, data, message(f"step {step}: {len(data)} stories, in training order", "note")
 
-    return update_metrics, update_hist, update_composition, update_batch
+    @app.callback(Output("page-view", "data", allow_duplicate=True), Input("data-metric", "value"),
+                  Input("data-step", "value"), State("page-view", "data"), prevent_initial_call=True)
+    def remember_view(metric, step, view):
+        step = int_or_none(step)
+        return remember(view, metric=metric, step=step if step and step >= 1 else None)
+
+    return update_metrics, update_hist, update_composition, update_batch, remember_view

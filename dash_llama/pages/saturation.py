@@ -5,10 +5,11 @@ improving, plateaued at a step, flat or too noisy); other runs can be overlaid. 
 measures.saturation.curve_columns."""
 import math
 
-from dash import Input, Output, State, dcc, html
+from dash import Input, Output, State, dcc, html, no_update
 
 from dash_llama.data import Missing, UnknownName
-from dash_llama.ui import GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, notes, table, table_data
+from dash_llama.ui import (PALETTE, figure_or_message, guard, keep_zoom, message, notes, remember, step_axis_type,
+                           table, table_data, zoomable_graph)
 from measures.saturation import curve_columns
 
 SIDES = {"in": "input (interval)", "cum": "input (cumulative)", "out": "output (generations)"}
@@ -16,22 +17,23 @@ X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen"}
 DEFAULT_METRIC = "flesch_ease"
 
 
-def layout():
+def layout(store=None, view=None):
+    view = view or {}
     return html.Div([
         html.H2("Saturation"),
         html.Div(className="controls", children=[
-            html.Label(["Metric", dcc.Dropdown(id="sat-metric", clearable=False)], className="grow"),
-            html.Label(["Overlay runs", dcc.Dropdown(id="sat-compare", multi=True, placeholder="other runs")],
+            html.Label(["Metric", dcc.Dropdown(id="sat-metric", clearable=False, value=view.get("metric"))],
                        className="grow"),
             html.Label(["x axis", dcc.RadioItems(id="sat-x", options=[{"label": v, "value": k}
                                                                       for k, v in X_AXES.items()],
-                                                 value="step", inline=True)]),
+                                                 value=view.get("x") if view.get("x") in X_AXES else "step",
+                                                 inline=True)]),
             html.Label(["Curves", dcc.Checklist(id="sat-sides", options=[{"label": v, "value": k}
                                                                          for k, v in SIDES.items()],
                                                 value=["in", "cum", "out"], inline=True)]),
         ]),
         html.Div(id="sat-msg"),
-        dcc.Graph(id="sat-fig", config=GRAPH_CONFIG),
+        zoomable_graph("sat-fig"),
         html.H3("Plateaus (tables/saturation.csv)"),
         html.Div(id="sat-table-msg"),
         table("sat-table", page_size=12),
@@ -70,9 +72,10 @@ def _finite(value):
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")):
-    """Side-by-side panels (input | output) of `metric` against x for each run; plateau steps from
-    saturation.csv as dotted lines and an x on the curve. Returns (figure, notes)."""
+def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out"), axis="auto"):
+    """Side-by-side panels (input | output) of `metric` against x for each run (the first is the header's, the
+    others are overlaid); plateau steps from saturation.csv as dotted lines and an x on the curve. The x axis is
+    log when the header says so or ('auto') the checkpoints are log-spaced. Returns (figure, notes)."""
     if x not in X_AXES:
         raise UnknownName(f"unknown x axis {x!r}: use one of {list(X_AXES)}")
     if not names:
@@ -98,9 +101,9 @@ def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")
             if column is None:
                 continue
             k = shown_panels.index(panel_of[side]) + 1
-            axis = "" if k == 1 else str(k)
+            sub = "" if k == 1 else str(k)
             traces.append({"type": "scatter", "mode": "lines+markers", "x": summary[x].tolist(),
-                           "y": summary[column].tolist(), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                           "y": summary[column].tolist(), "xaxis": f"x{sub}", "yaxis": f"y{sub}",
                            "name": f"{name} · {SIDES[side]}", "legendgroup": name,
                            "line": {"color": color, "dash": "dash" if side == "cum" else "solid",
                                     "width": 1.2 if side == "in" else 2}, "marker": {"size": 4}})
@@ -111,25 +114,26 @@ def saturation_figure(store, names, metric, x="step", sides=("in", "cum", "out")
             if not (cls == "plateaued" and _finite(at)):
                 note_lines.append(f"{name}: {column} {cls.replace('_', ' ')}")
                 continue
-            shapes.append({"type": "line", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": at, "x1": at,
+            shapes.append({"type": "line", "xref": f"x{sub}", "yref": f"y{sub} domain", "x0": at, "x1": at,
                            "y0": 0, "y1": 1, "line": {"color": color, "dash": "dot", "width": 2}})
             y_at = summary.loc[summary["step"] >= p_step, column].head(1)  # first checkpoint on the plateau
             traces.append({"type": "scatter", "mode": "markers", "x": [at], "y": y_at.tolist(),
-                           "xaxis": f"x{axis}", "yaxis": f"y{axis}", "legendgroup": name,
+                           "xaxis": f"x{sub}", "yaxis": f"y{sub}", "legendgroup": name,
                            "marker": {"symbol": "x", "size": 12, "color": color, "line": {"width": 2}},
                            "name": f"{name} · {column} plateau @ step {int(p_step)}"})
     if not traces:
         raise Missing("; ".join(note_lines) or f"no curves for {metric}")
     n = len(shown_panels)
+    x_type = step_axis_type(axis, store.table(names[0], "summary")["step"].tolist())
     layout = {"height": 440, "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
               "legend": {"orientation": "h", "y": -0.25}, "shapes": shapes, "annotations": [],
-              "uirevision": f"{metric}{x}"}
+              "uirevision": f"{metric}{x}{x_type}"}
     for k, panel in enumerate(shown_panels, start=1):
-        axis = "" if k == 1 else str(k)
+        suffix = "" if k == 1 else str(k)
         lo, hi = (k - 1) / n + (0.04 if k > 1 else 0), k / n - (0.04 if k < n else 0)
-        layout[f"xaxis{axis}"] = {"domain": [lo, hi], "title": {"text": X_AXES[x]}, "anchor": f"y{axis}",
-                                  "type": "log"}  # learning curves change on a log scale (checkpoints too)
-        layout[f"yaxis{axis}"] = {"title": {"text": f"{metric} ({panel})"}, "anchor": f"x{axis}"}
+        layout[f"xaxis{suffix}"] = {"domain": [lo, hi], "anchor": f"y{suffix}", "type": x_type,
+                                  "title": {"text": X_AXES[x] + (" (log)" if x_type == "log" else "")}}
+        layout[f"yaxis{suffix}"] = {"title": {"text": f"{metric} ({panel})"}, "anchor": f"x{suffix}"}
         layout["annotations"].append({"text": f"<b>{panel}</b>", "xref": "paper", "yref": "paper",
                                       "x": (lo + hi) / 2, "y": 1.08, "showarrow": False})
     return {"data": traces, "layout": layout}, note_lines
@@ -140,32 +144,38 @@ def saturation_table(store, name):
 
 
 def register(app, store):
+    keep_zoom(app, "sat-fig")
+
     @app.callback(Output("sat-metric", "options"), Output("sat-metric", "value"),
-                  Output("sat-compare", "options"),
-                  Input("run", "value"), Input("refresh", "n_intervals"), State("sat-metric", "value"))
-    @guard(lambda text, kind: ([], None, []))
-    def update_metrics(run, _n, current):
+                  Input("run", "value"), Input("version", "data"), State("sat-metric", "value"))
+    @guard(lambda text, kind: ([], no_update))
+    def update_metrics(run, _version, current):
         metrics = summary_metrics(store, run)
-        others = [{"label": r, "value": r} for r in store.runs() if r != run]
         value = current if current in metrics else (DEFAULT_METRIC if DEFAULT_METRIC in metrics else
                                                     (metrics[0] if metrics else None))
-        return [{"label": m, "value": m} for m in metrics], value, others
+        return [{"label": m, "value": m} for m in metrics], value
 
-    @app.callback(Output("sat-fig", "figure"), Output("sat-msg", "children"),
-                  Input("run", "value"), Input("sat-compare", "value"), Input("sat-metric", "value"),
-                  Input("sat-x", "value"), Input("sat-sides", "value"), Input("refresh", "n_intervals"))
+    @app.callback(Output("sat-fig-next", "data"), Output("sat-msg", "children"),
+                  Input("run", "value"), Input("cmp", "value"), Input("sat-metric", "value"),
+                  Input("sat-x", "value"), Input("sat-sides", "value"), Input("axis", "value"),
+                  Input("version", "data"))
     @guard(figure_or_message())
-    def update_figure(run, compare, metric, x, sides, _n):
+    def update_figure(run, compare, metric, x, sides, axis, _version):
         store.table(run, "summary")  # an unknown run or a missing summary says so before "pick a metric"
         figure, note_lines = saturation_figure(store, [run] + [c for c in (compare or []) if c != run],
-                                               metric, x, sides)
+                                               metric, x, sides, axis)
         return figure, notes(*note_lines)
 
     @app.callback(Output("sat-table", "columns"), Output("sat-table", "data"), Output("sat-table-msg", "children"),
-                  Input("run", "value"), Input("refresh", "n_intervals"))
+                  Input("run", "value"), Input("version", "data"))
     @guard(lambda text, kind: ([], [], message(text, kind)))
-    def update_table(run, _n):
+    def update_table(run, _version):
         columns, data = saturation_table(store, run)
         return columns, data, None
 
-    return update_metrics, update_figure, update_table
+    @app.callback(Output("page-view", "data", allow_duplicate=True), Input("sat-metric", "value"),
+                  Input("sat-x", "value"), State("page-view", "data"), prevent_initial_call=True)
+    def remember_view(metric, x, view):
+        return remember(view, metric=metric, x=None if x == "step" else x)
+
+    return update_metrics, update_figure, update_table, remember_view
