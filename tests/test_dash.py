@@ -11,7 +11,7 @@ from dash import Dash, no_update
 
 from dash_llama.app import PAGES, create_app, pick_run, render_page, resolve_view, view_query
 from dash_llama.data import Missing, NoRun, Store, UnknownName
-from dash_llama.pages import attention, data_page, embeddings, experiments, generations, runs, saturation
+from dash_llama.pages import attention, data_page, embeddings, generations, runs, saturation
 from dash_llama.ui import figure_or_message, guard, is_log_spaced, make_query, nearest_index, parse_query
 from modelling.batch_log import BatchLog
 from modelling.checkpoints import list_checkpoints, load_checkpoint
@@ -410,38 +410,7 @@ def test_batch_composition_and_viewer_use_the_batch_log(store):
         data_page.batch_rows(store, RUN, TINY_STEPS + 1, [])
 
 
-# ---- Experiments ----
-
-def test_experiment_curves_live_from_condition_runs(store, tmp_path):
-    """A durability experiment still running (no curves.csv yet): bands computed from its runs' summaries."""
-    out = tmp_path / "out"
-    exp = out / "experiments" / "durability" / "tiny_exp"
-    for seed in (0, 1):
-        shutil.copytree(store.out_dir / RUN, exp / "runs" / f"random_s{seed}", ignore=shutil.ignore_patterns("ckpt"))
-    exp_store = Store(out)
-    assert exp_store.experiments() == ["tiny_exp"]
-    assert experiments.condition_runs(exp_store, "tiny_exp") == {
-        "random": [f"experiments/durability/tiny_exp/runs/random_s{s}" for s in (0, 1)]}
-    figure, notes = experiments.curves_figure(exp_store, "tiny_exp", "val_loss")
-    summary = pd.read_csv(store.run_dir(RUN) / "tables" / "summary.csv").sort_values("step")
-    mean = next(t for t in figure["data"] if t.get("name", "").startswith("random"))
-    assert mean["name"] == "random (n=2)" and np.allclose(mean["y"], summary["val_loss"])
-    assert "computed live" in notes[0]
-    with pytest.raises(Missing, match="results.csv"):
-        exp_store.experiment_table("tiny_exp", "results")
-    with pytest.raises(UnknownName):
-        exp_store.experiment_dir(f"../../{RUN}")
-    # the report's figures are served from figures/ only
-    (exp / "figures").mkdir()
-    (exp / "figures" / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (exp / "report.md").write_text("# r\n![curves](figures/curves.png)\n")
-    assert "](/experiment-figures/tiny_exp/curves.png)" in experiments.report_markdown(exp_store, "tiny_exp")
-    client = create_app(out).server.test_client()
-    assert client.get("/experiment-figures/tiny_exp/curves.png").status_code == 200
-    for bad in ["/experiment-figures/tiny_exp/../runs/random_s0/config.json",
-                "/experiment-figures/tiny_exp/..%2Freport.md", "/experiment-figures/nope/curves.png",
-                "/experiment-figures/..%2F..%2Ftiny/curves.png"]:
-        assert client.get(bad).status_code == 404, bad
+# ---- Experiments: tests/test_dash_experiments.py ----
 
 
 # ---- missing and corrupt files ----

@@ -1,121 +1,97 @@
-"""Durability experiment: statistics on synthetic numbers with known answers, the design/run plan, the
-same-multiset check, and the `smoke` preset end to end through the real train.py and eval.py."""
-import itertools
+"""Durability v2: model-similarity measures on synthetic numbers with known answers (and their nulls), the paired
+plan and its power, the same-multiset check, and the `smoke` size end to end through the real train.py and
+eval.py (resume, restart, skip, bad input, the analysis' outputs and description.json)."""
 import json
 
 import numpy as np
 import pytest
-from scipy import stats as sps
 
-from common.paths import ROOT_ENV
-from experiments.durability import stats
+from experiments.common import runner
+from experiments.durability import similarity
 from experiments.durability.analysis import check_same_multiset, multiset_hash
-from experiments.durability.experiment_durability import BASELINE, plan_runs
+from experiments.durability.experiment_durability import ALPHA, SIZES, plan_runs
+from experiments.durability.naming import BASELINE, DATA_SEED_OFFSET, GRID
 
 
-# ---- statistics (synthetic numbers) ----
-
-def test_mean_ci_is_the_student_t_interval():
-    mean, lo, hi = stats.mean_ci([1.0, 2.0, 3.0])
-    half = sps.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)  # sd 1, n 3
-    assert mean == 2.0 and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
-    assert np.isnan(stats.mean_ci([5.0])[1]) and np.isnan(stats.mean_ci([])[0])
-    assert stats.mean_ci([1.0, np.nan, 3.0])[0] == 2.0  # missing values ignored
-
-
-def test_curve_band_covers_the_true_mean_95_percent_of_the_time():
-    rng = np.random.default_rng(0)
-    seeds_by_step = rng.normal(loc=1.5, scale=2.0, size=(3, 20000))  # 3 seeds, 20000 independent "steps"
-    _, lo, hi = stats.curve_band(seeds_by_step)
-    assert np.mean((lo <= 1.5) & (1.5 <= hi)) == pytest.approx(0.95, abs=0.006)
-
-
-def test_curve_band_equals_mean_ci_per_step():
-    matrix = np.array([[1.0, 2.0, 3.0, 7.0], [3.0, 4.5, np.nan, np.nan], [2.0, 4.0, 5.0, np.nan]])
-    band = np.array(stats.curve_band(matrix)).T
-    for j in range(matrix.shape[1]):
-        assert band[j] == pytest.approx(np.array(stats.mean_ci(matrix[:, j])), nan_ok=True)
-    assert np.isnan(band[3, 1]) and band[3, 0] == 7.0
-
-
-def test_permutation_pvalue_matches_full_enumeration():
-    a, b = [0.3, 1.2, 0.8], [1.0, 1.9, 1.4]
-    pooled = np.array(a + b)
-    observed = abs(np.mean(a) - np.mean(b))
-    diffs = [abs(pooled[list(idx)].mean() - np.delete(pooled, list(idx)).mean())
-             for idx in itertools.combinations(range(6), 3)]
-    expected = np.mean(np.array(diffs) >= observed - 1e-12)
-    assert stats.permutation_pvalue(a, b) == pytest.approx(expected)
-    # fully separated 3 vs 3: only the observed split and its mirror are as extreme -> 2/20
-    assert stats.permutation_pvalue([10, 11, 12], [1, 2, 3]) == pytest.approx(0.1)
-    assert stats.min_permutation_pvalue(3, 3) == pytest.approx(0.1)
-    assert stats.permutation_pvalue([1, 1, 1], [1, 1, 1]) == 1.0
-
-
-def test_bootstrap_diff_ci_separates_a_real_shift_and_not_noise():
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(5.0, 0.1, 6), rng.normal(4.0, 0.1, 6)
-    diff, lo, hi = stats.bootstrap_diff_ci(a, b)
-    assert diff == pytest.approx(a.mean() - b.mean()) and 0.8 < lo < diff < hi < 1.2
-    a, b = rng.normal(0.0, 1.0, 6), rng.normal(0.0, 1.0, 6)
-    _, lo, hi = stats.bootstrap_diff_ci(a, b)
-    assert lo < 0 < hi
-    assert np.isnan(stats.bootstrap_diff_ci([1.0], [2.0, 3.0])[1])
-
-
-def test_hedges_g_known_value():
-    # means differ by -1, pooled SD 1, correction 1 - 3/(4*6-9) = 0.8
-    assert stats.hedges_g([1, 2, 3], [2, 3, 4]) == pytest.approx(-0.8)
-    assert stats.hedges_g([2, 2], [1, 1]) == np.inf and np.isnan(stats.hedges_g([1, 1], [1, 1]))
-
-
-def test_fdr_qvalues_benjamini_hochberg():
-    q = stats.fdr_qvalues([0.01, 0.04, np.nan, 0.03, 0.5])
-    assert np.isnan(q[2])
-    # sorted p 0.01, 0.03, 0.04, 0.5 (m=4): 0.04, 0.0533, 0.0533, 0.5
-    assert q[[0, 3, 1, 4]] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
-
+# ---- similarity measures ----
 
 def test_kl_divergence_known_value_and_properties():
     p, q = np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]])
     expected = 0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)
-    assert stats.kl_divergence(p, q) == pytest.approx(expected)
+    assert similarity.kl_divergence(p, q) == pytest.approx(expected)
     logits = np.random.default_rng(2).normal(size=(3, 7, 11))
-    assert stats.kl_divergence(logits, logits + 4.0) == pytest.approx(0.0, abs=1e-12)  # shift-invariant
-    assert stats.kl_divergence(logits, logits[::-1]) > 0
+    assert similarity.kl_divergence(logits, logits + 4.0) == pytest.approx(0.0, abs=1e-12)  # shift-invariant
+    assert similarity.symmetric_kl(logits, logits[::-1]) == pytest.approx(similarity.symmetric_kl(logits[::-1], logits))
+    assert similarity.symmetric_kl(logits, logits[::-1]) > 0
 
 
 def test_procrustes_similarity_ignores_rotation_shift_and_scale():
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(200, 16))
     rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
-    r, cos = stats.procrustes_similarity(emb, 3.0 * emb @ rotation + 5.0)
+    r, cos = similarity.procrustes_similarity(emb, 3.0 * emb @ rotation + 5.0)
     assert r == pytest.approx(1.0) and cos == pytest.approx(1.0)
-    noisy = [stats.procrustes_similarity(emb, emb @ rotation + s * rng.normal(size=emb.shape))[0]
+    noisy = [similarity.procrustes_similarity(emb, emb @ rotation + s * rng.normal(size=emb.shape))[0]
              for s in (0.1, 0.5, 2.0)]
-    unrelated = stats.procrustes_similarity(emb, rng.normal(size=emb.shape))[0]
+    unrelated = similarity.procrustes_similarity(emb, rng.normal(size=emb.shape))[0]
     assert 1.0 > noisy[0] > noisy[1] > noisy[2] > unrelated
     with pytest.raises(ValueError):
-        stats.procrustes_similarity(emb, emb[:, :8])
+        similarity.procrustes_similarity(emb, emb[:, :8])
 
 
-def test_compare_to_baseline_row():
-    row = stats.compare_to_baseline([2.0, 2.1, 2.2], [1.0, 1.1, 1.2])
-    assert row["n_seeds"] == 3 and row["diff_vs_baseline"] == pytest.approx(1.0)
-    assert row["diff_ci_lo"] > 0 and row["p_perm"] == pytest.approx(0.1) and row["hedges_g"] > 5
+def test_linear_cka_invariances_and_null():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(500, 24))
+    rotation, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    assert similarity.linear_cka(x, 2.5 * x @ rotation + 1.0) == pytest.approx(1.0)
+    # the null: representations of the same inputs that share nothing -> CKA near 0 (d/n scale), far below 1
+    assert similarity.linear_cka(x, rng.normal(size=(500, 24))) < 0.1
+    partly = similarity.linear_cka(x, x @ rotation + rng.normal(size=x.shape))
+    assert 0.3 < partly < 1.0
+    with pytest.raises(ValueError):
+        similarity.linear_cka(x, x[:10])
 
 
-# ---- design and checks ----
+# ---- design ----
 
-def test_plan_uses_the_same_init_seeds_in_every_condition():
-    runs = plan_runs(["flesch_reading_ease", "vader_compound"], [0, 1, 2], [7, 8, 9])
-    conditions = {r["condition"] for r in runs}
-    assert conditions == {BASELINE, "asc_flesch_reading_ease", "desc_flesch_reading_ease",
-                          "asc_vader_compound", "desc_vader_compound"}
-    for c in conditions:
-        assert sorted(r["init_seed"] for r in runs if r["condition"] == c) == [0, 1, 2]
-    assert sorted(r["data_seed"] for r in runs if r["condition"] == BASELINE) == [7, 8, 9]
-    assert len({r["name"] for r in runs}) == len(runs) == 15
+def _design(size):
+    s = SIZES[size]
+    return dict(dataset="d", vocab_size=512, metric=s["metric"], orders=list(s["orders"]), n_pairs=s["n_pairs"],
+                grid=s["grid"], n_stories=s["n_stories"], selection_seed=0, train=s["train"], eval=s["eval"],
+                selection={"steps": 40})
+
+
+def test_demo_plan_pairs_share_init_and_selection_and_the_grid_crosses_init_with_order():
+    design = _design("demo")
+    runs = plan_runs(design)
+    pairs = [r for r in runs if r["role"] == "pair"]
+    grid = [r for r in runs if r["role"] == "grid"]
+    assert len(pairs) == 8 * 2 and len(grid) == 3 * 3 - 3 and len({r["name"] for r in runs}) == len(runs) == 22
+    for i in range(8):
+        members = [r for r in pairs if r["init_seed"] == i]
+        assert {r["condition"] for r in members} == {BASELINE, "asc_flesch_ease"}
+        assert {r["train"]["seed"] for r in members} == {i} and {r["data_seed"] for r in members} == {DATA_SEED_OFFSET + i}
+        assert len({(r["train"]["n_stories"], r["train"]["selection_seed"], r["steps"]) for r in members}) == 1
+    assert {(r["init_seed"], r["data_seed"] - DATA_SEED_OFFSET) for r in grid} == {
+        (i, j) for i in range(3) for j in range(3) if i != j}
+    assert {r["condition"] for r in grid} == {GRID}
+    assert all(r["train"]["dtype"] == "float32" for r in runs)  # pinned: no machine-dependent dtype=auto
+    assert all(r["eval"]["steps"] == [40] for r in pairs) and all(r["eval"] is None for r in grid)
+    both = plan_runs({**design, "orders": ["asc", "desc"]})
+    assert len(both) == 30 and {r["condition"] for r in both} >= {"asc_flesch_ease", "desc_flesch_ease"}
+
+
+def test_demo_and_full_designs_can_reject_and_smoke_is_refused():
+    """The design's minimum attainable p is below alpha / number of primary tests (demo: 8 pairs, 1 test,
+    0.0078 < 0.05; full: 16 pairs, 2 tests); the smoke size (2 pairs) is reported as underpowered, never "tested"."""
+    for size in ("demo", "full"):
+        s = SIZES[size]
+        check = runner.check_design(s["n_pairs"], ALPHA, n_primary=len(s["orders"]))
+        assert check["tested"] and check["min_p"] < check["threshold"] == ALPHA / len(s["orders"]), size
+    assert SIZES["demo"]["n_pairs"] >= 8 and SIZES["full"]["n_pairs"] >= 16
+    assert runner.check_design(8, ALPHA, 2)["min_p"] == pytest.approx(0.0078125)
+    smoke = SIZES["smoke"]
+    assert not runner.check_design(smoke["n_pairs"], ALPHA, len(smoke["orders"]))["tested"]
 
 
 def test_same_multiset_check_catches_a_single_swapped_segment():
@@ -124,10 +100,10 @@ def test_same_multiset_check_catches_a_single_swapped_segment():
     rng = np.random.default_rng(4)
 
     def run(name, seg):
-        return {"name": name, "segments": seg, "story_ids": seg["story_id"]}
+        return {"name": name, "segments": seg}
     runs = [run("a", segments), run("b", rng.permutation(segments)), run("c", segments[::-1])]
     check = check_same_multiset(runs)
-    assert check["same_multiset"] and check["n_story_ids"] == len(segments) and check["n_distinct_stories"] == 50
+    assert check["same_multiset"] and check["n_segments"] == len(segments) and check["n_distinct_stories"] == 50
     swapped = segments.copy()
     swapped[0]["start"] = 8  # one chunk of story 0 replaced by a wrong one, same count
     check = check_same_multiset(runs + [run("d", swapped)])
@@ -135,162 +111,123 @@ def test_same_multiset_check_catches_a_single_swapped_segment():
     assert multiset_hash(segments) == multiset_hash(rng.permutation(segments)) != multiset_hash(swapped)
 
 
-# ---- the smoke preset end to end (real train.py + eval.py) ----
+# ---- the smoke size end to end (real train.py + eval.py) ----
 
 SCRIPT = "experiments/durability/experiment_durability.py"
-SMOKE_OPTIONS = ["--preset", "smoke", "--dataset", "storyworld", "--vocab_size", "512", "--jobs", "2"]
+SMOKE_OPTIONS = ["--size", "smoke", "--dataset", "storyworld", "--vocab_size", "512", "--jobs", "2"]
 SMOKE = ["--name", "smoke"] + SMOKE_OPTIONS
+
+
+def test_no_arguments_prints_the_demo_plan(meta_dataset):
+    """The published command without arguments: experiment `example`, demo size, storyworld/512."""
+    from tests.fixtures_data import run_stage
+    out = run_stage(meta_dataset["workspace"], SCRIPT, "--plan").stdout
+    assert "durability experiment example (demo size) → out/experiments/durability/example" in out
+    assert "random, asc_flesch_ease × init seeds 0..7" in out and "22 runs" in out
+    assert "power: tested — min attainable p 0.00781 < 0.05" in out
+    minutes = float(out.split("expected ≈ ")[1].split(" min")[0])
+    assert 1 <= minutes <= 30, out
+    commands = [line for line in out.splitlines() if line.startswith("python modelling/train.py")]
+    assert len(commands) == 22 and sum(" && python eval.py " in c for c in commands) == 16
 
 
 @pytest.fixture(scope="session")
 def smoke_experiment(meta_dataset):
-    """The smoke preset run once in the shared workspace: 3 conditions × 2 seeds through the real stages.
-    Before it starts, two runs are left as a crash would leave them: desc_flesch_ease_s1 stopped at step 16
-    (train.py's own run, cut short with max_iters) and asc_flesch_ease_s1 a folder with a torn config.json
-    and no checkpoint. The experiment must resume the first and restart the second."""
+    """The smoke size run once in the shared workspace: 2 pairs × (random, asc) + 2 grid cells = 6 runs. Before it
+    starts, two runs are left as a crash would leave them: asc_flesch_ease_s1 stopped after step 4 (train.py's own
+    run, cut short with max_iters) and random_s1_d0 a folder with a torn config.json and no checkpoint."""
     from tests.fixtures_data import run_stage
     ws = meta_dataset["workspace"]
     exp_dir = ws / "out" / "experiments" / "durability" / "smoke"
-    plan = dict(line.split(" ", 1) for line in run_stage(ws, SCRIPT, *SMOKE, "--plan").stdout.splitlines())
-    stopped = [a for a in plan["desc_flesch_ease_s1"].split()[1:] if not a.startswith("--max_iters=")]
-    run_stage(ws, "modelling/train.py", *stopped, "--max_iters=16")
-    broken = exp_dir / "runs" / "asc_flesch_ease_s1"
+    plan = run_stage(ws, SCRIPT, *SMOKE, "--plan").stdout
+    line = next(x for x in plan.splitlines() if "runs/asc_flesch_ease_s1 " in x)
+    stopped = [a for a in line.split(" && ")[0].split()[2:] if not a.startswith("--max_iters=")]
+    run_stage(ws, "modelling/train.py", *stopped, "--max_iters=4")
+    broken = exp_dir / "runs" / "random_s1_d0"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"config": {"dim"')
-    proc = run_stage(ws, SCRIPT, *SMOKE)
+    proc = run_stage(ws, SCRIPT, *SMOKE, timeout=3600)  # ≈ 40 s idle; a shared CI box can be far slower
     return {**meta_dataset, "exp_dir": exp_dir, "stdout": proc.stdout,
             "experiment": json.loads((exp_dir / "experiment.json").read_text())}
 
 
-def test_no_arguments_prints_the_demo_plan_and_its_expected_duration(meta_dataset):
-    """The published command without arguments: experiment `example`, the demo preset on storyworld/512.
-    (--plan stops after the plan; without it the same lines come first, then the runs.)"""
-    from tests.fixtures_data import run_stage
-    out = run_stage(meta_dataset["workspace"], SCRIPT, "--plan").stdout
-    assert "durability experiment example (demo preset) → out/experiments/durability/example" in out
-    assert "random, asc_flesch_ease, desc_flesch_ease, asc_sentiment, desc_sentiment × init seeds [0, 1, 2] = " \
-           "15 runs" in out
-    # a 4,000-story selection of the 4,000-story fixture's train split = the whole split (batch fitted to it)
-    minutes = float(out.split("expected ≈ ")[1].split(" min")[0])
-    assert 1 <= minutes <= 60, out
-    assert out.count("--sampler=") == 15
-
-
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_smoke_writes_every_output(smoke_experiment):
+@pytest.mark.slow  # the smoke size: 6 real train.py + eval.py runs
+def test_smoke_writes_every_output_and_calls_itself_underpowered(smoke_experiment):
     import pandas as pd
+    from experiments.common import describe
     exp_dir = smoke_experiment["exp_dir"]
     experiment = smoke_experiment["experiment"]
-    assert experiment["analysis"]["same_multiset"] is True
+    assert experiment["analysis"]["same_multiset"] is True and experiment["analysis"]["tested"] is False
+    assert "power: NOT tested — underpowered: with 2 pairs" in smoke_experiment["stdout"]
     runs = pd.read_csv(exp_dir / "runs.csv")
-    assert sorted(runs.run) == sorted(r["name"] for r in experiment["design"]["runs"]) and len(runs) == 6
-    assert runs.multiset_sha256.nunique() == 1
-    # each condition got the order it asked for (Spearman of stream position vs flesch_ease)
+    assert len(runs) == 6 and runs.multiset_sha256.nunique() == 1
     rho = runs.groupby("condition").rho_flesch_ease.mean()
-    assert rho["asc_flesch_ease"] > 0.95 and rho["desc_flesch_ease"] < -0.95 and abs(rho["random"]) < 0.1
-    results = pd.read_csv(exp_dir / "results.csv")
-    assert {"val_loss", "out_flesch_ease"} <= set(results.outcome)
-    assert set(results.condition) == {"random", "asc_flesch_ease", "desc_flesch_ease"}
-    val = results[results.outcome == "val_loss"].set_index("condition")
-    assert (val["mean"] < 6.0).all()  # trained below the uniform-guess loss ln(512) = 6.24
-    assert val.loc["random", "diff_vs_baseline"] == 0
-    assert val.loc["asc_flesch_ease", "diff_vs_baseline"] == pytest.approx(
-        val.loc["asc_flesch_ease", "mean"] - val.loc["random", "mean"])
-    divergence = pd.read_csv(exp_dir / "divergence.csv").set_index("condition")
-    assert (divergence.kl_within > 0).all() and (divergence.procrustes_within < 1).all()
-    curves = pd.read_csv(exp_dir / "curves.csv")
-    assert set(curves.column) >= {"val_loss", "in_flesch_ease"}
-    for png in ("curves", "input_order", "endpoint", "divergence", "sat_compare"):
+    assert rho["asc_flesch_ease"] > 0.95 and abs(rho["random"]) < 0.2
+    primary = pd.read_csv(exp_dir / "primary.csv")
+    assert list(primary.comparison) == ["asc_flesch_ease − random"] and primary.n[0] == 2
+    assert not primary.tested[0] and not primary.significant[0] and primary.min_p[0] == 0.5
+    per_run = runs.set_index("run")
+    assert primary["diff"][0] == pytest.approx(np.mean([per_run.loc[f"asc_flesch_ease_s{i}", "val_loss_sub"] -
+                                                        per_run.loc[f"random_s{i}", "val_loss_sub"] for i in (0, 1)]))
+    assert (runs.val_loss_sub < np.log(512)).all()  # trained below the uniform guess
+    exploratory = pd.read_csv(exp_dir / "exploratory.csv")
+    assert {"val_loss", "val_loss_sub_mean_over_checkpoints"} <= set(exploratory.outcome)
+    assert (exploratory.q.dropna() >= exploratory.p.dropna()).all()
+    variance = pd.read_csv(exp_dir / "variance.csv").set_index("outcome")
+    assert variance.loc["val_loss_sub", "n_init"] == 2 and variance.loc["val_loss_sub", "sd_residual"] >= 0
+    sim = pd.read_csv(exp_dir / "similarity.csv").set_index("kind")
+    assert sim.loc["same init: two random orders", "n_pairs"] == 2
+    assert (sim.cka_hidden <= 1 + 1e-9).all() and (sim.symmetric_kl > 0).all()
+    for png in ("trajectories", "pairs", "grid", "similarity"):
         assert (exp_dir / "figures" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (exp_dir / "report.md").read_text()
-    assert "Same multiset of segments in all 6 runs" in report and "**yes**" in report
+    assert report.index("## Minimum detectable effect") < report.index("## Result") and "not tested" in report
+    description = describe.read_description(exp_dir)
+    assert description["kind"] == "durability" and len(description["curves"]["runs"]) == 6
+    curve = pd.read_csv(exp_dir / description["curves"]["runs"][0]["path"])
+    assert {"step", "val_loss_sub"} <= set(curve.columns) and curve.step.iloc[-1] == experiment["design"]["runs"][0]["steps"]
 
 
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_every_run_trained_on_the_whole_train_split_once(smoke_experiment, monkeypatch):
-    """Independent of the experiment's own check: read each batch log with the shared reader."""
+@pytest.mark.slow  # the smoke size: 6 real train.py + eval.py runs
+def test_a_stopped_run_is_resumed_a_broken_one_restarted_and_a_rerun_skips(smoke_experiment):
     import pandas as pd
     from modelling.batch_log import BatchLog
-    from tokenization.dataset import TokenizedDataset
-    monkeypatch.setenv(ROOT_ENV, str(smoke_experiment["workspace"]))  # the shared readers' project root
-    ds = TokenizedDataset("storyworld", 512)
-    train_ids = ds.story_ids("train")
-    n_tokens = ds.n_tokens(np.sort(train_ids))
-    meta = pd.read_parquet(smoke_experiment["dir"] / "metadata.parquet").set_index("story_id")
-    for run in smoke_experiment["experiment"]["design"]["runs"]:
-        log = BatchLog(smoke_experiment["exp_dir"] / "runs" / run["name"])
-        segments = log.steps(1, len(log))
-        assert np.array_equal(np.unique(segments["story_id"]), np.sort(train_ids)), run["name"]
-        with_chunks = pd.Series(segments["n_tokens"]).groupby(segments["story_id"]).sum()
-        assert with_chunks.sort_index().tolist() == n_tokens.tolist(), run["name"]  # every token once
-        if run["sampler"] != "random":  # sorted across steps (a step lists its segments by packed row)
-            sign = 1 if run["sampler"] == "sort_ascending" else -1
-            per_step = [sign * meta.loc[log.step(k)["story_id"], "flesch_ease"].to_numpy() for k in range(1, len(log))]
-            per_step = [v[np.isfinite(v)] for v in per_step]
-            assert all(b.min() >= a.max() for a, b in zip(per_step, per_step[1:]) if len(a) and len(b)), run["name"]
-
-
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_rerun_skips_finished_runs(smoke_experiment):
     from tests.fixtures_data import run_stage
-    ckpts = sorted(smoke_experiment["exp_dir"].glob("runs/*/ckpt/*.pt"))
+    status = smoke_experiment["experiment"]["status"]
+    assert status["asc_flesch_ease_s1"]["train"] == "resumed" and status["random_s1_d0"]["train"] == "restarted"
+    assert status["random_s0"]["train"] == "trained" and all(s["done"] for s in status.values())
+    runs = smoke_experiment["exp_dir"] / "runs"
+    resumed, sibling = BatchLog(runs / "asc_flesch_ease_s1"), BatchLog(runs / "asc_flesch_ease_s0")
+    # a sorted order does not depend on the seeds: the resumed run's segments equal its uninterrupted sibling's
+    assert np.array_equal(resumed.steps(1, len(resumed)), sibling.steps(1, len(sibling)))
+    steps = pd.read_csv(runs / "asc_flesch_ease_s1" / "train_log.csv")["step"]
+    assert list(steps) == list(range(1, len(sibling) + 1))  # no step lost or logged twice across the resume
+    ckpts = sorted(runs.glob("*/ckpt/*.pt"))
     before = {p: p.stat().st_mtime_ns for p in ckpts}
     proc = run_stage(smoke_experiment["workspace"], SCRIPT, *SMOKE)
     assert "skipping 6 finished run(s)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in ckpts} == before
 
 
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_training_state_of_damaged_runs(smoke_experiment, tmp_path):
-    import shutil
-    from experiments.durability.experiment_durability import planned_steps, training_state
-    design = smoke_experiment["experiment"]["design"]
-    run_dir = tmp_path / "run"
-    shutil.copytree(smoke_experiment["exp_dir"] / "runs" / "random_s0", run_dir)
-    n_steps = planned_steps(design)
-    assert training_state(run_dir, n_steps) == "done"
-    (run_dir / "ckpt" / f"step_{n_steps:06d}.pt").unlink()  # killed before the last checkpoint
-    assert training_state(run_dir, n_steps) == "resume"
-    (run_dir / "ckpt" / "resume.pt").unlink()  # killed before any resume state
-    assert training_state(run_dir, n_steps) == "restart"
-    assert training_state(tmp_path / "absent", n_steps) == "new"
-
-
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_a_stopped_run_is_resumed_and_a_broken_one_restarted(smoke_experiment):
-    import pandas as pd
-    from modelling.batch_log import BatchLog
-    status = smoke_experiment["experiment"]["status"]
-    assert status["desc_flesch_ease_s1"]["train"] == "resumed"
-    assert status["asc_flesch_ease_s1"]["train"] == "restarted"
-    assert status["random_s0"]["train"] == "trained" and all(s["done"] for s in status.values())
-    runs = smoke_experiment["exp_dir"] / "runs"
-    resumed, sibling = BatchLog(runs / "desc_flesch_ease_s1"), BatchLog(runs / "desc_flesch_ease_s0")
-    # a sorted order does not depend on the seeds, so the resumed run's ids equal its uninterrupted sibling's
-    assert np.array_equal(resumed.steps(1, len(resumed)), sibling.steps(1, len(sibling)))
-    steps = pd.read_csv(runs / "desc_flesch_ease_s1" / "train_log.csv")["step"]
-    assert list(steps) == list(range(1, len(sibling) + 1))  # no step lost or logged twice across the resume
-
-
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
+@pytest.mark.slow  # the smoke size: 6 real train.py + eval.py runs
 def test_bad_input_is_one_line_and_exit_2(smoke_experiment):
     from tests.fixtures_data import run_stage
     ws = smoke_experiment["workspace"]
-    proc = run_stage(ws, SCRIPT, *SMOKE, "--metrics", "no_such_metric", check=False)
-    assert proc.returncode == 2 and "unknown metadata column(s) no_such_metric" in proc.stderr
+    proc = run_stage(ws, SCRIPT, *SMOKE, "--metric", "no_such_metric", check=False)
+    assert proc.returncode == 2 and "unknown metadata column 'no_such_metric'" in proc.stderr
     assert "flesch_ease" in proc.stderr  # lists the available columns
-    proc = run_stage(ws, SCRIPT, *SMOKE, "--init_seeds", "0,1,2", "--data_seeds", "0,1,2", check=False)
-    assert proc.returncode == 2 and "different design (differs in: init_seeds, data_seeds" in proc.stderr
-    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--n_stories", "-5", check=False)
-    assert proc.returncode == 2 and "--n_stories -5 must be >= 0" in proc.stderr
-    proc = run_stage(ws, SCRIPT, "--name", "x", "--preset", "smoke", "--set", "seed=3", check=False)
+    proc = run_stage(ws, SCRIPT, *SMOKE, "--pairs", "3", check=False)
+    assert proc.returncode == 2 and "different design (differs in: n_pairs" in proc.stderr
+    proc = run_stage(ws, SCRIPT, "--name", "x", "--size", "smoke", "--grid", "1", check=False)
+    assert proc.returncode == 2 and "--grid 1" in proc.stderr
+    proc = run_stage(ws, SCRIPT, "--name", "x", "--size", "smoke", "--set", "seed=3", check=False)
     assert proc.returncode == 2 and "chosen by the experiment" in proc.stderr
     assert not (ws / "out" / "experiments" / "durability" / "x").exists()
 
 
-@pytest.mark.slow  # the smoke preset: 6 real train.py + eval.py runs
-def test_a_run_with_other_stories_fails_the_check(smoke_experiment):
-    """Swap one story id in a copy of the experiment: the analysis refuses and records the evidence."""
+@pytest.mark.slow  # the smoke size: 6 real train.py + eval.py runs
+def test_a_run_with_other_segments_fails_the_check(smoke_experiment):
+    """Swap one segment in a copy of the experiment: the analysis refuses and records the evidence."""
     import shutil
     from tests.fixtures_data import run_stage
     ws, exp_dir = smoke_experiment["workspace"], smoke_experiment["exp_dir"]

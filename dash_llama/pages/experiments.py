@@ -1,20 +1,22 @@
-"""Experiments page: a durability experiment (out/experiments/durability/NAME/): output-metric curves per
-condition with the mean ± 95% CI over seeds (the experiment's curves.csv, or computed live from its runs'
-summaries while it is still running), the end-point table (results.csv) and the report (report.md)."""
+"""Experiments page: any experiment under out/experiments/<kind>/<name>/, drawn from the description.json the
+experiment kit writes (experiments/common/describe.py): per-condition curves (mean ± 95% t-interval over the
+runs' curve files), the primary comparisons, any of its tables, and its report. While an experiment is still
+running (experiment.json, no description.json yet) the curves are computed live from its finished runs'
+val_log.csv, grouped by the condition each planned run records."""
 import json
 
-import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dcc, html
 
-from experiments.durability.naming import BASELINE, RUN_NAME
-from experiments.durability.stats import curve_band
-
+from common.errors import UserError
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import (GRAPH_CONFIG, PALETTE, figure_or_message, guard, message, message_figure, notes, table,
                            table_data)
+from experiments.common import describe
 
 FIGURE_ROUTE = "/experiment-figures"
+PRIMARY_COLUMNS = ["comparison", "outcome", "n", "diff", "ci_lo", "ci_hi", "p", "min_p", "threshold", "mde", "mde_sd",
+                   "g_av", "tested", "significant"]
 
 
 def layout():
@@ -22,150 +24,188 @@ def layout():
         html.H2("Experiments"),
         html.Div(className="controls", children=[
             html.Label(["Experiment", dcc.Dropdown(id="exp-name", clearable=False)], className="grow"),
-            html.Label(["Metric", dcc.Dropdown(id="exp-metric", clearable=False)], className="grow"),
+            html.Label(["Curve", dcc.Dropdown(id="exp-metric", clearable=False)], className="grow"),
         ]),
         html.Div(id="exp-msg"),
         html.Div(id="exp-status"),
         html.Div(id="exp-curves-msg"),
         dcc.Graph(id="exp-curves", config=GRAPH_CONFIG),
-        html.H3("End points (results.csv)"),
+        html.H3("Primary comparisons"),
+        html.Div(id="exp-primary-msg"),
+        table("exp-primary", page_size=8),
+        html.H3("Tables"),
+        html.Label(["Table", dcc.Dropdown(id="exp-table-name", clearable=False)]),
         html.Div(id="exp-table-msg"),
         table("exp-table", page_size=12),
-        html.H3("Final-model divergence (divergence.csv)"),
-        html.Div(id="exp-div-msg"),
-        table("exp-div", page_size=8),
         html.H3("Report"),
         html.Div(id="exp-report-msg"),
         dcc.Markdown(id="exp-report", className="report"),
     ])
 
 
-def condition_runs(store, name):
-    """{condition: [run names]} from runs/<condition>_s<seed>."""
-    groups = {}
-    for run in store.experiment_runs(name):
-        leaf = run.rsplit("/", 1)[-1]
-        match = RUN_NAME.match(leaf)
-        groups.setdefault(match["condition"] if match else leaf, []).append(run)
-    if not groups:
-        raise Missing(f"experiment {name} has no runs under runs/ yet")
-    return groups
+# ---- reading an experiment ----
+
+def experiment_names(store):
+    """'<kind>/<name>' of every experiment under --out (a description.json or a running experiment.json)."""
+    return describe.find_experiments(store.out_dir)
 
 
-def live_curves(store, name):
-    """curves.csv's layout (condition, column, step, tokens_seen, n_seeds, mean, ci_lo, ci_hi) computed from
-    the runs' summaries with the experiment's own statistics, for an experiment still running."""
-    rows = []
-    for condition, runs in condition_runs(store, name).items():
-        summaries = []
-        for run in runs:
-            try:
-                summaries.append(store.table(run, "summary").set_index("step"))
-            except Missing:
-                continue
-        if not summaries:
-            continue
-        columns = [c for c in summaries[0].columns if c == "val_loss" or c.startswith(("out_", "in_"))]
-        for column in columns:
-            wide = pd.concat([s[column] for s in summaries if column in s], axis=1)
-            mean, lo, hi = curve_band(wide.to_numpy().T)
-            tokens = summaries[0]["tokens_seen"].reindex(wide.index) if "tokens_seen" in summaries[0] else wide.index
-            rows += [{"condition": condition, "column": column, "step": int(step), "tokens_seen": tokens.iloc[k],
-                      "n_seeds": int(np.isfinite(wide.iloc[k]).sum()), "mean": mean[k], "ci_lo": lo[k],
-                      "ci_hi": hi[k]} for k, step in enumerate(wide.index)]
-    if not rows:
-        raise Missing(f"no run of experiment {name} has tables/summary.csv yet — eval runs after training")
-    return pd.DataFrame(rows)
+def experiment_dir(store, name):
+    """The folder of experiment `name`, only if it is exactly one of the discovered experiments."""
+    if not isinstance(name, str) or name not in experiment_names(store):
+        raise UnknownName(f"unknown experiment {name!r}: pick one under {store.out_dir}/experiments/")
+    return (store.out_dir / "experiments" / name).resolve()
+
+
+def description(store, name):
+    """description.json of the experiment, or None while it is still running (only experiment.json)."""
+    folder = experiment_dir(store, name)
+    if not (folder / describe.FILENAME).exists():
+        return None
+    try:
+        return describe.read_description(folder)
+    except UserError as e:
+        raise Missing(str(e))
+
+
+def live_curves(folder):
+    """Per-run val_log.csv of the finished-so-far runs of a running experiment, as the long table the curve
+    files give (run, condition, step, tokens_seen, columns)."""
+    try:
+        design = json.loads((folder / "experiment.json").read_text())["design"]
+    except (OSError, ValueError, KeyError):
+        raise Missing(f"{folder}/experiment.json is missing or unreadable — is the experiment running?")
+    frames = []
+    for run in design.get("runs", []):
+        path = folder / "runs" / run["name"] / "val_log.csv"
+        if path.exists():
+            frames.append(pd.read_csv(path).assign(run=run["name"], condition=run.get("condition", run["name"])))
+    if not frames:
+        raise Missing(f"no run of {folder.name} has a val_log.csv yet — training writes it at the first checkpoint")
+    return pd.concat(frames, ignore_index=True)
 
 
 def experiment_curves(store, name):
-    """(curves table, note): the experiment's curves.csv, or live curves from its runs while it is running."""
+    """(long curve table, curve columns, note)."""
+    desc = description(store, name)
+    folder = experiment_dir(store, name)
+    if desc is None:
+        curves = live_curves(folder)
+        columns = [c for c in curves.columns if c not in ("run", "condition", "step", "tokens_seen")]
+        return curves, columns, "no description.json yet (experiment running?): curves computed live from the " \
+                                "finished runs' val_log.csv"
     try:
-        return store.experiment_table(name, "curves"), ""
-    except Missing:
-        return live_curves(store, name), "curves.csv not written yet (experiment running?): curves computed live " \
-                                         "from the finished runs' summaries"
+        curves = describe.run_curves(folder, desc)
+    except UserError as e:
+        raise Missing(str(e))
+    return curves, list(desc["curves"]["columns"]), ""
 
 
-def curve_metrics(store, name):
-    curves, _ = experiment_curves(store, name)
-    return list(dict.fromkeys(curves["column"]))
-
-
-def curves_figure(store, name, metric, x="step"):
-    """Mean ± 95% CI over seeds of `metric` against step, one band per condition (dashed: the random
-    baseline). Returns (figure, notes)."""
-    curves, note = experiment_curves(store, name)
-    rows = curves[curves["column"] == metric]
-    if rows.empty:
-        raise Missing(f"no curves for {metric} in experiment {name}")
+def curves_figure(store, name, column):
+    """Mean ± 95% t-interval over runs of `column` per condition against step (baseline dashed). -> (figure,
+    notes)."""
+    curves, columns, note = experiment_curves(store, name)
+    if column not in curves.columns:
+        raise Missing(f"no curve {column!r} in experiment {name} — pick one of {', '.join(columns)}")
+    desc = description(store, name)
+    baseline = desc.get("baseline") if desc else None
+    bands = describe.condition_bands(curves, column)
     traces = []
-    for i, (condition, band) in enumerate(rows.sort_values("step").groupby("condition", sort=True)):
+    for i, (condition, band) in enumerate(bands.groupby("condition", sort=False)):
         color = PALETTE[i % len(PALETTE)]
-        baseline = condition == BASELINE
-        xs = band[x].tolist()
-        finite = band["ci_lo"].notna() & band["ci_hi"].notna()
-        if finite.any():
-            ci = band[finite]
-            traces.append({"type": "scatter", "mode": "lines", "x": ci[x].tolist() + ci[x].tolist()[::-1],
-                           "y": ci["ci_hi"].tolist() + ci["ci_lo"].tolist()[::-1], "fill": "toself",
-                           "fillcolor": color, "opacity": 0.18, "line": {"width": 0}, "hoverinfo": "skip",
-                           "showlegend": False, "legendgroup": condition})
-        seeds = int(band["n_seeds"].max()) if "n_seeds" in band else 0
-        traces.append({"type": "scatter", "mode": "lines+markers", "x": xs, "y": band["mean"].round(5).tolist(),
-                       "name": f"{condition} (n={seeds})", "legendgroup": condition,
-                       "line": {"color": color, "width": 3 if baseline else 1.8, "dash": "dash" if baseline else
-                                "solid"}, "marker": {"size": 4}})
+        band = band.sort_values("step")
+        ci = band.dropna(subset=["ci_lo", "ci_hi"])
+        if len(ci):
+            traces.append({"type": "scatter", "mode": "lines", "x": ci.step.tolist() + ci.step.tolist()[::-1],
+                           "y": ci.ci_hi.tolist() + ci.ci_lo.tolist()[::-1], "fill": "toself", "fillcolor": color,
+                           "opacity": 0.18, "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False,
+                           "legendgroup": condition})
+        traces.append({"type": "scatter", "mode": "lines+markers", "x": band.step.tolist(),
+                       "y": band["mean"].round(5).tolist(), "name": f"{condition} (n={int(band.n.max())})",
+                       "legendgroup": condition, "marker": {"size": 4},
+                       "line": {"color": color, "width": 3 if condition == baseline else 1.8,
+                                "dash": "dash" if condition == baseline else "solid"}})
     figure = {"data": traces, "layout": {
         "height": 460, "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
-        "xaxis": {"title": {"text": "step" if x == "step" else "tokens seen"}},
-        "yaxis": {"title": {"text": f"{metric} (mean ± 95% CI over seeds)"}},
+        "xaxis": {"title": {"text": "step"}, "type": "log"},
+        "yaxis": {"title": {"text": f"{column} (mean ± 95% CI over runs)"}},
         "legend": {"orientation": "h", "y": -0.2}, "hovermode": "x unified"}}
     return figure, [note]
 
 
-def status_line(store, name):
-    """Progress from experiment.json (design + per-run status) in one line ('' when absent)."""
+def primary_frame(store, name):
+    desc = description(store, name)
+    if desc is None:
+        raise Missing(f"experiment {name} has no description.json yet — its analysis writes it when the runs end")
+    if not desc.get("primary"):
+        raise Missing(f"experiment {name} lists no primary comparison")
+    frame = pd.DataFrame(desc["primary"])
+    return frame[[c for c in PRIMARY_COLUMNS if c in frame.columns]]
+
+
+def table_names(store, name):
+    desc = description(store, name)
+    return [t["name"] for t in desc["tables"]] if desc else []
+
+
+def experiment_table(store, name, table_name):
+    desc = description(store, name)
+    entry = next((t for t in (desc or {}).get("tables", []) if t["name"] == table_name), None)
+    if entry is None:
+        raise Missing(f"experiment {name} has no table {table_name!r}")
+    path = describe.inside(experiment_dir(store, name), entry["path"])
     try:
-        info = json.loads(store.experiment_file(name, "experiment.json").read_text())
-    except (Missing, ValueError):
+        return pd.read_csv(path), entry.get("caption", "")
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise Missing(f"cannot read {path} ({e.__class__.__name__}) — re-run the experiment's analysis")
+
+
+def status_line(store, name):
+    """Progress from experiment.json (planned runs, finished runs, size) in one line ('' when absent)."""
+    try:
+        info = json.loads((experiment_dir(store, name) / "experiment.json").read_text())
+    except (OSError, ValueError):
         return ""
     design, status = info.get("design", {}), info.get("status", {})
-    planned = design.get("runs", [])
     done = sum(1 for s in status.values() if isinstance(s, dict) and s.get("done"))
-    parts = [f"{done} of {len(planned) or len(status)} runs done"]
-    for key in ("preset", "dataset", "metrics", "init_seeds", "n_stories"):
+    parts = [f"{done} of {len(design.get('runs', [])) or len(status)} runs done"]
+    for key in ("size", "dataset", "metric", "n_pairs", "grid"):
         if key in design:
             parts.append(f"{key}: {design[key]}")
     return " · ".join(parts)
 
 
 def report_markdown(store, name):
-    """report.md with its figures/ links pointing at the app's figure route (served by serve_figure)."""
-    text = store.experiment_file(name, "report.md").read_text()
-    return text.replace("](figures/", f"]({FIGURE_ROUTE}/{name}/")
+    """The report with its figures/ links pointing at the app's figure route (served by serve_figure)."""
+    desc = description(store, name)
+    path = describe.inside(experiment_dir(store, name), desc["report"] if desc else "report.md")
+    if not path.exists():
+        raise Missing(f"experiment {name} has no report yet — its analysis writes it when the runs end")
+    return path.read_text().replace("](figures/", f"]({FIGURE_ROUTE}/{name}/")
 
 
-def serve_figure(store, name, filename):
-    """A PNG from the experiment's figures/ folder; unknown experiment or a path leaving figures/ → 404."""
+def serve_figure(store, kind, name, filename):
+    """A file from the experiment's figures/ folder; an unknown experiment or a path leaving figures/ → 404."""
     from flask import abort, send_from_directory
     try:
-        folder = store.experiment_dir(name) / "figures"
+        folder = experiment_dir(store, f"{kind}/{name}") / "figures"
     except UnknownName:
         abort(404)
     return send_from_directory(folder, filename)  # safe_join: refuses '..' and absolute paths
 
 
+# ---- callbacks ----
+
 def register(app, store):
-    app.server.add_url_rule(f"{FIGURE_ROUTE}/<name>/<path:filename>", "experiment_figure",
-                            lambda name, filename: serve_figure(store, name, filename))
+    app.server.add_url_rule(f"{FIGURE_ROUTE}/<kind>/<name>/<path:filename>", "experiment_figure",
+                            lambda kind, name, filename: serve_figure(store, kind, name, filename))
 
     @app.callback(Output("exp-name", "options"), Output("exp-name", "value"), Output("exp-msg", "children"),
                   Input("refresh", "n_intervals"), Input("url", "pathname"), State("exp-name", "value"))
     def update_names(_n, _path, current):
-        names = store.experiments()
+        names = experiment_names(store)
         if not names:
-            return [], None, message(f"no experiments under {store.out_dir}/experiments/durability yet — run "
+            return [], None, message(f"no experiments under {store.out_dir}/experiments/ yet — run one, e.g. "
                                      "`python experiments/durability/experiment_durability.py`", "info")
         return [{"label": n, "value": n} for n in names], current if current in names else names[0], None
 
@@ -173,11 +213,13 @@ def register(app, store):
                   Input("exp-name", "value"), State("exp-metric", "value"))
     @guard(lambda text, kind: ([], None, message(text, kind)))
     def update_metrics(name, current):
-        if not name:  # none exist: the line above the panels says so
+        if not name:
             return [], None, None
-        metrics = curve_metrics(store, name)
-        value = current if current in metrics else metrics[0]
-        return [{"label": m, "value": m} for m in metrics], value, message(status_line(store, name), "note")
+        _, columns, _ = experiment_curves(store, name)
+        if not columns:
+            raise Missing(f"experiment {name} lists no curve columns")
+        value = current if current in columns else columns[0]
+        return [{"label": c, "value": c} for c in columns], value, message(status_line(store, name), "note")
 
     @app.callback(Output("exp-curves", "figure"), Output("exp-curves-msg", "children"),
                   Input("exp-name", "value"), Input("exp-metric", "value"))
@@ -186,27 +228,35 @@ def register(app, store):
         if not name:
             return message_figure("no experiment selected"), None
         if not metric:
-            raise Missing("pick a metric")
+            raise Missing("pick a curve")
         figure, note_lines = curves_figure(store, name, metric)
         return figure, notes(*note_lines)
 
-    @app.callback(Output("exp-table", "columns"), Output("exp-table", "data"), Output("exp-table-msg", "children"),
-                  Input("exp-name", "value"))
+    @app.callback(Output("exp-primary", "columns"), Output("exp-primary", "data"),
+                  Output("exp-primary-msg", "children"), Input("exp-name", "value"))
     @guard(lambda text, kind: ([], [], message(text, kind)))
-    def update_table(name):
+    def update_primary(name):
         if not name:
             return [], [], None
-        columns, data = table_data(store.experiment_table(name, "results"))
+        columns, data = table_data(primary_frame(store, name))
         return columns, data, None
 
-    @app.callback(Output("exp-div", "columns"), Output("exp-div", "data"), Output("exp-div-msg", "children"),
-                  Input("exp-name", "value"))
+    @app.callback(Output("exp-table-name", "options"), Output("exp-table-name", "value"),
+                  Input("exp-name", "value"), State("exp-table-name", "value"))
+    @guard(lambda text, kind: ([], None))
+    def update_table_names(name, current):
+        names = table_names(store, name) if name else []
+        return [{"label": n, "value": n} for n in names], current if current in names else (names[0] if names else None)
+
+    @app.callback(Output("exp-table", "columns"), Output("exp-table", "data"), Output("exp-table-msg", "children"),
+                  Input("exp-name", "value"), Input("exp-table-name", "value"))
     @guard(lambda text, kind: ([], [], message(text, kind)))
-    def update_divergence(name):
-        if not name:
+    def update_table(name, table_name):
+        if not name or not table_name:
             return [], [], None
-        columns, data = table_data(store.experiment_table(name, "divergence"))
-        return columns, data, None
+        frame, caption = experiment_table(store, name, table_name)
+        columns, data = table_data(frame)
+        return columns, data, message(caption, "note")
 
     @app.callback(Output("exp-report", "children"), Output("exp-report-msg", "children"), Input("exp-name", "value"))
     @guard(lambda text, kind: ("", message(text, kind)))
@@ -215,4 +265,4 @@ def register(app, store):
             return "", None
         return report_markdown(store, name), None
 
-    return update_names, update_metrics, update_curves, update_table, update_divergence, update_report
+    return update_names, update_metrics, update_curves, update_primary, update_table_names, update_table, update_report

@@ -467,8 +467,9 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
     figure_grid(table, exp_dir / "figures/grid.png")
     power = runner.check_design(len(parents))
     write_report(exp_dir, design, measures, unlearn, table, results, wall, power)
-    curve_runs = describe.write_run_curves(exp_dir, parents + branches, MEASURES + ["loss_parent"],
-                                           source="tables/bias_unlearning.csv")
+    per_run = {r["name"]: pd.read_csv(exp_dir / "runs" / r["name"] / "tables" / "bias_unlearning.csv")
+               for r in parents + branches}
+    curve_runs = describe.write_run_curves(exp_dir, parents + branches, MEASURES + ["loss_parent"], tables=per_run)
     primary = results[results["primary"]].to_dict("records")
     describe.write_description(
         exp_dir, KIND, "Learn and unlearn a bias: overt vs covert after branching", baseline=CONTROL,

@@ -42,17 +42,20 @@ def _json_safe(value):
     return value
 
 
-def write_run_curves(exp_dir, runs, columns, x_columns=("step", "tokens_seen"), source="tables/summary.csv"):
-    """Copy each run's x and outcome columns from runs/<name>/<source> (eval.py's summary by default) to
-    curves/<name>.csv. runs: dicts with name and condition (+ labels). Returns the description's
-    curves["runs"] entries."""
+def write_run_curves(exp_dir, runs, columns, tables=None, x_columns=("step", "tokens_seen")):
+    """Copy each run's x and outcome columns to curves/<name>.csv: from tables[name] (a DataFrame with a step
+    column) when given, else from runs/<name>/tables/summary.csv. runs: dicts with name and condition (+ labels).
+    Returns the description's curves["runs"] entries."""
     exp_dir = Path(exp_dir)
     entries = []
     for run in runs:
-        summary = exp_dir / "runs" / run["name"] / source
-        if not summary.exists():
-            raise UserError(f"{summary} missing — re-run the experiment command to finish run {run['name']}")
-        table = pd.read_csv(summary)
+        if tables is not None:
+            table = tables[run["name"]]
+        else:
+            summary = exp_dir / "runs" / run["name"] / "tables" / "summary.csv"
+            if not summary.exists():
+                raise UserError(f"{summary} missing — re-run the experiment command to finish run {run['name']}")
+            table = pd.read_csv(summary)
         keep = [c for c in list(x_columns) + list(columns) if c in table.columns]
         path = Path(CURVES_DIR) / f"{run['name']}.csv"
         atomic_write_text(exp_dir / path, table[keep].sort_values("step").to_csv(index=False))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.io import REPO_ROOT, atomic_write_json, provenance
+from common.machine import machine_info
 from common.paths import ROOT_ENV, root
 from experiments.common import stats
 
@@ -39,12 +40,13 @@ DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # tiny models train fastest one thre
 # ---- the plan ----
 
 def make_run(name, condition, steps, train, eval_args, **labels):
-    """One planned run. `train` must not hold out_dir or init_from: the runner sets them."""
+    """One planned run. `train` must not hold out_dir or init_from: the runner sets them. eval_args None: the
+    run is only trained (its outcomes come from train.py's own logs)."""
     reserved = {"out_dir", "init_from"} & set(train)
     if reserved:
         raise ValueError(f"train options {sorted(reserved)} are set by the runner")
     return {"name": name, "condition": condition, "steps": int(steps), "train": dict(train),
-            "eval": dict(eval_args) if eval_args is not None else None, **labels}
+            "eval": None if eval_args is None else dict(eval_args), **labels}
 
 
 def train_command(run, run_dir, resume=False, python=None):
@@ -58,21 +60,26 @@ def train_command(run, run_dir, resume=False, python=None):
 def eval_command(run, run_dir, python=None):
     cmd = [python or sys.executable, str(EVAL_SCRIPT), "--out_dir", str(run_dir)]
     for key, value in run["eval"].items():
-        cmd += [f"--{key}", str(value)]
+        cmd += [f"--{key}"] + ([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])
     return cmd
 
 
 def plan_lines(runs, exp_dir):
-    """The plan as plain shell commands, paths relative to the repository root: one `train && eval` line per
-    run, runnable in any order and on any machine holding the same data/."""
+    """The plan as plain shell commands: one `train && eval` line per run, runnable in any order and on any
+    machine holding the same data/, from the repository root (scripts relative to it) with run folders relative
+    to the project root (which the stages resolve --out_dir against; usually the same folder)."""
     def relative(cmd):
         cmd = ["python"] + cmd[1:]
         return shlex.join(os.path.relpath(c, REPO_ROOT) if c.startswith(str(REPO_ROOT)) else c for c in cmd)
+    base = root().resolve()
     lines = []
     for run in runs:
-        run_dir = os.path.relpath(Path(exp_dir) / "runs" / run["name"], REPO_ROOT)
+        path = (Path(exp_dir) / "runs" / run["name"]).resolve()
+        run_dir = path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
         line = relative(train_command(run, run_dir))
-        lines.append(line if run["eval"] is None else f"{line} && {relative(eval_command(run, run_dir))}")
+        if run["eval"] is not None:
+            line += f" && {relative(eval_command(run, run_dir))}"
+        lines.append(line)
     return lines
 
 
@@ -111,8 +118,9 @@ def training_state(run_dir, n_steps):
     return "restart"
 
 
-def eval_complete(run_dir):
-    """Every checkpoint of the run has a row in tables/summary.csv."""
+def eval_complete(run_dir, steps=None):
+    """Every checkpoint of the run (or every one of `steps`, eval.py's --steps) has a row in
+    tables/summary.csv."""
     from modelling.checkpoints import list_checkpoints
     summary = Path(run_dir) / "tables" / "summary.csv"
     if not summary.exists():
@@ -121,12 +129,13 @@ def eval_complete(run_dir):
         done = set(pd.read_csv(summary, usecols=["step"])["step"])
     except (ValueError, pd.errors.ParserError):
         return False
-    checkpoints = list_checkpoints(run_dir)
-    return bool(checkpoints) and all(step in done for step, _ in checkpoints)
+    wanted = list(steps) if steps else [step for step, _ in list_checkpoints(run_dir)]
+    return bool(wanted) and all(step in done for step in wanted)
 
 
-def run_finished(run_dir, n_steps, evaluate=True):
-    return training_finished(run_dir, n_steps) and (not evaluate or eval_complete(run_dir))
+def run_finished(run_dir, run):
+    return training_finished(run_dir, run["steps"]) and (
+        run["eval"] is None or eval_complete(run_dir, run["eval"].get("steps")))
 
 
 # ---- experiment.json ----
@@ -204,10 +213,10 @@ def run_one(experiment, run, env):
         run_stage(train_command(run, run_dir, resume=state == "resume"), log_path, f"training {run['name']}", env)
         experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
                           train_s=round(time.time() - t0, 1))
-    if run["eval"] is not None and not eval_complete(run_dir):  # eval None: the experiment measures itself
+    if run["eval"] is not None and not eval_complete(run_dir, run["eval"].get("steps")):
         t0 = time.time()
         run_stage(eval_command(run, run_dir), log_path, f"eval of {run['name']}", env)
-        if not eval_complete(run_dir):
+        if not eval_complete(run_dir, run["eval"].get("steps")):
             raise UserError(f"eval.py finished but {run_dir}/tables/summary.csv lacks some checkpoints — "
                             f"see {log_path}")
         experiment.update(run["name"], eval_s=round(time.time() - t0, 1))
@@ -217,7 +226,7 @@ def run_one(experiment, run, env):
 
 def pending(exp_dir, runs):
     """The runs not finished yet, in plan order."""
-    return [r for r in runs if not run_finished(Path(exp_dir) / "runs" / r["name"], r["steps"], r["eval"] is not None)]
+    return [r for r in runs if not run_finished(Path(exp_dir) / "runs" / r["name"], r)]
 
 
 def run_all(exp_dir, design, runs, jobs=DEFAULT_JOBS):
@@ -231,6 +240,7 @@ def run_all(exp_dir, design, runs, jobs=DEFAULT_JOBS):
         print(f"skipping {len(runs) - len(todo)} finished run(s)")
     env = child_env(jobs)
     t0 = time.time()
+    start = machine_info()
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), desc="runs", unit="run") as bar:
         futures = [pool.submit(run_one, experiment, run, env) for run in todo]
         try:
@@ -241,9 +251,11 @@ def run_all(exp_dir, design, runs, jobs=DEFAULT_JOBS):
             for f in futures:  # stop scheduling; runs in flight finish or are resumed next time
                 f.cancel()
             raise
-    experiment.state.setdefault("wall_s", {})[time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))] = \
-        round(time.time() - t0, 1)
-    experiment.save()
+    if todo:  # each session that ran something: its wall time, the machine and the load at start and end
+        experiment.state.setdefault("sessions", []).append(
+            {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": round(time.time() - t0, 1),
+             "runs": len(todo), "jobs": jobs, "machine": start, "load_avg_end": machine_info()["load_avg"]})
+        experiment.save()
     return experiment
 
 

@@ -155,7 +155,7 @@ def train_all(exp_dir, design, runs, jobs):
 
 def finished(exp_dir, run, with_eval):
     run_dir = exp_dir / "runs" / run["name"]
-    return (runner.run_finished if with_eval else runner.training_finished)(run_dir, run["steps"])
+    return runner.run_finished(run_dir, run) if with_eval else runner.training_finished(run_dir, run["steps"])
 
 
 def finished_pairs(exp_dir, runs, with_eval):
