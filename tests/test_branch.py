@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -181,3 +182,13 @@ def test_branch_optimizer_parent_needs_saved_state(tiny_run, counter_dataset):
     with pytest.raises(UserError, match="save_optimizer_at=a,b: give comma-separated"):
         from modelling.branch import parse_steps
         parse_steps("a,b")
+
+
+def test_runs_page_names_a_branch_parent(tiny_run, branch_run, monkeypatch):
+    from common.paths import ROOT_ENV
+    from dash_llama.data import Store
+    from dash_llama.pages import runs
+    monkeypatch.setenv(ROOT_ENV, str(tiny_run.parents[1]))
+    table = runs.runs_table(Store(tiny_run.parent)).set_index("run")
+    assert table.loc["branch", "parent"] == f"tiny @ {BRANCH_STEP}" and table.loc["branch", "step"] == BRANCH_STEP + 24
+    assert pd.isna(table.loc["tiny", "parent"])

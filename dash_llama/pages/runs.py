@@ -1,6 +1,8 @@
-"""Runs page: a table of every run under --out, and train/val loss curves of the header's run and the runs
-compared with it (tick rows in the table to compare them), aligned on step or tokens seen, with optional
-smoothing."""
+"""Runs page: a table of every run under --out (a branch names its parent run and step), and train/val loss
+curves of the header's run and the runs compared with it (tick rows in the table to compare them), aligned on
+step or tokens seen, with optional smoothing."""
+from pathlib import Path
+
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
@@ -69,17 +71,19 @@ def runs_table(store):
             continue
         cfg = store.config(name)
         max_iters, step = cfg.get("n_steps") or cfg.get("max_iters"), _last(run.train_log, "step")
+        lineage = run.config.get("lineage") or {}  # a branch: its parent run folder and step
         rows.append({
             "run": name, "dataset": cfg.get("dataset"), "vocab": cfg.get("vocab_size"),
             "shape": f"{cfg.get('dim')}d·{cfg.get('n_layers')}L·{cfg.get('n_heads')}H",
             "params": cfg.get("n_params"),
             "sampler": cfg.get("sampler"),
+            "parent": f"{Path(lineage['parent_run']).name} @ {lineage['parent_step']}" if lineage else None,
             "step": step, "tokens_seen": _last(run.train_log, "tokens_seen"),
             "train_loss": _last(run.train_log, "loss"), "val_loss_sub": _last(run.val_log, "val_loss_sub"),
             "checkpoints": len(run.checkpoints),
             "status": run_status(step, max_iters, run.checkpoints),
         })
-    columns = ["run", "dataset", "vocab", "shape", "params", "sampler", "step", "tokens_seen", "train_loss",
+    columns = ["run", "dataset", "vocab", "shape", "params", "sampler", "parent", "step", "tokens_seen", "train_loss",
                "val_loss_sub", "checkpoints", "status"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.dropna(axis=1, how="all")

@@ -1,7 +1,8 @@
 """Plan and run an experiment's runs (conditions × seeds) through the real modelling/train.py and eval.py.
 
 A run is a plain dict: {name, condition, steps, train: {train.py option: value}, eval: {eval.py option: value},
-...any labels the analysis wants (init_seed, data_seed, ...)}. The runner
+...any labels the analysis wants (init_seed, data_seed, ...)}; eval None = train only (the experiment measures
+its checkpoints itself); a `branch_from` label (a parent checkpoint path) makes train.py branch from it. The runner
   - prints the plan as plain shell commands (--plan) another scheduler could run as they are;
   - runs the runs not yet finished, `jobs` at a time, each as train.py then eval.py subprocesses;
   - resumes: a finished run (batch log covers its steps, last checkpoint at its last step, every checkpoint
@@ -51,8 +52,8 @@ def make_run(name, condition, steps, train, eval_args, **labels):
 def train_command(run, run_dir, resume=False, python=None):
     """argv of modelling/train.py for this run (max_iters pinned to the planned steps)."""
     args = {"out_dir": str(run_dir), **run["train"], "max_iters": run["steps"]}
-    if resume:
-        args["init_from"] = "resume"
+    if resume or run.get("branch_from"):  # branch_from: a parent checkpoint (train.py branches from it)
+        args["init_from"] = "resume" if resume else run["branch_from"]
     return [python or sys.executable, str(TRAIN_SCRIPT)] + [f"--{k}={v}" for k, v in args.items()]
 
 
@@ -101,7 +102,8 @@ def training_finished(run_dir, n_steps):
     except UserError:
         return False
     checkpoints = list_checkpoints(run_dir)
-    return logged >= n_steps and bool(checkpoints) and checkpoints[-1][0] == n_steps
+    offset = int(BatchLog(run_dir).meta.get("step_offset") or 0)  # a branch counts on from its parent's step
+    return logged >= n_steps and bool(checkpoints) and checkpoints[-1][0] == offset + n_steps
 
 
 def training_state(run_dir, n_steps):
