@@ -5,7 +5,6 @@ validate(cfg)                                       UserError naming the key and
 """
 import ast
 import math
-from pathlib import Path
 
 import torch
 

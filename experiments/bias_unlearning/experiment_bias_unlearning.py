@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common.errors import UserError, run_main  # noqa: E402
+from common.errors import run_main  # noqa: E402
 from common.io import atomic_write_text, provenance  # noqa: E402
 from common.machine import machine_info  # noqa: E402
 from common.paths import out_dir, tok_dir  # noqa: E402
