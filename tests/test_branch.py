@@ -80,7 +80,7 @@ def test_a_checkpoint_on_another_tokenizer_is_refused(tiny_run, tok_dataset):
     proc = run_stage(ws, "modelling/train.py", *train_args(**{**BRANCH, "dataset": OWN, "out_dir": "out/own"}),
                      check=False, env=ONE_THREAD)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "another tokenizer" in proc.stderr and f"--tokenizer_from storyworld" in proc.stderr
+    assert "another tokenizer" in proc.stderr and "--tokenizer_from storyworld" in proc.stderr
     assert not (ws / "out/own").exists()
     # sharing it the other way is refused too: sw_own's folder already holds its own tokenizer
     proc = run_stage(ws, PRETOK, "pretokenize", "--dataset", OWN, "--vocab_size", 512, "--tokenizer_from",
