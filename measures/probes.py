@@ -43,7 +43,7 @@ BATCH = 32
 PROBE_TABLE, PROBE_STATE, CACHE_DIR = "covert_probes.csv", "covert_probes.json", "cache/covert_probes"
 VERSION = "1"
 PRONOUN_RE = re.compile(r"\b(he|she|He|She)\b")
-ATTRIBUTES = {"hero_gender": "pronoun", "ending": "end", "plot": "end", "offensive": "end", "fact": "end",
+ATTRIBUTES = {"hero_gender": "pronoun", "in_quote": "quote", "ending": "end", "plot": "end", "offensive": "end", "fact": "end",
               "random": "end"}
 
 
@@ -64,12 +64,25 @@ def pronoun_position(sp, tokens, text, name):
     return len(ids)
 
 
+def quote_position(sp, tokens, max_seq_len, rng):
+    """(index, inside) of a position drawn with rng among the first max_seq_len tokens: a fair coin picks inside
+    (after an opening '"' not yet closed) or outside (after a closed quote, so the window holds quotes either
+    way and only their parity tells), then a position of that kind; (None, None) when there is none."""
+    count = np.cumsum([sp.id_to_piece(int(t)).count('"') for t in tokens[:max_seq_len]])
+    inside = count % 2 == 1
+    kinds = {1: np.flatnonzero(inside), 0: np.flatnonzero(~inside & (count >= 2))}
+    want = int(rng.integers(2))
+    if len(kinds[want]) == 0:
+        return None, None
+    return int(rng.choice(kinds[want])), want
+
+
 def probe_set(ds, n, max_seq_len):
     """(labels DataFrame per story: story_id, hero_name, and one column per attribute (None: unknown),
     windows {readout: [token arrays]}) for the first n stories of the fixed iid validation sample."""
     ids = [int(s) for s in ds.validation_sample("iid", n=n, ranked=True)[:n]]
     sp = ds.tokenizer
-    rows, windows = [], {"pronoun": [], "end": []}
+    rows, windows = [], {"pronoun": [], "end": [], "quote": []}
     for sid in ids:
         r = ds.record(sid)
         if "characters" not in r:
@@ -79,13 +92,15 @@ def probe_set(ds, n, max_seq_len):
         hero = next((c for c in r["characters"] if c.get("role") == "hero"), {})
         pos = pronoun_position(sp, tokens, ds.text(sid), hero.get("name", "")) if hero else None
         pos = pos if pos is not None and pos < max_seq_len else None
+        qpos, in_quote = quote_position(sp, tokens, max_seq_len, np.random.default_rng([SEED, sid, 1]))
         plots = r.get("plot")
         plot = plots if isinstance(plots, str) else (plots or [None])[0]
         rows.append({"story_id": sid, "hero_name": hero.get("name"),
                      "hero_gender": hero.get("gender") if pos is not None else None,
                      "ending": r.get("ending"), "plot": plot,
                      "offensive": int(bool(r.get("offensive_words"))), "fact": int(bool(r.get("facts"))),
-                     "random": int(np.random.default_rng([SEED, sid]).integers(2))})
+                     "in_quote": in_quote, "random": int(np.random.default_rng([SEED, sid]).integers(2))})
+        windows["quote"].append(tokens[:qpos + 1] if qpos is not None else tokens[:2])
         windows["pronoun"].append(tokens[:pos + 1] if pos is not None else tokens[:2])
         windows["end"].append(tokens[-max_seq_len:])
     return pd.DataFrame(rows), windows
