@@ -4,7 +4,7 @@ per checkpoint joined with the metrics of the stories trained on.
 
     python eval.py [--out_dir out/demo] [--steps 64 128 ...] [--n_prompts 64] [--prefix_tokens 32]
                    [--temperature 1.0] [--seed 1337] [--max_new_tokens 0] [--val_stories 2000]
-                   [--scorer ngram] [--rebuild]
+                   [--scorer ngram] [--rebuild] [--watch] [--trajectories] [--covert_probes]
 
 Reads  out/RUN (config, checkpoints, batch log; modelling/checkpoints.py), the run's dataset
        (tokenization/dataset.py), its metadata.parquet, vocabulary.txt and reference scorer (metadata/).
@@ -26,6 +26,10 @@ metric over the validation prompts, the mean and a 95% t-interval (out_<m>, out_
 ref_<m>, ref_<m>_lo, ref_<m>_hi). The BOS-only prompt's free generation is kept in generations.csv (its
 metrics on the whole text) but has no reference and is left out of those means.
 Incremental: checkpoints already in generations.csv are skipped; changed settings need --rebuild.
+--watch: evaluate each checkpoint as it lands while train.py runs in another process, refresh summary.csv after
+each, log the lag in tables/watch.csv, exit when the trainer is done (modelling/watch.py). --trajectories:
+per-story loss of a fixed audit set, learning/forgetting events, data maps (measures/trajectories.py).
+--covert_probes: linear probes from each layer's residual stream to storyworld attributes (measures/probes.py).
 """
 import argparse
 import hashlib
