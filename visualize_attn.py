@@ -183,9 +183,7 @@ def main(argv=None):
 
     from modelling.checkpoints import load_checkpoint, load_run
     run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
-    run = load_run(run_dir)
-    if not run.checkpoints:
-        raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
+    run = load_run(run_dir, require_checkpoints=True)
     if not run.probes:
         raise UserError(f"{run_dir / 'attn_probes.json'} missing or empty — the run was trained without probes")
     names = [p["name"] for p in run.probes]

@@ -164,9 +164,7 @@ def main(argv=None):
     from modelling.checkpoints import load_run
     from tokenization.dataset import TokenizedDataset
     run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
-    run = load_run(run_dir)
-    if not run.checkpoints:
-        raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
+    run = load_run(run_dir, require_checkpoints=True)
     cfg = run.config.get("config", run.config)
     ds = TokenizedDataset(cfg["dataset"], cfg["vocab_size"])
     sp = ds.tokenizer

@@ -27,7 +27,7 @@ from common.errors import UserError, run_main  # noqa: E402
 ID_HEX = 12  # 48 bits: collisions are negligible for the few thousand artifacts of a project
 PREFIXES = ("ds", "tok", "sel", "run", "ckpt", "exp")
 # config keys that change where or how verbosely a run writes, or how fast it runs, but no trained number
-RUN_FREE_KEYS = ("out_dir", "log_interval", "compile", "device", "export_format", "log_to")
+RUN_FREE_KEYS = ("out_dir", "log_interval", "compile", "device", "export_format", "log_to", "save_optimizer_at")
 # what picks a run's stories: the budget, its seed, the segment length, and for the filtering samplers the filter
 SELECTION_KEYS = ("n_stories", "selection_seed", "max_seq_len", "filter_column", "threshold", "filter_keep")
 FILTER_SAMPLERS = ("filter_by_threshold", "combined")
@@ -73,11 +73,15 @@ def selection_id_of(tok_id, config, selection_sha256=None):
     return make_id("sel", {"tok": tok_id, "rule": rule, "selection_sha256": selection_sha256})
 
 
-def run_id_of(config, tok_id, git_commit):
+def run_id_of(config, tok_id, git_commit, parent_id=None):
+    """parent_id: a branch's parent checkpoint id (its weights, not just the path it was read from)."""
     cfg = {k: v for k, v in config.items() if k not in RUN_FREE_KEYS}
     if cfg.get("init_from") in ("scratch", "resume"):  # resuming continues the same run
         cfg.pop("init_from")
-    return make_id("run", {"config": cfg, "tok": tok_id, "commit": git_commit})
+    parts = {"config": cfg, "tok": tok_id, "commit": git_commit}
+    if parent_id:
+        parts["parent"] = parent_id
+    return make_id("run", parts)
 
 
 def weights_sha256(state_dict):
@@ -144,11 +148,11 @@ def dataset_ids(tok_folder):
     return {"dataset": raw_id_of(manifest["shards"], card), "tokenized": tokenized_id_of(manifest, card)}
 
 
-def run_ids(tok_folder, config, selection_sha256, git_commit):
+def run_ids(tok_folder, config, selection_sha256, git_commit, parent_id=None):
     """Every id a run records in config.json: dataset, tokenized, selection, run."""
     ids = dataset_ids(tok_folder)
     ids["selection"] = selection_id_of(ids["tokenized"], config, selection_sha256)
-    ids["run"] = run_id_of(config, ids["tokenized"], git_commit)
+    ids["run"] = run_id_of(config, ids["tokenized"], git_commit, parent_id)
     return ids
 
 

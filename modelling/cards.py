@@ -241,12 +241,15 @@ def refresh_dataset_card(raw_folder):
             variants.append({"folder": tok.name, "id": dataset_ids(tok)["tokenized"], "vocab_size": m.get("vocab_size"),
                              "tokenizer_sha256": m.get("tokenizer_sha256"), "val_fraction": m.get("val_fraction"),
                              "n_train": m.get("n_train"), "n_val": m.get("n_val"),
-                             "n_val_novel": m.get("n_val_novel"), "n_tokens": m.get("n_tokens")})
+                             "n_val_novel": m.get("n_val_novel"), "n_tokens": m.get("n_tokens"),
+                             "tokenizer_from": (m.get("tokenizer_from") or {}).get("dataset")})
     ds_id = raw_id(raw_folder)
     prose = (f"Content id `{ds_id}` (common/ids.py: the shard hashes and the generator / ingest parameters; "
              f"`python -m common.ids show {raw_folder}`).\n\n"
              + ("".join(f"- `{v['folder']}`: `{v['id']}` — vocab {v['vocab_size']}, {v['n_train']} train / "
-                        f"{v['n_val']} val stories, {v['n_tokens']} tokens\n" for v in variants)
+                        f"{v['n_val']} val stories, {v['n_tokens']} tokens"
+                        + (f", tokenizer of `{v['tokenizer_from']}`" if v["tokenizer_from"] else "") + "\n"
+                        for v in variants)
                 or "No tokenized variant yet.\n"))
     update_card_section(raw_folder, "content_id", ds_id, "Content ids", prose)
     return update_card_section(raw_folder, "tokenized_variants", variants, "Content ids", prose)

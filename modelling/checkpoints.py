@@ -4,6 +4,7 @@
     load_checkpoint(path) -> dict                 model, model_args, config, step, tokens_seen, probe_attn, …
     load_model(path, device) -> (model, ckpt)     also llama2.c's .pt (model + model_args, `_orig_mod.` prefixes)
     load_run(run_dir) -> Run                      config, probes, train_log, val_log, checkpoints, batch_log
+                                                  (require_checkpoints=True: none yet is a UserError)
 """
 import json
 import pickle
@@ -113,8 +114,9 @@ class Run:
         raise UserError(f"no checkpoint at step {step} in {self.dir} (have {[s for s, _ in self.checkpoints]})")
 
 
-def load_run(run_dir):
-    """Everything a run folder holds except the weights (load those per checkpoint with load_model)."""
+def load_run(run_dir, require_checkpoints=False):
+    """Everything a run folder holds except the weights (load those per checkpoint with load_model).
+    require_checkpoints: a run with no checkpoint yet is a UserError (for stages that read weights)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -126,7 +128,9 @@ def load_run(run_dir):
         probes = json.loads(probes_path.read_text()) if probes_path.exists() else []
     except ValueError as e:
         raise UserError(f"corrupt JSON in {run_dir}: {e} — re-run the training") from e
+    checkpoints = list_checkpoints(run_dir)
+    if require_checkpoints and not checkpoints:
+        raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
     batch_log = BatchLog(run_dir) if (run_dir / "batch_log.json").exists() else None
     return Run(dir=run_dir, config=config, probes=probes, train_log=_read_csv(run_dir / "train_log.csv"),
-               val_log=_read_csv(run_dir / "val_log.csv"), checkpoints=list_checkpoints(run_dir),
-               batch_log=batch_log)
+               val_log=_read_csv(run_dir / "val_log.csv"), checkpoints=checkpoints, batch_log=batch_log)

@@ -22,9 +22,10 @@ PRESETS = {
 }
 CHOICES = {
     "preset": ("",) + tuple(PRESETS), "export_format": ("", "llama2c", "hf"),
-    "sampler": ("random", "sort_ascending", "sort_descending", "filter_by_threshold", "combined"),
+    "sampler": ("random", "sort_ascending", "sort_descending", "filter_by_threshold", "combined", "dynamic"),
     "sort_order": ("ascending", "descending"), "filter_keep": ("above", "below"),
     "dtype": ("auto", "float32", "bfloat16", "float16"), "log_to": ("none", "tensorboard", "wandb"),
+    "branch_optimizer": ("fresh", "parent"),
 }
 # numeric ranges: (low, high, low inclusive); None = unbounded
 RANGES = {
@@ -37,10 +38,12 @@ RANGES = {
     "beta2": (0.0, 1.0, True), "grad_clip": (0.0, None, True), "warmup_iters": (0, None, True),
     "min_lr": (0.0, None, True), "seed": (0, None, True), "data_seed": (0, None, True),
     "selection_seed": (0, None, True),
+    "dynamic_interval": (1, None, True), "dynamic_pool": (1, None, True), "dynamic_temperature": (0.0, None, False),
 }
 MODEL_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len", "dropout")
 # keys that may differ when resuming (they do not change what the run computes up to the resume step)
-RESUME_FREE_KEYS = ("init_from", "max_iters", "log_interval", "compile", "device", "export_format", "log_to")
+RESUME_FREE_KEYS = ("init_from", "max_iters", "log_interval", "compile", "device", "export_format", "log_to",
+                    "save_optimizer_at")
 
 
 def parse_value(defaults, key, text):

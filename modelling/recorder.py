@@ -89,7 +89,9 @@ def existing_run_check(out, cfg):
 
 class RunRecorder:
     def __init__(self, out, run_info, attn_probes, segments_per_step, max_seq_len, resume_step=None,
-                 instrument=True, export_format=""):
+                 instrument=True, export_format="", step_offset=0):
+        """step_offset: a branch's parent step; its batch log holds its own steps 1, 2, … (step_offset + k on
+        the shared axis of the train/val logs), recorded in batch_log.json."""
         self.out = Path(out)
         self.run_info = run_info
         self.instrument, self.export_format = instrument, export_format
@@ -100,8 +102,10 @@ class RunRecorder:
         self.train_log = CsvLog(self.out / "train_log.csv", TRAIN_LOG_FIELDS, resume_step)
         self.val_log = CsvLog(self.out / "val_log.csv", VAL_LOG_FIELDS, resume_step)
         cfg = run_info["config"]
-        self.batch_log = BatchLogWriter(self.out, segments_per_step, max_seq_len, resume_step or 0,
-                                        {"dataset": cfg["dataset"], "vocab_size": cfg["vocab_size"]}) \
+        self.batch_log = BatchLogWriter(self.out, segments_per_step, max_seq_len,
+                                        resume_step - step_offset if resume_step else 0,
+                                        {"dataset": cfg["dataset"], "vocab_size": cfg["vocab_size"],
+                                         "step_offset": int(step_offset)}) \
             if instrument else None
 
     def _call(self, name, *args):

@@ -4,6 +4,7 @@
     python modelling/train.py --preset=15M --out_dir=out/s15M  # llama2.c's 15M shape
     python modelling/train.py --sampler=sort_ascending --sort_by=flesch_ease --out_dir=out/curriculum
     python modelling/train.py --init_from=resume --out_dir=out/demo          # continue a killed run exactly
+    python modelling/train.py --init_from=out/demo/ckpt/step_000256.pt --dataset=neutral --out_dir=out/br  # branch
     torchrun --standalone --nproc_per_node=4 modelling/train.py ...          # DDP, rank 0 writes
 
 Every constant below can be overridden with --key=value (type-checked and range-checked by modelling/config.py;
@@ -11,7 +12,9 @@ unknown keys fail before any work). Data: every story cut into segments of at mo
 batch_size * gradient_accumulation_steps * world segments per step, packed into rows with attention kept
 inside each segment (modelling/data.py); order: modelling/samplers.py. Writes out_dir/ through
 modelling/recorder.py: config.json, attn_probes.json, train_log.csv, val_log.csv, batch_log.*, ckpt/step_*.pt,
-ckpt/resume.pt (docs/FORMATS.md).
+ckpt/resume.pt (docs/FORMATS.md). A branch (--init_from a step checkpoint of a run) continues the parent's step
+counter and tokens_seen, trains max_iters more steps with its own schedule and data order, and records its
+lineage (modelling/branch.py).
 """
 import os
 import sys
@@ -36,10 +39,13 @@ from common.io import provenance
 from common.paths import root
 from common.runlock import RunLock
 from modelling.attn_probes import capture_attn, make_attn_probes
+from modelling.branch import (check_parent_unchanged, open_parent, parent_optimizer_state, parse_steps,
+                              recorded_lineage)
 from modelling.cards import ModelCardHook
 from modelling.checkpoints import clean_state_dict, load_checkpoint, load_model
 from modelling.config import MODEL_KEYS, RESUME_FREE_KEYS, parse_config, resolve_dtype, validate
 from modelling.data import SegmentBatches, one_per_row, pack_rows, split_rows, story_loss
+from modelling.dynamic_sampler import DynamicSampler
 from modelling.model import ModelArgs, Transformer
 from modelling.recorder import RunRecorder, existing_run_check
 from modelling.samplers import SegmentSampler, load_metadata
@@ -54,6 +60,8 @@ eval_interval = 100  # checkpoint + val loss every this many steps (after the lo
 log_interval = 10  # console line every this many steps (the train log gets every step)
 eval_iters = 4  # val / train loss on eval_iters * batch_size fixed stories
 init_from = "scratch"  # 'scratch' | 'resume' (this out_dir's ckpt/resume.pt) | path to any .pt (llama2.c's too)
+branch_optimizer = "fresh"  # fresh | parent: a branch starts from a new AdamW or the parent checkpoint's state
+save_optimizer_at = ""  # e.g. "256,1024": these steps' checkpoints also hold the AdamW state (to branch from)
 preset = ""  # '' | '260K' | '15M' | '42M' | '110M': llama2.c's model shapes (explicit --keys win)
 export_format = ""  # '' | 'llama2c' | 'hf': also export every checkpoint (modelling/export.py)
 instrument = True  # False turns off batch log, probe attention and checkpoints (benchmarking only)
@@ -66,12 +74,16 @@ max_seq_len = 256  # positions per row; a longer story is cut into segments of a
 pack = True  # pack a step's segments into rows (attention kept per segment); False: one segment per row, padded
 data_seed = 1337  # data order; separate from the weight-init seed (seed) and the selection (selection_seed)
 selection_seed = 0  # which stories an n_stories budget picks; two orders of one selection share it
-sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined
+sampler = "random"  # random | sort_ascending | sort_descending | filter_by_threshold | combined | dynamic
 sort_by = ""  # metadata column for the sorted samplers (data/<raw>/tok<V>/metadata.parquet)
 sort_order = "ascending"  # combined only: ascending | descending
 filter_column = ""  # metadata column for filter_by_threshold / combined
 threshold = 0.0
 filter_keep = "above"  # above: keep value >= threshold; below: keep value < threshold
+dynamic_interval = 10  # --sampler=dynamic (modelling/dynamic_sampler.py): re-score a pool every this many steps
+dynamic_pool = 4  # candidates scored per decision, as a multiple of the segments the next interval trains
+dynamic_score = "reducible_loss"  # reducible_loss | loss | constant | metadata:COLUMN (metadata:-COLUMN: low first)
+dynamic_temperature = 0.1  # draw probability ∝ exp(score / temperature) (scores in nats for the losses)
 n_stories = 8000  # selection budget (0 = every selected train story); the demo trains on 8000
 epochs = 1  # passes over the selection when max_iters = -1
 n_probe_stories = 3  # validation stories in the fixed probe set (plus the induction probe)
@@ -160,20 +172,37 @@ def main(argv):
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    check_parent_unchanged(recorded_lineage(out), out)  # a branch whose parent changed since is refused
     if existing_run_check(out, cfg):  # every rank reads, so all of them stop together
         return
+
+    optimizer_steps = parse_steps(save_optimizer_at)
 
     # data: segments of the selected stories, S per step, packed into rows per step
     ds = TokenizedDataset(dataset, vocab_size)
     model_vocab = int(ds.manifest.get("vocab_size") or 0) or int(ds.tokenizer.get_piece_size())
+    # a branch: the parent checkpoint (tokenizer checked), its lineage; steps and tokens count on from its own
+    parent = open_parent(init_from, ds, model_vocab) if init_from not in ("scratch", "resume") else None
+    lineage = parent.lineage if parent is not None else (resume or {}).get("lineage") or {}
+    base_step = int(lineage.get("parent_step") or 0)
     batches = SegmentBatches(ds, max_seq_len, int(ds.manifest.get("bos_id", 1)))
-    metadata = load_metadata(dataset, vocab_size) if sampler != "random" else None
+    needs_metadata = sampler != "random" and not (sampler == "dynamic" and dynamic_score in ("loss", "constant"))
+    metadata = load_metadata(dataset, vocab_size) if needs_metadata else None
     n_micro = gradient_accumulation_steps * world  # row groups per step: one per micro-batch and rank
     segments_per_step = batch_size * n_micro
     train_ids = ds.story_ids("train")
-    schedule = SegmentSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, sampler, data_seed, metadata,
-                              sort_by, sort_order, filter_column, threshold, filter_keep, n_stories, selection_seed)
-    n_steps = max_iters if max_iters > 0 else epochs * schedule.steps_per_epoch
+    if sampler == "dynamic":  # the order is decided while training, from the model's scores
+        if world > 1:
+            raise UserError("--sampler=dynamic runs in one process (its draws need the model of that process)")
+        schedule = DynamicSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, data_seed, metadata,
+                                  n_stories, selection_seed, dynamic_interval, dynamic_pool, dynamic_score,
+                                  dynamic_temperature)
+    else:
+        schedule = SegmentSampler(train_ids, ds.n_tokens, max_seq_len, segments_per_step, sampler, data_seed,
+                                  metadata, sort_by, sort_order, filter_column, threshold, filter_keep, n_stories,
+                                  selection_seed)
+    n_own = max_iters if max_iters > 0 else epochs * schedule.steps_per_epoch  # this run's own steps
+    n_steps = base_step + n_own  # the last step on the shared x axis (a branch continues its parent's counter)
     val_ids = ds.story_ids("val")
     if len(val_ids) == 0:
         raise UserError(f"dataset {dataset} has no validation stories — re-run pretokenize with a larger "
@@ -183,15 +212,15 @@ def main(argv):
     n_eval = eval_iters * batch_size
     val_sample = np.sort(ds.validation_sample("iid", n=n_eval, ranked=True))
     train_sample = fixed_sample(schedule.selection, n_eval, selection_seed, 2)
-    ckpt_steps = set(checkpoint_steps(n_steps, eval_interval))
+    ckpt_steps = {base_step + s for s in checkpoint_steps(n_own, eval_interval)}  # log-spaced from the start
     if master:
         if n_stories > len(schedule.selection):
             warn(f"--n_stories={n_stories} but only {len(schedule.selection)} stories are available — training "
                  f"on all {len(schedule.selection)}")
         if decay_lr and min_lr > learning_rate:
             warn(f"--min_lr={min_lr} is above --learning_rate={learning_rate}: the cosine schedule rises after warmup")
-        if decay_lr and warmup_iters > n_steps:
-            warn(f"--warmup_iters={warmup_iters} is longer than the run ({n_steps} steps): the learning rate never "
+        if decay_lr and warmup_iters > n_own:
+            warn(f"--warmup_iters={warmup_iters} is longer than the run ({n_own} steps): the learning rate never "
                  f"reaches --learning_rate={learning_rate}")
 
     # model: scratch, a run's resume state, or any checkpoint (llama2.c's too) for continued pretraining
@@ -207,9 +236,6 @@ def main(argv):
     else:
         model, _ = load_model(init_from, max_seq_len=max_seq_len, dropout=dropout)
         args = model.params
-        if args.vocab_size != model_vocab:
-            raise UserError(f"--init_from={init_from} has vocab {args.vocab_size} but dataset {dataset} "
-                            f"tok{vocab_size} has {model_vocab} — use the matching --vocab_size")
         for key in MODEL_KEYS:  # the config records the shape actually trained
             cfg[key] = getattr(args, key) if getattr(args, key) is not None else cfg[key]
         cfg["n_kv_heads"] = args.n_kv_heads or args.n_heads
@@ -223,7 +249,9 @@ def main(argv):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=device_type == "cuda")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype_used == "float16")
-    start_step, tokens_seen = 0, 0
+    start_step, tokens_seen = base_step, parent.tokens_seen if parent is not None else 0
+    if parent is not None and (state := parent_optimizer_state(parent, branch_optimizer)) is not None:
+        optimizer.load_state_dict(state)  # the parent's moments; lr is set every step from this run's schedule
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         if resume.get("scaler"):
@@ -249,7 +277,7 @@ def main(argv):
         if existing_run_check(out, cfg):  # again under the lock: another process may have written it meanwhile
             return
         run_provenance = provenance()
-        ids = run_ids(ds.dir, cfg, schedule.selection_sha256, run_provenance["git_commit"])
+        ids = run_ids(ds.dir, cfg, schedule.selection_sha256, run_provenance["git_commit"], lineage.get("parent_id"))
         if resume is not None:  # a resumed run keeps the id it started with (the code may have changed since)
             ids["run"] = (resume.get("ids") or {}).get("run") or ids["run"]
         run_info = {"config": cfg, "dtype_used": dtype_used, "machine": machine_info(),
@@ -261,19 +289,24 @@ def main(argv):
                     "val_sample": val_sample.tolist(), "model_args": args.to_dict(), "n_params": model.num_params(),
                     "flops_per_token": model.flops_per_token(max_seq_len), "dataset_dir": str(ds.dir),
                     "ids": ids, "resumed_from_step": start_step if resume is not None else None,
-                    "provenance": run_provenance}
+                    "tokenizer_sha256": ds.manifest.get("tokenizer_sha256"), "provenance": run_provenance}
+        if lineage:
+            run_info["lineage"] = lineage
         tracker = make_tracker(log_to, out, run_info)  # a missing package stops here, before any file is written
         attn_probes = make_attn_probes(ds, n_probe_stories, probe_len, max_seq_len, model_vocab)
         recorder = RunRecorder(out, run_info, attn_probes, segments_per_step, max_seq_len,
-                               start_step if resume is not None else None, instrument, export_format)
+                               start_step if resume is not None else None, instrument, export_format, base_step)
         recorder.hooks.append(ModelCardHook(out))  # out_dir/README.md describes the newest checkpoint
         if tracker is not None:
             recorder.hooks.append(tracker)
+        if sampler == "dynamic":  # scores with this model; its decision log restarts or resumes with the run
+            recorder.hooks.append(schedule.attach(model, batches, ctx, dev, out, start_step - base_step if resume else 0))
         print(f"{out}: {ids['run']} on {ids['tokenized']} ({ids['dataset']}), selection {ids['selection']}")
         print(f"{out}: {model.num_params() / 1e6:.2f}M params, {n_steps} steps of {segments_per_step} segments "
               f"({len(schedule.selection)} stories, {len(schedule.segments)} segments, {schedule.n_tokens} tokens; "
               f"sampler={sampler}), dtype={dtype_used}, {len(ckpt_steps)} checkpoints"
-              + (f", resuming at step {start_step}" if resume else ""))
+              + (f", resuming at step {start_step}" if resume else "")
+              + (f", branched from {lineage['parent_run']} step {base_step}" if lineage else ""))
 
     # -------------------------------------------------------------------------
     step = start_step
@@ -281,10 +314,10 @@ def main(argv):
     bar = tqdm(total=n_steps, initial=start_step, desc="train", unit="step", disable=not master, dynamic_ncols=True)
     while step < n_steps:
         step += 1
-        lr = get_lr(step, n_steps, learning_rate, warmup_iters, min_lr, decay_lr)
+        lr = get_lr(step - base_step, n_own, learning_rate, warmup_iters, min_lr, decay_lr)  # the run's own schedule
         for group in optimizer.param_groups:
             group["lr"] = lr
-        segments = schedule.step_segments(step)
+        segments = schedule.step_segments(step - base_step)
         packed = pack_rows(segments, max_seq_len, min_rows=n_micro) if pack else one_per_row(segments)
         n_step_tokens = int(packed["n_tokens"].sum())
         micro_batches = split_rows(packed, n_micro)[rank * gradient_accumulation_steps:
@@ -338,12 +371,16 @@ def main(argv):
                           f"train loss {train_loss:.4f}")
                 weights = {"model": model.state_dict(), "model_args": args.to_dict(), "config": cfg, "step": step,
                            "tokens_seen": tokens_seen, "val_loss_sub": val_loss, "train_loss": train_loss,
-                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance, "ids": ids}
+                           "probe_attn": attn, "probe_loss": probe_loss, "provenance": run_provenance, "ids": ids,
+                           "tokenizer_sha256": run_info["tokenizer_sha256"], "lineage": lineage or None}
+                if step in optimizer_steps:  # a chosen branch point: keep the AdamW state too
+                    weights["optimizer"] = optimizer.state_dict()
                 resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "model_args": args.to_dict(), "config": cfg,
                                 "step": step, "tokens_seen": tokens_seen,
                                 "sampler": {"step": step, "selection_sha256": schedule.selection_sha256},
-                                "rng": rng_states, "ids": ids}
+                                "rng": rng_states, "ids": ids, "tokenizer_sha256": run_info["tokenizer_sha256"],
+                                "lineage": lineage or None}
                 recorder.checkpoint(step, weights, {"step": step, "tokens_seen": tokens_seen,
                                                     "train_loss": repr(train_loss), "val_loss_sub": repr(val_loss)},
                                     resume_state)

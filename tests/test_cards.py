@@ -64,10 +64,10 @@ def test_branch_card_names_its_parent_and_export_carries_the_card(tiny_run, tmp_
     assert data["parent_run"] == str(tiny_run) and data["parent_step"] == 20
     assert data["parent_id"] == ids.checkpoint_id(parent_ckpt) and data["run_id"] != json.loads(
         (tiny_run / "config.json").read_text())["ids"]["run"]
-    export = branch / "export" / "hf" / "step_000002"
+    export = branch / "export" / "hf" / "step_000022"  # a branch continues its parent's step axis
     manifest = json.loads((export / "export.json").read_text())
     exported = ModelCard.load(export / "README.md").data.to_dict()
-    assert exported["export_id"] == manifest["ids"]["export"] and exported["step"] == 2
+    assert exported["export_id"] == manifest["ids"]["export"] and exported["step"] == 22
     assert exported["checkpoint_id"] == manifest["ids"]["checkpoint"] and "README.md" not in manifest["files"]
     chain = run_stage(ws, "common/ids.py", "show", export).stdout.split()
     assert chain[0] == manifest["ids"]["export"] and manifest["ids"]["checkpoint"] in chain

@@ -6,13 +6,13 @@ import json
 import re
 import random
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests import http_server
 from tests.fixtures_data import run_stage
 
 DL = "download/download_datasets.py"
@@ -56,37 +56,18 @@ class Server:
 
             def do_GET(self):
                 server.requests.append(self.headers.get("Range"))
-                body, start = server.payload, 0
-                rng = self.headers.get("Range")
-                if rng and server.mode != "ignore_range":
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                part = body[start:]
-                self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
                 drop = server.mode == "always_drop" or (server.mode == "drop_once" and len(server.requests) == 1)
-                self.wfile.write(part[:len(part) // 2] if drop else part)
-                self.close_connection = True
+                http_server.send_range(self, server.payload, honour_range=server.mode != "ignore_range", drop=drop)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/TinyStories_all_data.tar.gz"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, base = http_server.start(Handler)
+        self.url = f"{base}/TinyStories_all_data.tar.gz"
 
 
 @pytest.fixture(scope="module")
 def server():
     s = Server()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    http_server.stop(s.httpd)
 
 
 @pytest.fixture

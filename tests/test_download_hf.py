@@ -3,8 +3,7 @@ parquet listing under /api/datasets/OWNER/NAME, parquet files with HTTP Range, o
 import io
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +11,7 @@ import pytest
 
 from common import ids
 from common.card import read_card
+from tests import http_server
 from tests.fixtures_data import run_stage
 
 DL = "download/download_datasets.py"
@@ -64,33 +64,18 @@ class HubServer:
                     self.send_response(404)
                     self.end_headers()
                     return
-                body, start = FILES[name], 0
-                rng = self.headers.get("Range")
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                part = body[start:]
-                self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
                 drop = hub.drop_first_file and name == "0000.parquet"
                 hub.drop_first_file = hub.drop_first_file and not drop
-                self.wfile.write(part[:len(part) // 2] if drop else part)
-                self.close_connection = True
+                http_server.send_range(self, FILES[name], drop=drop)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.base = http_server.start(Handler)
 
 
 @pytest.fixture
 def hub():
     h = HubServer()
     yield h
-    h.httpd.shutdown()
-    h.httpd.server_close()
+    http_server.stop(h.httpd)
 
 
 def test_hf_dataset_downloads_resumes_and_converts(hub, tmp_path):

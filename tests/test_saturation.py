@@ -30,6 +30,21 @@ def knee_curve(knee, amplitude, steps=DEMO_STEPS):
     return amplitude * np.clip((np.log10(knee) - u) / np.log10(knee), 0, 1)
 
 
+def oracle_knee(y, steps=DEMO_STEPS):
+    """The knee an estimator that knows the true shape finds: least squares of level + amplitude x
+    knee_curve(c) over a fine grid of knees c. No rule can beat it on average, so it bounds what the
+    synthetic suite can ask of classify_curve."""
+    u = np.log10(steps)
+    best_sse, best_knee = np.inf, np.nan
+    for c in np.linspace(0.1, u[-1] - 0.05, 400):
+        design = np.column_stack([np.clip((c - u) / c, 0, 1), np.ones_like(u)])
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        sse = ((design @ coef - y) ** 2).sum()
+        if sse < best_sse:
+            best_sse, best_knee = sse, 10 ** c
+    return best_knee
+
+
 def suite(make, seed):
     """Classes and plateau steps of SUITE_N noisy draws of make() (unit noise)."""
     rng = np.random.default_rng(seed)
@@ -43,6 +58,22 @@ def test_change_point_found_within_15_percent_of_log_steps(knee):
     within = np.abs(np.log10(found / knee)) <= 0.15 * SPAN
     assert (classes == "plateaued").mean() >= 0.9
     assert within.mean() >= 0.9, within.mean()
+
+
+@pytest.mark.parametrize("knee", [16, 64])
+def test_change_of_3_noise_sd_needs_several_seeds_even_for_an_oracle(knee):
+    """A change of 3 noise sd on the demo's 19 checkpoints: even the oracle that knows the shape places the knee
+    within 15% in under 70% of curves, so no rule can promise it from one run; four seeds (the mean curve's
+    noise halves) let classify_curve place it within 15% in >= 70%."""
+    rng = np.random.default_rng(knee)
+    one_run = [knee_curve(knee, 3.0) + rng.normal(0, 1, len(DEMO_STEPS)) for _ in range(SUITE_N)]
+    oracle_within = np.mean([abs(np.log10(oracle_knee(y) / knee)) <= 0.15 * SPAN for y in one_run])
+    assert oracle_within < 0.7, oracle_within
+    four_seeds = [classify_curve(DEMO_STEPS, knee_curve(knee, 3.0) + rng.normal(0, 1, (4, len(DEMO_STEPS))))
+                  for _ in range(SUITE_N)]
+    within = np.mean([r.cls == "plateaued" and abs(np.log10(r.plateau_step / knee)) <= 0.15 * SPAN
+                      for r in four_seeds])
+    assert within >= 0.7, within
 
 
 def test_still_improving_curve_is_rarely_called_plateaued():
@@ -153,14 +184,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 def suite_report():
     """The synthetic suite's measured rates (`python -m tests.test_saturation`; quoted in the README)."""
     ORDER = ("plateaued", "improving", "flat", "too_noisy")
-    print("case | plateaued | improving | flat | too_noisy | knee within 15% (of all) | median |error| (decades)")
+    print("case | plateaued | improving | flat | too_noisy | knee within 15% (of all) | median |error| (decades)"
+          " | oracle within 15%")
     for snr in (3, 5, 10):
         for knee in (16, 64, 150):
             classes, found = suite(lambda: knee_curve(knee, float(snr)), seed=knee)
             err = np.abs(np.log10(found / knee))
             rates = " | ".join(f"{(classes == c).mean():.2f}" for c in ORDER)
             median = np.nanmedian(err) if np.isfinite(err).any() else np.nan
-            print(f"knee {knee}, change/noise {snr} | {rates} | {(err <= 0.15 * SPAN).mean():.2f} | {median:.3f}")
+            rng = np.random.default_rng(knee)
+            oracle = np.mean([abs(np.log10(oracle_knee(knee_curve(knee, float(snr))
+                                                       + rng.normal(0, 1, len(DEMO_STEPS))) / knee)) <= 0.15 * SPAN
+                              for _ in range(SUITE_N)])
+            print(f"knee {knee}, change/noise {snr} | {rates} | {(err <= 0.15 * SPAN).mean():.2f} | {median:.3f}"
+                  f" | {oracle:.2f}")
     for knee in (16, 64):  # four seeds of the same run, each with change = 3 noise sd (--seeds)
         rng = np.random.default_rng(knee)
         results = [classify_curve(DEMO_STEPS, knee_curve(knee, 3.0) + rng.normal(0, 1, (4, len(DEMO_STEPS))))

@@ -2,6 +2,7 @@
 
     python tokenization/pretokenize.py train_vocab [--dataset storyworld] [--vocab_size 512] [--max_stories 50000]
     python tokenization/pretokenize.py pretokenize [--dataset storyworld] [--vocab_size 512] [--tokenizer PATH (N=0)]
+    python tokenization/pretokenize.py pretokenize --dataset neutral --vocab_size 2048 --tokenizer_from biased
 
 Writes data/<raw>/tok<N>/: tokenizer.model/.vocab, per raw shard a flat little-endian uint16 .bin with BOS
 before every story (llama2.c layout), index.parquet (story_id, shard, record, offset, n_tokens, split) and
@@ -15,6 +16,11 @@ entity combinations; a story with the same text as one goes there too), else `va
 0.02. The sentence overlap of each validation split with train (share of its sentences, as metadata.metrics
 splits them, that occur verbatim in a train story) goes into the manifest and the card's "Validation splits"
 section.
+
+Shared tokenizer: `--tokenizer_from OTHER` encodes this dataset with data/<OTHER>/tok<N>/tokenizer.model (copied
+in; the manifest records {"dataset": OTHER, "tokenizer_sha256"} as `tokenizer_from`), so corpora that differ only
+in a generator knob share one vocab and a model can move between them (modelling/train.py --init_from refuses
+a checkpoint whose tokenizer differs from the dataset's).
 """
 import argparse
 import hashlib
@@ -192,9 +198,52 @@ def cmd_train_vocab(args):
 # ---------------------------------------------------------------------------------------------------------
 # pretokenize
 
-def install_tokenizer(args, out):
-    """Path of the tokenizer for this vocab folder; for vocab 0, copy the given Llama 2 tokenizer in."""
+def copy_tokenizer(src, out):
+    """Copy tokenizer.model in (atomically) and write its .vocab listing."""
     model = out / "tokenizer.model"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(model) as tmp:
+        shutil.copyfile(src, tmp)
+    sp = load_sp(model)
+    atomic_write_text(out / "tokenizer.vocab", "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n"
+                                                       for i in range(sp.vocab_size())))
+
+
+def tokenizer_from_source(args):
+    """The tokenizer.model --tokenizer_from names (checked before any work)."""
+    if args.tokenizer:
+        raise UserError("give either --tokenizer or --tokenizer_from, not both")
+    if args.tokenizer_from == args.dataset:
+        raise UserError(f"--tokenizer_from {args.tokenizer_from} is this dataset — drop the flag to use its own "
+                        f"tokenizer")
+    src = tok_dir(args.tokenizer_from, args.vocab_size) / "tokenizer.model"
+    if not src.exists():
+        raise UserError(f"tokenizer not found: {src} — run: python tokenization/pretokenize.py train_vocab "
+                        f"--dataset {args.tokenizer_from} --vocab_size {args.vocab_size}")
+    return src
+
+
+def shared_tokenizer(args, out, manifest):
+    """--tokenizer_from OTHER: OTHER's tok<N>/tokenizer.model, copied into this folder. A folder that already
+    holds a tokenizer of its own (trained here, or shared from another dataset) is never overwritten."""
+    src = tokenizer_from_source(args)
+    model = out / "tokenizer.model"
+    if model.exists() and sha256_file(model) != sha256_file(src):
+        source = ((manifest or {}).get("tokenizer_from") or {}).get("dataset")
+        if source != args.tokenizer_from:
+            raise UserError(f"{model} is another tokenizer (its own{' from ' + source if source else ''}) — delete "
+                            f"{out} to re-encode {args.dataset} with {args.tokenizer_from}'s")
+    if not model.exists() or sha256_file(model) != sha256_file(src):
+        copy_tokenizer(src, out)
+    return model
+
+
+def install_tokenizer(args, out, manifest=None):
+    """Path of the tokenizer for this vocab folder; for vocab 0, copy the given Llama 2 tokenizer in; with
+    --tokenizer_from, the other dataset's."""
+    model = out / "tokenizer.model"
+    if getattr(args, "tokenizer_from", None):
+        return shared_tokenizer(args, out, manifest)
     if args.vocab_size == 0:
         if not args.tokenizer:
             raise UserError("--vocab_size 0 needs --tokenizer PATH to an existing (Llama 2) tokenizer.model")
@@ -202,12 +251,7 @@ def install_tokenizer(args, out):
         if not src.exists():
             raise UserError(f"tokenizer not found: {src} — give the path to a SentencePiece tokenizer.model")
         if not model.exists() or sha256_file(model) != sha256_file(src):
-            out.mkdir(parents=True, exist_ok=True)
-            with atomic_path(model) as tmp:
-                shutil.copyfile(src, tmp)
-            sp = load_sp(model)
-            atomic_write_text(out / "tokenizer.vocab", "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n"
-                                                               for i in range(sp.vocab_size())))
+            copy_tokenizer(src, out)
     elif args.tokenizer:
         raise UserError("--tokenizer is only for --vocab_size 0; for a trained vocab run train_vocab first")
     elif not model.exists():
@@ -347,6 +391,8 @@ def encode_shard(encoder, stories, bar):
 
 def cmd_pretokenize(args):
     check_vocab_size(args.vocab_size, allow_zero=True)
+    if args.tokenizer_from:
+        tokenizer_from_source(args)
     card = read_card(raw_dir(args.dataset)) or {}
     if args.val_fraction is None:
         args.val_fraction = float(card.get("val_fraction", VAL_FRACTION))
@@ -370,7 +416,7 @@ def cmd_pretokenize(args):
 
 
 def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card):
-    model = install_tokenizer(args, out)
+    model = install_tokenizer(args, out, manifest)
     sp = load_sp(model)
     if args.vocab_size and sp.vocab_size() != args.vocab_size:
         raise UserError(f"{model} has {sp.vocab_size()} pieces, not --vocab_size {args.vocab_size} — "
@@ -379,8 +425,10 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
         raise UserError(f"{model} has {sp.vocab_size()} pieces, above {MAX_VOCAB} (uint16 storage) — "
                         f"use a smaller vocab")
     tok_sha = sha256_file(model)
+    tokenizer_from = {"dataset": args.tokenizer_from, "tokenizer_sha256": tok_sha} if args.tokenizer_from else None
     if manifest and manifest.get("tokenizer_sha256") == tok_sha and manifest.get("val_fraction") == args.val_fraction \
-            and "validation" in manifest and outputs_complete(out, manifest):
+            and "validation" in manifest and outputs_complete(out, manifest) \
+            and manifest.get("tokenizer_from") == tokenizer_from:
         card = read_card(raw_dir(args.dataset)) or {}
         if card.get("validation") != manifest["validation"] or card.get("content_id") is None:
             write_card_validation(args.dataset, manifest["validation"])
@@ -440,6 +488,7 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
         "shards": shard_rows, "n_stories": len(index), "n_train": validation["n_train"], "n_val": n_val,
         "n_val_novel": n_novel, "n_tokens": int(total), "split_rule": SPLIT_RULE, "val_fraction": args.val_fraction,
         "validation": validation, "validation_sample": VALIDATION_SAMPLE, "encoder": encoder.method,
+        "tokenizer_from": tokenizer_from,
     })
     write_card_validation(args.dataset, validation)
     print(f"wrote {len(shards)} token shards, {len(index)} stories ({validation['n_train']} train, {n_val} val, "
@@ -474,6 +523,8 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB,
                    help=f"pieces of a train_vocab tokenizer, 0 = --tokenizer (default {DEFAULT_VOCAB})")
     p.add_argument("--tokenizer", default=None, help="existing tokenizer.model, with --vocab_size 0")
+    p.add_argument("--tokenizer_from", default=None, metavar="DATASET",
+                   help="encode with DATASET's tok<vocab_size>/tokenizer.model (a vocab shared across corpora)")
     p.add_argument("--val_fraction", type=float, default=None,
                    help=f"iid validation share (default: the dataset card's val_fraction, else {VAL_FRACTION})")
     p.add_argument("--threads", type=int, default=0, help="encoding threads (0 = all cores)")
