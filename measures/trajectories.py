@@ -3,7 +3,8 @@ events (Toneva et al. 2019) and data maps (Swayamdipta et al. 2020), joined with
 
 Audit set (fixed for the run, chosen before any checkpoint is read, so a run that is still training has it):
   train  n stories that the run's schedule trains within its n_steps (the sampler rebuilt from config.json and
-         checked against its selection_sha256), the first n of them in a seeded permutation (AUDIT_SEED)
+         checked against its selection_sha256), the first n of them in a seeded permutation (AUDIT_SEED); with
+         --sampler=dynamic (order decided while training) n stories of the selection (epochs_trained tells)
   val    the first n of the dataset's fixed iid validation sample (TokenizedDataset.validation_sample, ranked)
 Per checkpoint and story, on every target of the story segmented as in training (modelling/data.py):
   loss       mean next-token cross-entropy (nats)
@@ -55,10 +56,12 @@ def scheduled_train_stories(run_config, ds):
     config.json (the schedule is a pure function of it) and checked against the recorded selection_sha256."""
     from modelling.samplers import SegmentSampler, load_metadata
     cfg = run_config["config"]
-    needs_meta = cfg.get("sort_by") or cfg.get("filter_column")
+    dynamic = cfg.get("sampler") == "dynamic"  # its order is decided while training: only the selection is known
+    needs_meta = (cfg.get("sort_by") or cfg.get("filter_column")) and not dynamic
     try:
         sampler = SegmentSampler(ds.story_ids("train"), ds.n_tokens, cfg["max_seq_len"],
-                                 run_config["segments_per_step"], cfg["sampler"], cfg["data_seed"],
+                                 run_config["segments_per_step"], "random" if dynamic else cfg["sampler"],
+                                 cfg["data_seed"],
                                  load_metadata(cfg["dataset"], cfg["vocab_size"]) if needs_meta else None,
                                  cfg.get("sort_by", ""), cfg.get("sort_order", "ascending"),
                                  cfg.get("filter_column", ""), cfg.get("threshold", 0.0),
@@ -70,6 +73,8 @@ def scheduled_train_stories(run_config, ds):
     if sampler.selection_sha256 != run_config.get("selection_sha256"):
         raise UserError("--trajectories: the rebuilt selection differs from the run's selection_sha256 (the "
                         "dataset changed since training?) — evaluate against the dataset the run trained on")
+    if dynamic:
+        return {int(s): None for s in sampler.selection}
     first = {}
     for step in range(int(run_config["n_steps"]), 0, -1):  # backwards: the last write is the first step
         for sid in sampler.step_segments(step)["story_id"].tolist():
