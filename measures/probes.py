@@ -17,7 +17,9 @@ Probe: StandardScaler + LogisticRegression (scikit-learn, C=PROBE_C), out-of-fol
 Score: balanced accuracy (chance = 1 / classes). acc_shuffled: the same probe on permuted labels (the null).
 Baselines on the same folds: acc_step1 (the run's first checkpoint's activations, same readout and layer) and
 acc_bot (token counts of the window the model saw). counts = 1 when the probe beats both: the balanced-accuracy
-difference, paired per story (each story weighted as in balanced accuracy), minus Z * its standard error > 0.
+difference, paired per story (each story weighted as in balanced accuracy), minus z * its standard error > 0,
+z = the one-sided normal quantile of ALPHA / (attributes x layers) (Bonferroni within a checkpoint: without it
+a fair-coin label "counted" in 2 of 50 rows on a 200-step demo-shape run).
 Activations are computed once per checkpoint and cached (out/RUN/cache/covert_probes/step_NNNNNN.npz).
 
 Writes out/RUN/tables/covert_probes.csv (one row per step, attribute, layer) and covert_probes.json (provenance,
@@ -37,14 +39,14 @@ from common.io import atomic_path, atomic_write_json, provenance
 
 N_FOLDS = 5
 PROBE_C = 1.0          # inverse L2 strength of the logistic regression (features standardized)
-Z = 1.96               # one-sided ~97.5% bar on each paired difference
+ALPHA = 0.05           # family-wise, per checkpoint: Bonferroni over its attributes x layers, one-sided
 SEED = 19              # folds, label shuffle and the random attribute
 BATCH = 32
 PROBE_TABLE, PROBE_STATE, CACHE_DIR = "covert_probes.csv", "covert_probes.json", "cache/covert_probes"
-VERSION = "1"
+VERSION = "2"
 PRONOUN_RE = re.compile(r"\b(he|she|He|She)\b")
-ATTRIBUTES = {"hero_gender": "pronoun", "in_quote": "quote", "ending": "end", "plot": "end", "offensive": "end", "fact": "end",
-              "random": "end"}
+ATTRIBUTES = {"hero_gender": "pronoun", "in_quote": "quote", "ending": "end", "plot": "end", "offensive": "end",
+              "fact": "end", "random": "end"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class CovertProbes:
         self.vocab = int(ds.manifest["vocab_size"])
         ids = self.labels["story_id"].to_numpy()
         self.settings = {"version": VERSION, "n_stories": int(n_stories), "n_folds": N_FOLDS, "C": PROBE_C,
-                         "z": Z, "seed": SEED,
+                         "alpha": ALPHA, "seed": SEED,
                          "story_ids_sha256": hashlib.sha256(np.asarray(ids, "<i8").tobytes()).hexdigest()}
         ckpts = list_checkpoints(self.run_dir)
         steps = [s for s, _ in ckpts]
@@ -286,8 +288,11 @@ class CovertProbes:
         return self._base
 
     def probe_rows(self, step, acts):
+        from scipy.stats import norm
         rng = np.random.default_rng(SEED)
         base = self.baselines()
+        n_layers = next(iter(acts.values())).shape[1]
+        z = float(norm.ppf(1 - ALPHA / (len(self.tasks) * n_layers)))
         rows = []
         for attr, (readout, mask, y, fold) in self.tasks.items():
             w = balanced_weights(y)
@@ -305,7 +310,8 @@ class CovertProbes:
                              "acc_shuffled": float(np.mean(balanced_weights(shuffled) * shuffled_correct)),
                              "acc_step1": float(np.mean(w * step1[layer])), "acc_bot": float(np.mean(w * bot_correct)),
                              "gain_step1": d1, "se_step1": se1, "gain_bot": db, "se_bot": seb,
-                             "counts": int(d1 - Z * se1 > 0 and db - Z * seb > 0), "baseline_step": self.base_step})
+                             "z": z, "counts": int(d1 - z * se1 > 0 and db - z * seb > 0),
+                             "baseline_step": self.base_step})
         return pd.DataFrame(rows)
 
     def add(self, step, model):
