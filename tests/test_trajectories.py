@@ -1,15 +1,20 @@
 """eval.py --trajectories on a copy of the tiny run: the audit set is what the run trained, the per-story losses
 agree with the shared story_loss, an untrained model has learned nothing (the null), events follow Toneva et
-al.'s definition, and the events table is joined with storyworld's ground truth and the metadata."""
+al.'s definition, and the events table is joined with storyworld's ground truth and the metadata.
+The same eval pass also runs --covert_probes, and the probe nulls are checked here on its tables (a fixture
+imported into tests/test_probes.py would run eval a second time)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from measures.probes import CACHE_DIR
 from measures.trajectories import LEARNED_ACC, story_events
 from tests.fixtures_run import copied_run
 
 TRAJ_ARGS = ("--n_prompts", 1, "--max_new_tokens", 8, "--val_stories", 8, "--steps", 1, 20, 40,
-             "--trajectories", "--audit_stories", 24)
+             "--trajectories", "--audit_stories", 24, "--covert_probes", "--probe_stories", 200)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,21 @@ def test_events_follow_toneva_and_join_ground_truth(traj_run):
     assert row["confidence"] == pytest.approx(0.42) and row["variability"] == pytest.approx(np.std(traj["p_mean"]))
     never = story_events(traj.assign(token_acc=0.0)).iloc[0]
     assert never["learning_events"] == 0 and np.isnan(never["learned_step"]) and never["unforgettable"] == 0
+
+
+def test_probe_nulls_random_label_shuffled_labels_and_step1_against_itself(traj_run):
+    table = pd.read_csv(traj_run["dir"] / "tables" / "covert_probes.csv")
+    assert sorted(table["step"].unique()) == [1, 20, 40]
+    assert {"hero_gender", "in_quote", "ending", "plot", "random"} <= set(table["attribute"])
+    assert (table["layer"].groupby([table["step"], table["attribute"]]).nunique() == 3).all()  # embeddings + 2
+    assert table.loc[table["attribute"] == "random", "counts"].sum() == 0
+    # 200 stories: the shuffled-label probe stays near chance (|acc - chance| < 4 standard errors of a coin)
+    assert ((table["acc_shuffled"] - table["chance"]).abs() < 4 * np.sqrt(0.25 / table["n"])).all()
+    step1 = table[table["step"] == 1]
+    assert (step1["gain_step1"] == 0).all() and (step1["counts"] == 0).all() and (step1["baseline_step"] == 1).all()
+    assert (step1["acc"] == step1["acc_step1"]).all() and (table["z"] > 2.5).all()  # Bonferroni over 18 rows
+    state = json.loads((traj_run["dir"] / "tables" / "covert_probes.json").read_text())
+    assert state["steps_done"] == [1, 20, 40] and state["attributes"]["hero_gender"] == "pronoun"
+    for step in (1, 20, 40):  # activations computed once per checkpoint, kept for later passes
+        with np.load(traj_run["dir"] / CACHE_DIR / f"step_{step:06d}.npz") as f:
+            assert f["pronoun"].shape[1:] == (3, 32) and f["story_ids"].tolist() == state["story_ids"]
