@@ -4,7 +4,7 @@ per checkpoint joined with the metrics of the stories trained on.
 
     python eval.py [--out_dir out/demo] [--steps 64 128 ...] [--n_prompts 64] [--prefix_tokens 32]
                    [--temperature 1.0] [--seed 1337] [--max_new_tokens 0] [--val_stories 2000]
-                   [--scorer ngram] [--rebuild]
+                   [--scorer ngram] [--rebuild] [--watch] [--trajectories] [--covert_probes]
 
 Reads  out/RUN (config, checkpoints, batch log; modelling/checkpoints.py), the run's dataset
        (tokenization/dataset.py), its metadata.parquet, vocabulary.txt and reference scorer (metadata/).
@@ -26,6 +26,10 @@ metric over the validation prompts, the mean and a 95% t-interval (out_<m>, out_
 ref_<m>, ref_<m>_lo, ref_<m>_hi). The BOS-only prompt's free generation is kept in generations.csv (its
 metrics on the whole text) but has no reference and is left out of those means.
 Incremental: checkpoints already in generations.csv are skipped; changed settings need --rebuild.
+--watch: evaluate each checkpoint as it lands while train.py runs in another process, refresh summary.csv after
+each, log the lag in tables/watch.csv, exit when the trainer is done (modelling/watch.py). --trajectories:
+per-story loss of a fixed audit set, learning/forgetting events, data maps (measures/trajectories.py).
+--covert_probes: linear probes from each layer's residual stream to storyworld attributes (measures/probes.py).
 """
 import argparse
 import hashlib
@@ -56,6 +60,8 @@ from metadata.bias_probe import continuation_logprobs, split_continuation  # noq
 from metadata.bias_templates import PROBE_VERSION  # noqa: E402
 from modelling.cards import write_model_card  # noqa: E402
 from modelling.data import SegmentBatches, story_loss  # noqa: E402
+from modelling.watch import START_TIMEOUT_S, WatchLog, expected_steps, trainer_running, wait_for_run  # noqa: E402
+from modelling.watch import watch_checkpoints  # noqa: E402
 from tokenization.dataset import VAL_SAMPLE_STORIES  # noqa: E402
 
 N_PROMPTS = 64         # validation-story prompts per checkpoint (plus the BOS-only prompt)
@@ -69,6 +75,9 @@ SEED = 1337            # sampling seeds: prompt i samples with SEED + i at every
 EVAL_BATCH = 16        # sequences per forward pass for val loss
 CI_LEVEL = 0.95        # summary.csv's intervals across prompts
 EVAL_VERSION = "2"     # bump when any eval measurement changes: a re-run then asks for --rebuild
+WATCH_NICE = 5         # --watch: niceness added to the evaluator, so the trainer is never slowed beyond sharing
+AUDIT_STORIES = 256    # --trajectories: trained and validation stories followed (each)
+PROBE_STORIES = 600    # --covert_probes: validation stories the probes are fitted on
 SETTING_KEYS = ("n_prompts", "prefix_tokens", "max_new_tokens", "temperature", "top_k", "seed", "acc_tokens",
                 "val_stories", "scorer", "dtype")
 
@@ -278,12 +287,11 @@ def toxicity_probe(model, items_per_prompt):
 # ---------------------------------------------------------------------------------------------------------
 # one checkpoint
 
-def evaluate_checkpoint(path, step, prompts, val_rows, probes_in, ds, scorer, settings, rouge, vocabulary=None):
-    """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one checkpoint. val_rows: {probe name
-    (val_loss, val_loss_novel): token rows}; vocabulary: the training corpus's words for `oov`."""
+def evaluate_checkpoint(model, ckpt, step, prompts, val_rows, probes_in, ds, scorer, settings, rouge,
+                        vocabulary=None):
+    """(generation rows DataFrame, probe rows DataFrame, tokens_seen) for one loaded checkpoint. val_rows: {probe
+    name (val_loss, val_loss_novel): token rows}; vocabulary: the training corpus's words for `oov`."""
     from metadata.metrics import score_texts
-    from modelling.checkpoints import load_model
-    model, ckpt = load_model(path)
     sp, bos = ds.tokenizer, int(ds.manifest["bos_id"])
     seeds = [p["sample_seed"] for p in prompts]
     raw = generate(model, prompts, bos, settings["temperature"], settings["top_k"], seeds,
@@ -409,28 +417,51 @@ def main(argv=None):
     parser.add_argument("--val_stories", type=int, default=VAL_STORIES,
                         help="stories of each fixed validation sample (iid: val_loss, novel: val_loss_novel)")
     parser.add_argument("--scorer", default="ngram", help="reference scorer for ppl_ref: ngram | ckpt:PATH")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default; with --watch half the cores)")
     parser.add_argument("--dtype", default="run", choices=("run", "float32", "bfloat16"),
                         help="forward-pass dtype: run = the dtype the run trained in (config.json dtype_used; "
                              "bf16 autocast is 1.6x faster on a CPU with native bf16)")
     parser.add_argument("--rebuild", action="store_true", help="re-evaluate every checkpoint")
+    parser.add_argument("--watch", action="store_true",
+                        help="evaluate each checkpoint as it lands while train.py runs; exit when the run is done")
+    parser.add_argument("--watch_timeout", type=float, default=START_TIMEOUT_S,
+                        help="--watch: seconds to wait for the trainer to write config.json")
+    parser.add_argument("--trajectories", action="store_true",
+                        help="per-story loss of a fixed audit set at every checkpoint, learning/forgetting "
+                             "events, data maps (measures/trajectories.py)")
+    parser.add_argument("--audit_stories", type=int, default=AUDIT_STORIES,
+                        help="--trajectories: trained stories and validation stories in the audit set (each)")
+    parser.add_argument("--covert_probes", action="store_true",
+                        help="linear probes from each layer's residual stream to storyworld attributes "
+                             "(measures/probes.py)")
+    parser.add_argument("--probe_stories", type=int, default=PROBE_STORIES,
+                        help="--covert_probes: validation stories the probes are fitted on")
     add_root_argument(parser)
     args = apply_root(parser.parse_args(argv))
     if args.n_prompts < 0 or args.prefix_tokens < MIN_PREFIX or args.max_new_tokens < 0 or args.temperature < 0 \
-            or args.acc_tokens < 1 or args.val_stories < 1:
+            or args.acc_tokens < 1 or args.val_stories < 1 or args.audit_stories < 1 or args.probe_stories < 20:
         raise UserError(f"need --n_prompts >= 0, --prefix_tokens >= {MIN_PREFIX}, --max_new_tokens >= 0, "
-                        f"--temperature >= 0, --acc_tokens >= 1, --val_stories >= 1")
+                        f"--temperature >= 0, --acc_tokens >= 1, --val_stories >= 1, --audit_stories >= 1, "
+                        f"--probe_stories >= 20")
+    if args.watch and args.steps:
+        raise UserError("--watch evaluates every checkpoint as it lands — drop --steps")
 
     from metadata.metrics import VOCABULARY_FILE, load_vocabulary
     from metadata.table import read_metadata
     from metadata.scorers import load_scorer
-    from modelling.checkpoints import load_run
+    from modelling.checkpoints import load_model, load_run
     from rouge_score import rouge_scorer
     from tokenization.dataset import TokenizedDataset
 
     run_dir = Path(args.out_dir) if args.out_dir else default_run_dir()
+    if args.watch:
+        wait_for_run(run_dir, args.watch_timeout)
+        os.nice(WATCH_NICE)  # the trainer keeps its share of the CPU: the evaluator yields first
+        if not args.threads:
+            args.threads = max(1, (os.cpu_count() or 2) // 2)
     run = load_run(run_dir)
-    if not run.checkpoints:
+    if not run.checkpoints and not args.watch:
         raise UserError(f"no checkpoints in {run_dir / 'ckpt'} — train with modelling/train.py --out_dir={run_dir}")
     cfg = run.config.get("config", run.config)
     dataset, vocab_size = cfg.get("dataset"), cfg.get("vocab_size")
@@ -480,13 +511,22 @@ def main(argv=None):
         done &= set(gens_old["step"]) & set(probes_old["step"])
     else:
         done = set()
-    todo = [s for s in steps if s not in done]
     tokens_seen = {int(k): v for k, v in (state or {}).get("tokens_seen", {}).items()}
 
+    # optional per-checkpoint measures, each with its own tables and its own record of the steps done
+    extras = []
+    if args.trajectories:
+        from measures.trajectories import Trajectories
+        extras.append(Trajectories(run_dir, run.config, ds, args.audit_stories, args.rebuild))
+    if args.covert_probes:
+        from measures.probes import CovertProbes
+        extras.append(CovertProbes(run_dir, ds, args.probe_stories, args.rebuild))
+    todo = [s for s in steps if s not in done or any(x.needs(s) for x in extras)]
+
     metadata = None
-    if run.batch_log is not None:
+    if run.batch_log is not None or args.watch:
         metadata = read_metadata(dataset, vocab_size)
-    if todo:
+    if todo or args.watch:
         atomic_write_json(prompts_path, {"provenance": provenance(), "settings": settings,
                                          "sha256": prompts_sha(prompts), "prompts": prompts})
         scorer = load_scorer(args.scorer, ds, vocab_size)
@@ -507,23 +547,32 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
-        print(f"evaluating {len(todo)} checkpoint(s) of {run_dir} ({len(done & set(steps))} already done): "
+        print(f"{'watching' if args.watch else 'evaluating'} {len(todo)} checkpoint(s) of {run_dir} "
+              f"({len(done & set(steps))} already done): "
               f"{len(prompts)} prompts (temperature {args.temperature}, until BOS or {max_len} positions), "
-              f"{len(val_ids['val_loss'])} iid + {len(val_ids['val_loss_novel'])} novel val stories")
+              f"{len(val_ids['val_loss'])} iid + {len(val_ids['val_loss_novel'])} novel val stories"
+              + "".join(f", {x.describe()}" for x in extras))
     else:
         print(f"all {len(steps)} checkpoint(s) of {run_dir} already evaluated — rebuilding summary only")
-    paths = dict(run.checkpoints)
     gens_all = [gens_old[gens_old["step"].isin(done)]] if gens_old is not None else []
     probes_all = [probes_old[probes_old["step"].isin(done)]] if probes_old is not None else []
-    t0 = time.time()
-    for step in tqdm(todo, desc="eval", unit="ckpt"):
+
+    def evaluate_step(step, path):
+        """Whatever this checkpoint still lacks; True when something was evaluated."""
+        wanted = [x for x in extras if x.needs(step)]
+        if step in done and not wanted:
+            return False
+        model, ckpt = load_model(path)
         with autocast:
-            gens, probes, seen = evaluate_checkpoint(paths[step], step, prompts, val_rows, probes_in, ds, scorer,
-                                                     settings, rouge, vocabulary)
-        gens_all.append(gens)
-        probes_all.append(probes)
-        tokens_seen[int(step)] = seen
-        done.add(int(step))
+            if step not in done:
+                gens, probes, seen = evaluate_checkpoint(model, ckpt, step, prompts, val_rows, probes_in, ds,
+                                                         scorer, settings, rouge, vocabulary)
+                gens_all.append(gens)
+                probes_all.append(probes)
+                tokens_seen[int(step)] = seen
+                done.add(int(step))
+            for x in wanted:
+                x.add(step, model)
         # after every checkpoint, so a killed eval keeps what it finished
         write_csv(pd.concat(gens_all, ignore_index=True).sort_values(["step", "prompt_id"]), gens_path)
         write_csv(pd.concat(probes_all, ignore_index=True).sort_values(["step", "probe"], kind="stable"),
@@ -534,14 +583,44 @@ def main(argv=None):
             "eval_version": EVAL_VERSION, "probe_version": PROBE_VERSION, "settings": settings,
             "prompts_sha256": prompts_sha(prompts), "validation_samples": val_record,
             "steps_done": sorted(done), "tokens_seen": {str(k): v for k, v in sorted(tokens_seen.items())}})
-    if not gens_all:
+        return True
+
+    def write_summary(run):
+        """summary.csv from every checkpoint evaluated so far, and the extras' derived tables."""
+        if not gens_all:
+            return None
+        gens = pd.concat(gens_all, ignore_index=True)
+        probes = pd.concat(probes_all, ignore_index=True)
+        seen = {**{int(s): np.nan for s in gens["step"]}, **tokens_seen}  # tables from before eval.json had tokens
+        summary = build_summary(gens, probes, seen, run, metadata)
+        write_csv(summary, tables / "summary.csv")
+        for x in extras:
+            x.finish(run, metadata)
+        return summary
+
+    t0 = time.time()
+    if args.watch:
+        log = WatchLog(run_dir)
+        for step, path, landed in watch_checkpoints(run_dir):
+            started = time.time()
+            if evaluate_step(step, path):
+                write_summary(load_run(run_dir))  # the batch log has grown: the dashboard sees every checkpoint
+                log.add(step, landed, started, time.time(), trainer_running(run_dir))
+                print(f"watch: step {step} evaluated {time.time() - landed:.1f}s after it landed", flush=True)
+        run = load_run(run_dir)
+        todo = sorted(done)
+        missing = sorted(set(expected_steps(run_dir)) - {s for s, _ in run.checkpoints})
+        if missing:
+            print(f"note: the trainer stopped before checkpoint(s) {missing[:5]}{'…' if len(missing) > 5 else ''} "
+                  f"— resume it with modelling/train.py --out_dir={run_dir} --init_from=resume and watch again",
+                  file=sys.stderr)
+    else:
+        paths = dict(run.checkpoints)
+        for step in tqdm(todo, desc="eval", unit="ckpt"):
+            evaluate_step(step, paths[step])
+    summary = write_summary(run)
+    if summary is None:
         raise UserError(f"nothing evaluated in {run_dir} — no checkpoint selected")
-    gens = pd.concat(gens_all, ignore_index=True)
-    probes = pd.concat(probes_all, ignore_index=True)
-    for s in set(gens["step"]) - set(tokens_seen):  # tables from before eval.json recorded tokens
-        tokens_seen[int(s)] = np.nan
-    summary = build_summary(gens, probes, tokens_seen, run, metadata)
-    write_csv(summary, tables / "summary.csv")
     if todo:
         print(f"evaluated {len(todo)} checkpoint(s) in {time.time() - t0:.1f}s")
     last = summary.iloc[-1]
@@ -549,7 +628,8 @@ def main(argv=None):
           f"{last.get('val_loss_novel', np.nan):.3f}, bleu {last.get('out_bleu', np.nan):.2f}, "
           f"bias_amplification {last['bias_amplification']:+.3f}, tox_mass {last['tox_mass']:.2e}")
     card = write_model_card(run_dir)  # the run's model card now carries this evaluation
-    print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}, {card}")
+    print(f"wrote {gens_path}, {probes_path}, {tables / 'summary.csv'}, {card}"
+          + "".join(f", {x.outputs()}" for x in extras))
 
 
 if __name__ == "__main__":
