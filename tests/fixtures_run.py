@@ -34,6 +34,26 @@ def tiny_run(tok_dataset):
     return ws / TINY_CONFIG["out_dir"]
 
 
+def kill_training_at(ws, args, marker, timeout=300):
+    """Start modelling/train.py with `args` in workspace ws, SIGKILL it as soon as the file `marker` (a
+    checkpoint) exists, and return the step of the ckpt/resume.pt it left behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from modelling.checkpoints import load_checkpoint
+    from tests.fixtures_data import PYTHON, REPO
+    proc = subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *args], cwd=ws, env={**os.environ, **ONE_THREAD},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return load_checkpoint(marker.parent / "resume.pt")["step"]
+
+
 def copied_run(tiny_run, name, stages=(), ignore=("tables", "visualize", "eval_prompts.json")):
     """Copy the shared tiny run to workspace/out/<name> (replacing an older copy), so a test's own eval/visualize
     settings never touch the original or another test's copy, and run `stages` on the copy: each

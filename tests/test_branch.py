@@ -1,10 +1,6 @@
 """Shared tokenizers (pretokenize --tokenizer_from) and branching (train.py --init_from=out/RUN/ckpt/step_N.pt):
 lineage, the shared step axis, the parent's weights really loaded, exact resume, a changed parent refused."""
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pandas as pd
 import pytest
@@ -14,8 +10,8 @@ from common.errors import UserError
 from common.ids import checkpoint_id
 from modelling.checkpoints import list_checkpoints, load_checkpoint, load_model, load_run
 from modelling.data import SegmentBatches
-from tests.fixtures_data import PYTHON, REPO, run_stage
-from tests.fixtures_run import ONE_THREAD, TINY_CONFIG, train_args
+from tests.fixtures_data import run_stage
+from tests.fixtures_run import ONE_THREAD, TINY_CONFIG, kill_training_at, train_args
 
 PRETOK = "tokenization/pretokenize.py"
 COUNTER = "sw_counter"  # a second storyworld corpus (other seed, counter-biased) on the fixture's tokenizer
@@ -124,15 +120,7 @@ def test_branch_continues_the_parent_step_axis_with_its_lineage(tiny_run, branch
 def test_branch_resume_after_kill_is_exact_and_a_changed_parent_is_refused(tiny_run, branch_run):
     ws = tiny_run.parents[1]
     args = train_args(**{**BRANCH, "out_dir": "out/branch_killed"})
-    proc = subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *args], cwd=ws,
-                            env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = ws / "out/branch_killed/ckpt/step_000030.pt"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(ws / "out/branch_killed/ckpt/resume.pt")["step"]
+    killed_at = kill_training_at(ws, args, ws / "out/branch_killed/ckpt/step_000030.pt", timeout=120)
     assert BRANCH_STEP < killed_at < BRANCH_STEP + 24, "the branch finished before it could be killed"
     run_stage(ws, "modelling/train.py", "--init_from=resume", "--out_dir=out/branch_killed", env=ONE_THREAD)
     resumed, whole = load_run(ws / "out/branch_killed"), load_run(branch_run)

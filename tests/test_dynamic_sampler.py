@@ -3,10 +3,6 @@ with a positive control that the same test rejects), every segment once per epoc
 the decision log replays, and a real dynamic run killed with SIGKILL and resumed draws exactly what the
 uninterrupted run drew."""
 import json
-import os
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,8 +15,8 @@ from modelling.checkpoints import load_checkpoint
 from modelling.data import segment_keys
 from modelling.dynamic_sampler import DynamicSampler, decision_segments, draw_order, read_decisions, softmax
 from modelling.samplers import SegmentSampler
-from tests.fixtures_data import PYTHON, REPO, run_stage
-from tests.fixtures_run import ONE_THREAD, TINY_CONFIG, train_args
+from tests.fixtures_data import run_stage
+from tests.fixtures_run import ONE_THREAD, TINY_CONFIG, kill_training_at, train_args
 
 IDS = np.arange(100, 160)  # 60 train stories
 LENGTHS = np.random.default_rng(1).integers(5, 40, size=200)  # tokens per story id (BOS included)
@@ -148,15 +144,7 @@ def test_dynamic_run_resumed_after_sigkill_draws_exactly(meta_dataset):
             "sampler": "dynamic", "dynamic_interval": 3, "dynamic_pool": 2, "n_stories": 600}
     run_stage(ws, "modelling/train.py", *train_args(**{**base, "out_dir": "out/dyn_whole"}), env=ONE_THREAD)
     args = train_args(**{**base, "out_dir": "out/dyn_killed"})
-    proc = subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *args], cwd=ws,
-                            env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = ws / "out/dyn_killed/ckpt/step_000010.pt"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(ws / "out/dyn_killed/ckpt/resume.pt")["step"]
+    killed_at = kill_training_at(ws, args, ws / "out/dyn_killed/ckpt/step_000010.pt")
     assert 8 <= killed_at < TINY_CONFIG["max_iters"], "the run finished before it could be killed"
     run_stage(ws, "modelling/train.py", "--init_from=resume", "--out_dir=out/dyn_killed", env=ONE_THREAD)
     whole, resumed = ws / "out/dyn_whole", ws / "out/dyn_killed"

@@ -233,13 +233,17 @@ def test_llama2c_loss_trajectory_equals_train_py(tok_dataset, parity_run):
     theirs, model = llama2c_train(llama2c, tok_dataset["vocab_size"], batches)
     np.testing.assert_allclose(theirs, ours, rtol=LOSS_RTOL, atol=0)
     assert ours[-1] < ours[0] - 0.5  # it learned: the trajectories compared are not flat
-    # the end weights too: train.py's last checkpoint vs llama2.c after the same 20 steps (to 1e-5: our loss is
-    # summed chunk by chunk, another fp32 order than F.cross_entropy's; AdamW turns those last-bit gradient
-    # differences into ~1e-6 weight differences where a gradient is near zero)
+    # the end weights too: train.py's last checkpoint vs llama2.c after the same 20 steps. Our loss is summed
+    # chunk by chunk, another fp32 order than F.cross_entropy's, and AdamW turns those last-bit gradient
+    # differences into weight differences where a gradient is near zero: ~1e-6 on AVX-512, up to 2.3e-5 in one
+    # element of 6,144 on an AMX CPU. So: every element within 1e-4, and all but 0.1% within 1e-5 + 1e-4 relative.
     final = load_checkpoint(list_checkpoints(parity_run)[-1][1])["model"]
     for name, tensor in model.state_dict().items():
         if name in final:
-            torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            diff = (final[name].float() - tensor.float()).abs()
+            loose = diff > 1e-5 + 1e-4 * tensor.float().abs()
+            assert diff.max() <= 1e-4 and loose.float().mean() <= 1e-3, \
+                f"{name}: max |diff| {diff.max():.3g}, {int(loose.sum())} of {diff.numel()} beyond 1e-5"
 
 
 def test_llama2c_loss_trajectory_differs_on_other_batches(tok_dataset, parity_run):

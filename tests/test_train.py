@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -20,7 +19,7 @@ from modelling.data import SegmentBatches
 from modelling.model import ModelArgs, Transformer
 from modelling.config import parse_config
 from tests.fixtures_data import PYTHON, REPO, run_stage
-from tests.fixtures_run import ONE_THREAD, TINY_CKPTS, TINY_CONFIG, TINY_STEPS, train_args
+from tests.fixtures_run import ONE_THREAD, TINY_CKPTS, TINY_CONFIG, TINY_STEPS, kill_training_at, train_args
 
 
 @pytest.fixture
@@ -126,15 +125,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_run, tok_dataset):
     ws = tok_dataset["workspace"]
     args = train_args(**{**TINY_CONFIG, "dataset": tok_dataset["dataset"], "vocab_size": tok_dataset["vocab_size"],
                          "out_dir": "out/killed"})
-    proc = subprocess.Popen([PYTHON, str(REPO / "modelling/train.py"), *args], cwd=ws, env={**os.environ, **ONE_THREAD},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = ws / "out/killed/ckpt/step_000010.pt"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(ws / "out/killed/ckpt/resume.pt")["step"]
+    killed_at = kill_training_at(ws, args, ws / "out/killed/ckpt/step_000010.pt", timeout=120)
     # killed right after step 10's checkpoint: resume.pt is at 8 or 10 (it is written after the checkpoint)
     assert 8 <= killed_at < TINY_STEPS, "the run finished before it could be killed"
     run_stage(ws, "modelling/train.py", "--init_from=resume", "--out_dir=out/killed", env=ONE_THREAD)
