@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 
 from common.errors import UserError
-from common.io import atomic_path, atomic_write_json, provenance
+from common.io import atomic_path, provenance
+from measures.step_table import resume_rows, write_rows
 
 N_FOLDS = 5
 PROBE_C = 1.0          # inverse L2 strength of the logistic regression (features standardized)
@@ -219,16 +220,8 @@ class CovertProbes:
         steps = [s for s, _ in ckpts]
         # the step-1 baseline: the run's first checkpoint (train.py always writes step 1)
         self.base_step = 1 if 1 in steps or not steps else steps[0]
-        self.rows = pd.DataFrame()
-        state_path = self.tables / PROBE_STATE
-        if state_path.exists() and not rebuild:
-            state = json.loads(state_path.read_text())
-            if state.get("settings") != self.settings:
-                raise UserError(f"{state_path} records other probe settings ({state.get('settings')}) — pass "
-                                f"--rebuild, or the recorded --probe_stories")
-            if (self.tables / PROBE_TABLE).exists():
-                self.rows = pd.read_csv(self.tables / PROBE_TABLE)
-        self.done = set(self.rows["step"].astype(int)) if len(self.rows) else set()
+        self.rows, self.done = resume_rows(self.tables / PROBE_TABLE, self.tables / PROBE_STATE, self.settings,
+                                           "probe", "--probe_stories", rebuild)
         self.tasks = self._tasks()
         self._base = None
 
@@ -320,9 +313,7 @@ class CovertProbes:
         self.rows = pd.concat([self.rows[self.rows["step"] != int(step)] if len(self.rows) else self.rows, new],
                               ignore_index=True).sort_values(["step", "attribute", "layer"])
         self.done.add(int(step))
-        with atomic_path(self.tables / PROBE_TABLE, suffix=".csv") as tmp:
-            self.rows.to_csv(tmp, index=False)
-        atomic_write_json(self.tables / PROBE_STATE, {
+        write_rows(self.tables / PROBE_TABLE, self.tables / PROBE_STATE, self.rows, {
             "provenance": provenance(), "settings": self.settings, "baseline_step": self.base_step,
             "attributes": {a: t[0] for a, t in self.tasks.items()}, "steps_done": sorted(self.done),
             "story_ids": self.labels["story_id"].tolist()})

@@ -27,7 +27,6 @@ events, data map, storyworld attributes, metadata columns) and story_events_by.c
 kinds of stories are learned late, or forgotten). docs/FORMATS.md.
 """
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.io import atomic_path, atomic_write_json, provenance
+from common.io import atomic_path, provenance
+from measures.step_table import resume_rows, write_rows
 from modelling.data import SegmentBatches, pack_rows, row_layout, segment_keys
 
 LEARNED_ACC = 0.5     # a story is learned at a checkpoint when at least half its targets are the argmax
@@ -211,16 +211,8 @@ class Trajectories:
         self.settings = {"version": VERSION, "n_audit": int(n_audit), "learned_acc": LEARNED_ACC,
                          "audit_seed": AUDIT_SEED,
                          "audit_sha256": hashlib.sha256(np.asarray(ids, "<i8").tobytes()).hexdigest()}
-        state_path = self.tables / TRAJ_STATE
-        self.rows = pd.DataFrame()
-        if state_path.exists() and not rebuild:
-            state = json.loads(state_path.read_text())
-            if state.get("settings") != self.settings:
-                raise UserError(f"{state_path} records other trajectory settings ({state.get('settings')}) — pass "
-                                f"--rebuild, or the recorded --audit_stories")
-            if (self.tables / TRAJ_TABLE).exists():
-                self.rows = pd.read_csv(self.tables / TRAJ_TABLE)
-        self.done = set(self.rows["step"].astype(int)) if len(self.rows) else set()
+        self.rows, self.done = resume_rows(self.tables / TRAJ_TABLE, self.tables / TRAJ_STATE, self.settings,
+                                           "trajectory", "--audit_stories", rebuild)
 
     def describe(self):
         return f"trajectories of {(self.audit['set'] == 'train').sum()} train + {(self.audit['set'] == 'val').sum()} " \
@@ -238,9 +230,7 @@ class Trajectories:
         stats.insert(0, "step", int(step))
         self.rows = pd.concat([self.rows, stats], ignore_index=True).sort_values(["step", "set", "story_id"])
         self.done.add(int(step))
-        with atomic_path(self.tables / TRAJ_TABLE, suffix=".csv") as tmp:
-            self.rows.to_csv(tmp, index=False)
-        atomic_write_json(self.tables / TRAJ_STATE, {
+        write_rows(self.tables / TRAJ_TABLE, self.tables / TRAJ_STATE, self.rows, {
             "provenance": provenance(), "settings": self.settings, "steps_done": sorted(self.done),
             "audit": {k: g["story_id"].tolist() for k, g in self.audit.groupby("set")}})
 
