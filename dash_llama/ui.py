@@ -52,6 +52,11 @@ def int_or_none(value):
         return None
 
 
+def step_at(steps, index):
+    """The checkpoint step a slider index points at, clamped to the last one (a refresh can shorten the list)."""
+    return steps[min(index or 0, len(steps) - 1)]
+
+
 def nearest_index(steps, step):
     """Index in `steps` of the step closest to `step` (the last one when step is None)."""
     if not steps:

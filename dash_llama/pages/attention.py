@@ -8,7 +8,7 @@ from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import (GRAPH_CONFIG, MANY_COLOURS, checkpoint_slider, figure_or_message, guard, int_or_none,
                            keep_unchanged, keep_zoom, message, nearest_index, nearest_label, notes, remember,
                            run_colour, slider_update, step_axis_type, step_caption, triggered_id, typed_array,
-                           view_slider, zoomable_graph)
+                           step_at, view_slider, zoomable_graph)
 
 GRID_CELLS = 160_000   # attention values drawn in the whole grid; longer probes are cropped (with a note)
 HEAD_MAX_T = 256       # an enlarged head shows at most this many positions
@@ -238,7 +238,7 @@ def register(app, store):
         if probe not in probe_names(store, run):
             raise Missing(f"{run} has no probes recorded (attn_probes.json)")
         steps = store.checkpoint_steps(run)
-        step = steps[min(index or 0, len(steps) - 1)]
+        step = step_at(steps, index)
         figure, note_lines = grid_figure(store, run, step, probe)
         return figure, notes(*note_lines), f"step {step}"
 
@@ -272,7 +272,7 @@ def register(app, store):
     @guard(figure_or_message())
     def update_stats(run, stat, index, selected, axis, cmp, _version):
         steps = store.checkpoint_steps(run)
-        step = steps[min(index or 0, len(steps) - 1)] if steps else None
+        step = step_at(steps, index) if steps else None
         figure, note_lines = stats_figure(store, run, stat, step, (selected["layer"], selected["head"]), axis,
                                           [c for c in cmp or [] if c != run])
         return figure, notes(*note_lines)
@@ -286,7 +286,7 @@ def register(app, store):
         if not others:
             return None, message("pick runs to compare in the header to see this head beside them", "note")
         steps = store.checkpoint_steps(run)
-        step = steps[min(index or 0, len(steps) - 1)] if steps else None
+        step = step_at(steps, index) if steps else None
         figures, note_lines = compared_heads(store, others, step, probe, selected["layer"], selected["head"])
         graphs = [html.Div(dcc.Graph(figure=f, config=GRAPH_CONFIG), className="col") for f in figures]
         return graphs or None, notes(*note_lines)
@@ -299,7 +299,7 @@ def register(app, store):
             steps = store.checkpoint_steps(run)
         except (Missing, UnknownName):
             return no_update
-        step = steps[min(index or 0, len(steps) - 1)] if steps else (view or {}).get("step")
+        step = step_at(steps, index) if steps else (view or {}).get("step")
         return remember(view, step=step, probe=probe, stat=None if stat == "induction" else stat,
                         head=f"{selected['layer']}.{selected['head']}" if selected else None)
 

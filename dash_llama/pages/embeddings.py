@@ -8,7 +8,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import (GRAPH_CONFIG, PALETTE, checkpoint_slider, figure_or_message, guard, keep_zoom, message,
                            nearest_index, nearest_label, notes, remember, slider_update, step_caption, triggered_id,
-                           view_slider, zoomable_graph)
+                           step_at, view_slider, zoomable_graph)
 
 MAX_POINTS = 6000     # tokens drawn per step; the rest of a large vocab is strided out (with a note)
 MAX_TRACKED = 12      # trajectories drawn at once
@@ -193,7 +193,7 @@ def register(app, store):
     @guard(figure_or_message(1))
     def update_scatter(run, index, query):
         steps = pca_steps(store, run)
-        step = steps[min(index or 0, len(steps) - 1)]
+        step = step_at(steps, index)
         figure, note_lines = scatter_figure(store, run, step, query or "")
         return figure, notes(*note_lines), f"step {step}"
 
@@ -202,7 +202,7 @@ def register(app, store):
     @guard(figure_or_message())
     def update_trajectories(run, query, index):
         steps = pca_steps(store, run)
-        figure, note_lines = trajectory_figure(store, run, query or "", steps[min(index or 0, len(steps) - 1)])
+        figure, note_lines = trajectory_figure(store, run, query or "", step_at(steps, index))
         return figure, notes(*note_lines)
 
     @app.callback(Output("page-view", "data", allow_duplicate=True), Input("embd-step", "value"),
@@ -213,7 +213,7 @@ def register(app, store):
             steps = pca_steps(store, run)
         except (Missing, UnknownName):
             return no_update
-        return remember(view, step=steps[min(index or 0, len(steps) - 1)] if steps else None, q=query)
+        return remember(view, step=step_at(steps, index) if steps else None, q=query)
 
     @app.callback(Output("embd-compare", "children"), Output("embd-compare-msg", "children"),
                   Input("cmp", "value"), Input("run", "value"), Input("embd-step", "value"),
@@ -224,7 +224,7 @@ def register(app, store):
         if not others:
             return None, message("pick runs to compare in the header to see their embeddings beside these", "note")
         steps = pca_steps(store, run)
-        step = steps[min(index or 0, len(steps) - 1)]
+        step = step_at(steps, index)
         graphs, note_lines = [], []
         for other in others:
             try:

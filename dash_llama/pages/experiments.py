@@ -277,5 +277,5 @@ def register(app, store):
             return "", None
         return report_markdown(store, name), None
 
-    return (update_names, remember_view, update_metrics, update_curves, update_primary, update_table_names, update_table,
-            update_report)
+    return (update_names, remember_view, update_metrics, update_curves, update_primary, update_table_names,
+            update_table, update_report)

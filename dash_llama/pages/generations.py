@@ -9,7 +9,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from dash_llama.data import Missing, UnknownName
 from dash_llama.ui import (PALETTE, checkpoint_slider, figure_or_message, guard, keep_unchanged, keep_zoom, message,
                            nearest_index, remember, slider_update, step_axis_type, step_caption, table, table_data,
-                           triggered_id, view_slider, zoomable_graph)
+                           step_at, triggered_id, view_slider, zoomable_graph)
 
 TEXT_COLUMNS = ["prompt_id", "prompt_kind", "prompt_text", "generated_text", "expected_text"]
 SCORE_COLUMNS = ["bleu", "rougeL", "prefix_token_acc", "first_divergence", "ppl_ref"]
@@ -181,7 +181,7 @@ def register(app, store):
     @guard(lambda text, kind: ([], [], message(text, kind), no_update))
     def update_table(run, index, kind, extra, cmp):
         steps = generation_steps(store, run)
-        step = steps[min(index or 0, len(steps) - 1)]
+        step = step_at(steps, index)
         columns, data = generations_table(store, run, step, kind or "all", extra or [], cmp or [])
         return columns, data, message(f"step {step}: {len(data)} generations", "note"), f"step {step}"
 
@@ -191,7 +191,7 @@ def register(app, store):
     @guard(figure_or_message())
     def update_figure(run, index, axis, cmp, _version):
         steps = generation_steps(store, run)
-        return scores_figure(store, run, steps[min(index or 0, len(steps) - 1)], axis, cmp or []), None
+        return scores_figure(store, run, step_at(steps, index), axis, cmp or []), None
 
     @app.callback(Output("page-view", "data", allow_duplicate=True), Input("gen-step", "value"),
                   Input("gen-kind", "value"), State("run", "value"), State("page-view", "data"),
@@ -201,7 +201,7 @@ def register(app, store):
             steps = generation_steps(store, run)
         except (Missing, UnknownName):
             return no_update
-        return remember(view, step=steps[min(index or 0, len(steps) - 1)] if steps else None,
+        return remember(view, step=step_at(steps, index) if steps else None,
                         kind=None if kind == "all" else kind)
 
     return update_steps, update_table, update_figure, remember_view
