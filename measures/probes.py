@@ -198,6 +198,23 @@ def usable(labels, n_folds=N_FOLDS):
     return known & np.isin(labels.astype(str), list(keep))
 
 
+def probe_row(features, labels, fold, shuffled, step1_correct, bot_correct, z):
+    """One probe against its baselines on the same folds: balanced accuracies (probe, shuffled labels, step-1
+    model, bag of tokens), the paired gains over both baselines with their standard errors, and counts = 1 when
+    both gains exceed z standard errors."""
+    w = balanced_weights(labels)
+    correct = oof_predict(features, labels, fold) == labels
+    shuffled_correct = oof_predict(features, shuffled, fold) == shuffled
+    d1, se1 = paired_gain(correct, step1_correct, w)
+    db, seb = paired_gain(correct, bot_correct, w)
+    return {"n": len(labels), "n_classes": len(np.unique(labels)), "chance": 1 / len(np.unique(labels)),
+            "acc": float(np.mean(w * correct)),
+            "acc_shuffled": float(np.mean(balanced_weights(shuffled) * shuffled_correct)),
+            "acc_step1": float(np.mean(w * step1_correct)), "acc_bot": float(np.mean(w * bot_correct)),
+            "gain_step1": d1, "se_step1": se1, "gain_bot": db, "se_bot": seb,
+            "z": z, "counts": int(d1 - z * se1 > 0 and db - z * seb > 0)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the per-checkpoint measure eval.py --covert_probes drives
 
@@ -288,22 +305,11 @@ class CovertProbes:
         z = float(norm.ppf(1 - ALPHA / (len(self.tasks) * n_layers)))
         rows = []
         for attr, (readout, mask, y, fold) in self.tasks.items():
-            w = balanced_weights(y)
             shuffled = rng.permutation(y)
             bot_correct, step1 = base[attr]
             for layer in range(acts[readout].shape[1]):
-                x = acts[readout][mask, layer]
-                correct = oof_predict(x, y, fold) == y
-                shuffled_correct = oof_predict(x, shuffled, fold) == shuffled
-                d1, se1 = paired_gain(correct, step1[layer], w)
-                db, seb = paired_gain(correct, bot_correct, w)
                 rows.append({"step": int(step), "attribute": attr, "readout": readout, "layer": layer,
-                             "n": int(mask.sum()), "n_classes": len(np.unique(y)), "chance": 1 / len(np.unique(y)),
-                             "acc": float(np.mean(w * correct)),
-                             "acc_shuffled": float(np.mean(balanced_weights(shuffled) * shuffled_correct)),
-                             "acc_step1": float(np.mean(w * step1[layer])), "acc_bot": float(np.mean(w * bot_correct)),
-                             "gain_step1": d1, "se_step1": se1, "gain_bot": db, "se_bot": seb,
-                             "z": z, "counts": int(d1 - z * se1 > 0 and db - z * seb > 0),
+                             **probe_row(acts[readout][mask, layer], y, fold, shuffled, step1[layer], bot_correct, z),
                              "baseline_step": self.base_step})
         return pd.DataFrame(rows)
 
