@@ -14,9 +14,9 @@ runs: the final val_loss_sub of train.py's val log (the first eval_iters × batc
 fixed iid validation sample, the same stories for every run), dynamic − random, paired exact sign-flip test at
 alpha = 0.05; curriculum − random and dynamic − curriculum are exploratory (BH q).
 
-Runs are trained through the kit's runner pieces (plan, resume, experiment.json) without eval.py: its fixed
-per-checkpoint probes cost more than these small runs' training. --eval runs the kit's run_all instead (train.py
-then eval.py at every checkpoint), for the generation metrics; the analysis is the same.
+Runs go through the kit's run_all (plan, --jobs, resume, experiment.json) as train-only runs: eval.py's fixed
+per-checkpoint probes cost more than these small runs' training. --eval adds eval.py at every checkpoint of every
+run, for the generation metrics; the analysis is the same.
 
     python experiments/dynamic_sampling/experiment_dynamic.py            # --name example --size demo
     python experiments/dynamic_sampling/experiment_dynamic.py --plan     # the runs as shell commands
@@ -27,10 +27,8 @@ command resumes: finished runs are skipped, killed ones continue from their resu
 """
 import argparse
 import json
-import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 
@@ -39,7 +37,6 @@ from common.errors import UserError, run_main  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
 from common.machine import machine_info  # noqa: E402
 from common.paths import DEFAULT_DATASET, DEFAULT_VOCAB, add_root_argument, apply_root, root, tok_dir  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from experiments.common import runner  # noqa: E402
 from experiments.dynamic_sampling.analysis import TIMING_NAME, analyse  # noqa: E402
@@ -98,8 +95,9 @@ def steps_per_epoch(dataset, vocab_size, size):
     return sampler.steps_per_epoch, len(sampler.selection)
 
 
-def plan(dataset, vocab_size, size):
-    """The runs: every condition × seed, the same selection, steps = whole epochs."""
+def plan(dataset, vocab_size, size, with_eval=False):
+    """The runs: every condition × seed, the same selection, steps = whole epochs; train only unless
+    with_eval."""
     spe, n_selected = steps_per_epoch(dataset, vocab_size, size)
     steps = spe * size["epochs"]
     runs = []
@@ -108,8 +106,8 @@ def plan(dataset, vocab_size, size):
             train = {"dataset": dataset, "vocab_size": vocab_size, **size["train"], "seed": seed,
                      "data_seed": seed, "n_stories": size["n_stories"], "selection_seed": SELECTION_SEED,
                      **condition_options(condition, size["dynamic"])}
-            runs.append(runner.make_run(f"{condition}_s{seed}", condition, steps, train, size["eval"],
-                                        seed=seed))
+            runs.append(runner.make_run(f"{condition}_s{seed}", condition, steps, train,
+                                        size["eval"] if with_eval else None, seed=seed))
     return runs, {"steps": steps, "n_selected": n_selected}
 
 
@@ -127,40 +125,9 @@ def record_timing(exp_dir, t0, load_start, finished=None):
     atomic_write_json(path, timing)
 
 
-def train_all(exp_dir, design, runs, jobs):
-    """Train every unfinished run, `jobs` at a time, with the kit's pieces (experiment.json, resume, restart,
-    one log per run) but no eval.py."""
-    experiment = runner.Experiment(exp_dir, design)
-    env = runner.child_env(jobs)
-    todo = [r for r in runs if runner.training_state(exp_dir / "runs" / r["name"], r["steps"]) != "done"]
-    if len(todo) < len(runs):
-        print(f"skipping {len(runs) - len(todo)} finished run(s)")
-
-    def train_one(run):
-        run_dir = exp_dir / "runs" / run["name"]
-        state = runner.training_state(run_dir, run["steps"])
-        if state == "restart":  # died before its first resume checkpoint: nothing worth keeping
-            shutil.rmtree(run_dir)
-        t0 = time.time()
-        runner.run_stage(runner.train_command(run, run_dir, resume=state == "resume"),
-                         exp_dir / "logs" / f"{run['name']}.log", f"training {run['name']}", env)
-        experiment.update(run["name"], train={"new": "trained", "restart": "restarted"}.get(state, "resumed"),
-                          train_s=round(time.time() - t0, 1), done=True)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), desc="runs", unit="run") as bar:
-        for future in as_completed([pool.submit(train_one, run) for run in todo]):
-            future.result()
-            bar.update(1)
-
-
-def finished(exp_dir, run, with_eval):
-    run_dir = exp_dir / "runs" / run["name"]
-    return runner.run_finished(run_dir, run) if with_eval else runner.training_finished(run_dir, run["steps"])
-
-
-def finished_pairs(exp_dir, runs, with_eval):
+def finished_pairs(exp_dir, runs):
     """Runs of the seeds whose every condition finished, and the time the last of them finished."""
-    done = [r for r in runs if finished(exp_dir, r, with_eval)]
+    done = [r for r in runs if runner.run_finished(exp_dir / "runs" / r["name"], r)]
     seeds = [s for s in dict.fromkeys(r["seed"] for r in runs)
              if sum(r["seed"] == s for r in done) == len(CONDITIONS)]
     kept = [r for r in done if r["seed"] in seeds]
@@ -186,7 +153,7 @@ def main(argv):
                         f"tokenization/pretokenize.py and metadata/batch_metadata.py compute_metadata for "
                         f"--dataset {args.dataset} --vocab_size {args.vocab_size} first")
     size = SIZES[args.size]
-    runs, info = plan(args.dataset, args.vocab_size, size)
+    runs, info = plan(args.dataset, args.vocab_size, size, args.eval)
     exp_dir = root() / "out" / "experiments" / KIND / args.name
     power = runner.check_design(len(size["seeds"]), n_primary=1)
     design = {"name": args.name, "size": args.size, "dataset": args.dataset, "vocab_size": args.vocab_size,
@@ -200,7 +167,7 @@ def main(argv):
         print("\n".join(runner.plan_lines(runs, exp_dir)))
         return
     if args.finished_only:  # the planned design cut short: only complete pairs, the power of what is there
-        kept, seeds, end = finished_pairs(exp_dir, runs, args.eval)
+        kept, seeds, end = finished_pairs(exp_dir, runs)
         if len(seeds) < 2:
             raise UserError(f"{exp_dir}: fewer than 2 seeds have all their runs finished — run the experiment")
         timing = json.loads((exp_dir / TIMING_NAME).read_text()) if (exp_dir / TIMING_NAME).exists() else []
@@ -217,11 +184,8 @@ def main(argv):
           f"{info['steps']} steps on {info['n_selected']} stories; design {power['reason']}")
     t0, load_start = time.time(), machine_info()["load_avg"][0]
     record_timing(exp_dir, t0, load_start, finished=0)
-    if args.eval:
-        runner.run_all(exp_dir, design, runs, args.jobs)
-    else:
-        train_all(exp_dir, design, runs, args.jobs)
-    if any(not finished(exp_dir, r, args.eval) for r in runs):
+    runner.run_all(exp_dir, design, runs, args.jobs)
+    if runner.pending(exp_dir, runs):
         raise UserError(f"{exp_dir}: some runs are unfinished — re-run the same command to finish them")
     record_timing(exp_dir, t0, load_start)
     report = analyse(exp_dir, design, runs, args.jobs)
