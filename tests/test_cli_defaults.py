@@ -1,5 +1,6 @@
 """Every published command runs with no arguments: the defaults are the embedded corpus (storyworld), vocab
-512, the run out/demo and the experiment `example`, resolved against the project root. In process (imports
+512, the run out/demo and the experiment `example`, resolved against the project root (bias_unlearning is left
+out: with no arguments it builds its own corpora, minutes of work, which its smoke test covers). In process (imports
 are shared); a subprocess only where what the user sees is the point."""
 import importlib
 from pathlib import Path
@@ -19,6 +20,8 @@ EMPTY_ROOT = [
     ("visualize_embd", [], "out/demo"),
     ("visualize_sat_curves", [], "out/demo"),
     ("experiments.durability.experiment_durability", [], "storyworld/tok512"),
+    ("experiments.dynamic_sampling.experiment_dynamic", [], "storyworld/tok512"),
+    ("experiments.fact_injection.experiment_fact_injection", [], "storyworld_facts"),
     ("dash_llama.app", [], "out"),
 ]
 
