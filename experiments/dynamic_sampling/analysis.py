@@ -251,7 +251,7 @@ def write_report(exp_dir, design, results, comparisons, order, decisions, timing
     lines += [
         "", "## Cost", "",
         f"- Wall time of the experiment: {sum(t['wall_s'] or 0 for t in timing) / 60:.1f} min, --jobs {jobs}, "
-        f"one thread per run, on a shared machine: "
+        f"one thread per run: "
         + "; ".join(f"started {t['started']}, {(t['wall_s'] or 0) / 60:.1f} min, load average (1 min) "
                     f"{t['load_start']} at the start, {t['load_end']} at the end" for t in timing) + ".",
         "- Mean per run: " + ", ".join(f"{c} train {train_s[results['condition'] == c].mean():.0f} s"
