@@ -346,6 +346,7 @@ def test_batch_size_runs_inject_the_same_segments_at_the_same_token_positions(fa
             run_stage(ws, "modelling/train.py", *train_args(out_dir=f"out/bs_{name}_{arm}", **args, **extra),
                       env=ONE_THREAD)
             logs[name, arm] = BatchLog(ws / f"out/bs_{name}_{arm}")
+        with_root(ws)
         resolved = InjectionPlan(plan, ds, RUN["max_seq_len"])
         for k in range(1, steps + 1):
             added, kept = added_and_kept(logs[name, "inject"].step(k), logs[name, "control"].step(k))
