@@ -353,10 +353,12 @@ def decay_verdict(r):
 def effect_words(row, what):
     """A comparison's answer in words: detected (with its direction) or not, always with the CI and the MDE."""
     ci = f"{row['diff']:+.3f} [{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}], p = {row['p']:.2g}"
+    if not row["tested"]:
+        return f"{what}: not testable at this size ({row['reason']}; {ci})"
     if row["significant"]:
         return f"{what} {'raises' if row['diff'] > 0 else 'lowers'} {OUTCOME} by {ci}"
-    return (f"no detectable effect of {what} ({ci}); the demo detects only differences of about {row['mde']:.2f} "
-            f"or more (minimum detectable effect)")
+    return (f"no detectable effect of {what} ({ci}); this size detects only differences of about "
+            f"{row['mde']:.2f} or more (minimum detectable effect)")
 
 
 def batch_words(window, final, design):
@@ -393,7 +395,7 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
         "(power law per Chang et al. 2024), and how do stage, repetition, paraphrase count and batch size change "
         "acquisition?", "",
         "**Design.** " + (
-            f"{len(design['seeds'])} seeds; per seed an injected run and its control twin (same seeds, no "
+            f"{len(design['seeds'])} seed{'s' if len(design['seeds']) != 1 else ''}; per seed an injected run and its control twin (same seeds, no "
             f"injection: every other segment identical). {design['steps']} steps, model "
             f"{json.dumps({k: design['train'][k] for k in ('dim', 'n_layers', 'batch_size', 'max_seq_len') if k in design['train']})}"
             f", dtype {design['train']['dtype']}. {len(design['conditions'])} conditions x "
