@@ -361,10 +361,14 @@ def effect_words(row, what):
             f"{row['mde']:.2f} or more (minimum detectable effect)")
 
 
-def batch_words(window, final, design):
+def batch_words(window, final, design, conds, batch):
     """The batch-size answer, and whether it agrees with the published direction (smaller batches help a fact
-    stick)."""
+    stick); then, descriptively, the answer's log-probability and greedy exact recall (not primary outcomes)."""
     b = design["batch"]
+    t = conds[(conds["kind"] == "forward") & (conds["at"] == "after")]
+    side = {arm: t[(t["arm"] == arm) & t["condition"].isin(FORWARD_ONLY)][["logp", "exact"]].mean()
+            for arm in ("small_batch", "large_batch")}
+    never = t[(t["arm"] == "large_batch") & (t["condition"] == "never")]["logp"].mean()
     sign = [np.sign(r["diff"]) if r["significant"] else 0 for r in (window, final)]
     if max(sign) > 0 and min(sign) >= 0:
         agree = "agrees with the published direction (smaller batches help a fact stick)"
@@ -380,7 +384,13 @@ def batch_words(window, final, design):
             f"[{window['ci_lo']:+.3f}, {window['ci_hi']:+.3f}] (p = {window['p']:.2g}, MDE {window['mde']:.2f}); at "
             f"the end of the run {final['mean_a']:.3f} vs {final['mean_b']:.3f}, {final['diff']:+.3f} "
             f"[{final['ci_lo']:+.3f}, {final['ci_hi']:+.3f}] (p = {final['p']:.2g}, MDE {final['mde']:.2f}). This "
-            f"{agree}.")
+            f"{agree}. Descriptively (not tested): right after the windows the answer's log-probability is "
+            f"{side['small_batch']['logp']:.1f} nats (small) vs {side['large_batch']['logp']:.1f} (large; the large "
+            f"runs' never-injected facts {never:.1f}), greedy exact recall {side['small_batch']['exact']:.2f} vs "
+            f"{side['large_batch']['exact']:.2f}. Both see the same tokens, but at the same peak learning rate the "
+            f"large run's {b['ratio']} x fewer updates leave it far less trained overall (final validation loss "
+            f"{batch['val_loss_large'].mean():.2f} vs {batch['val_loss_small'].mean():.2f}): the contrast is batch "
+            f"size together with the number of updates, as in the published equal-epoch comparisons.")
 
 
 def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine, batch):
@@ -449,12 +459,12 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
               f"early: {effect_words(p.loc['stage_late'], 'the late window')}.",
               f"- Paraphrase count (10 vs 1 trained phrasings), held-out paraphrases: "
               f"{effect_words(para, 'ten phrasings')}.",
-              f"- Batch size: {batch_words(p.loc['batch_window'], p.loc['batch_final'], design)}", "",
+              f"- Batch size: {batch_words(p.loc['batch_window'], p.loc['batch_final'], design, conds, batch)}", "",
               "## Per condition (injected run)", "",
               markdown(conds[(conds["arm"] == "inject")], ["condition", "kind", "at", "n", OUTCOME, "ci_lo", "ci_hi",
                                                            "exact", "logp"]), "",
               "## Batch size (forward question; small − large per seed, mean over the seed's facts)", "",
-              markdown(batch, ["seed", "at", "n", "small", "large", "diff"]), "",
+              markdown(batch, ["seed", "at", "n", "small", "large", "diff", "val_loss_small", "val_loss_large"]), "",
               markdown(conds[conds["arm"].isin(["small_batch", "large_batch"]) & (conds["kind"] == "forward")],
                        ["arm", "condition", "at", "n", OUTCOME, "ci_lo", "ci_hi", "exact", "logp"]), "",
               "## Acquisition (forward, p_choice >= %.2g)" % ACQUIRED, "",
@@ -486,9 +496,13 @@ def null_table(scores, plans, chance):
     return pd.DataFrame(rows)
 
 
-def batch_table(scores, plans):
+def batch_table(exp_dir, scores, plans):
     """Per seed and reading ('after' each window, 'final'): the mean forward OUTCOME of the batch runs' injected
-    facts, small and large, and their difference (the seed-level view of batch_window / batch_final)."""
+    facts, small and large, and their difference (the seed-level view of batch_window / batch_final); and each
+    run's final validation loss (val_log.csv), which tells how trained the model is overall."""
+    def val_loss(arm, seed):
+        log = pd.read_csv(Path(exp_dir) / "runs" / f"{arm}_s{seed}" / "val_log.csv")
+        return float(log["val_loss_sub"].iloc[-1])
     rows = []
     for at in ("after", "final"):
         small = values_at(scores, plans, "small_batch", FORWARD_ONLY, "forward", at)
@@ -496,7 +510,8 @@ def batch_table(scores, plans):
         both = pd.concat([small.rename("small"), large.rename("large")], axis=1).dropna()
         for seed, g in both.groupby(level="seed"):
             rows.append({"seed": int(seed), "at": at, "n": len(g), "small": g["small"].mean(),
-                         "large": g["large"].mean(), "diff": g["small"].mean() - g["large"].mean()})
+                         "large": g["large"].mean(), "diff": g["small"].mean() - g["large"].mean(),
+                         "val_loss_small": val_loss("small_batch", seed), "val_loss_large": val_loss("large_batch", seed)})
     return pd.DataFrame(rows)
 
 
@@ -547,7 +562,7 @@ def analyse(exp_dir, design, runs, plans, check, machine=""):
     ret, points = retention_table(scores, plans)
     ratios = ratio_table(conds, chance)
     nulls = null_table(scores, plans, chance)
-    batch = batch_table(scores, plans)
+    batch = batch_table(exp_dir, scores, plans)
     for name, df in (("results", primary), ("conditions", conds), ("curves", curves), ("acquisition", acq),
                      ("retention", ret), ("retention_points", points), ("ratios", ratios), ("nulls", nulls),
                      ("batch", batch)):
