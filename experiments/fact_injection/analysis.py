@@ -405,7 +405,8 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
         "(power law per Chang et al. 2024), and how do stage, repetition, paraphrase count and batch size change "
         "acquisition?", "",
         "**Design.** " + (
-            f"{len(design['seeds'])} seed{'s' if len(design['seeds']) != 1 else ''}; per seed an injected run and its control twin (same seeds, no "
+            f"{len(design['seeds'])} seed{'s' if len(design['seeds']) != 1 else ''}; per seed an injected run and "
+            f"its control twin (same seeds, no "
             f"injection: every other segment identical). {design['steps']} steps, model "
             f"{json.dumps({k: design['train'][k] for k in ('dim', 'n_layers', 'batch_size', 'max_seq_len') if k in design['train']})}"
             f", dtype {design['train']['dtype']}. {len(design['conditions'])} conditions x "
@@ -440,7 +441,8 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
               f"- Acquisition: {'injected facts were acquired above the control run' if acq_row['significant'] and acq_row['diff'] > 0 else 'no acquisition detectable over the control run'} "
               f"(forward {OUTCOME} {acq_row['mean_a']:.3f} vs {acq_row['mean_b']:.3f}).",
               f"- Reversal curse: {'reproduced' if curse['significant'] and curse['diff'] > 0 else 'NOT reproduced'} "
-              f"— forward-only facts ({', '.join(FORWARD_ONLY)} pooled, n = {curse['n']}): forward {curse['mean_a']:.3f} vs reverse {curse['mean_b']:.3f} (chance "
+              f"— forward-only facts ({', '.join(FORWARD_ONLY)} pooled, n = {curse['n']}): forward "
+              f"{curse['mean_a']:.3f} vs reverse {curse['mean_b']:.3f} (chance "
               f"{chance:.3g}; difference {curse['diff']:.3f} [{curse['ci_lo']:.3f}, {curse['ci_hi']:.3f}], minimum "
               f"detectable effect {curse['mde']:.3f}); with reverse phrasings the reverse answer is "
               f"{closes['mean_a']:.3f} vs {closes['mean_b']:.3f} "
@@ -511,7 +513,8 @@ def batch_table(exp_dir, scores, plans):
         for seed, g in both.groupby(level="seed"):
             rows.append({"seed": int(seed), "at": at, "n": len(g), "small": g["small"].mean(),
                          "large": g["large"].mean(), "diff": g["small"].mean() - g["large"].mean(),
-                         "val_loss_small": val_loss("small_batch", seed), "val_loss_large": val_loss("large_batch", seed)})
+                         "val_loss_small": val_loss("small_batch", seed),
+                         "val_loss_large": val_loss("large_batch", seed)})
     return pd.DataFrame(rows)
 
 
