@@ -153,6 +153,13 @@ def write_plan(path, header):
     return plan
 
 
+def added_and_kept(inject_step, control_step):
+    """(the segments the injected run adds at a step, the ones it shares with its control): a shared one must sit
+    in the control's row and place, so the kept ones equal the control's step."""
+    shared = np.isin(segment_keys(inject_step), segment_keys(control_step))
+    return inject_step[~shared], inject_step[shared]
+
+
 @pytest.mark.slow
 def test_schedule_adds_exactly_the_plan_and_resume_keeps_it(fact_ds):
     """Control vs injected run: identical except the plan's segments at its steps; a run stopped at step 6 and
@@ -167,11 +174,9 @@ def test_schedule_adds_exactly_the_plan_and_resume_keeps_it(fact_ds):
     expected = {3: [docs[0]], 5: [docs[2], docs[2]], 8: [docs[30]]}
     assert len(control) == len(inject) == 12
     for k in range(1, 13):
-        c, i = control.step(k), inject.step(k)
-        extra = i[~np.isin(segment_keys(i), segment_keys(c))]
+        extra, kept = added_and_kept(inject.step(k), control.step(k))
         assert sorted(extra["story_id"].tolist()) == expected.get(k, [])
-        kept = i[np.isin(segment_keys(i), segment_keys(c))]
-        assert np.array_equal(kept, c)  # every sampled segment in the control's row and place
+        assert np.array_equal(kept, control.step(k))  # every sampled segment in the control's row and place
     info = json.loads((ws / "out/inject/config.json").read_text())
     assert info["injection"]["n_segments"] == 4 and json.loads((ws / "out/inject/injection_plan.json").read_text())
 
@@ -323,15 +328,55 @@ def test_experiment_plan_deals_every_condition_its_facts_and_exposures():
 
 
 @pytest.mark.slow
+def test_batch_size_runs_inject_the_same_segments_at_the_same_token_positions(fact_ds):
+    """The batch-size pair (2 vs 8 segments per step, equal sampled segments): each run is its own control plus
+    exactly its plan's segments at its plan's steps; the small run's plan is the large run's with steps x 4, so
+    both see the same sampled segments in the same order and each injection after exactly the same ones."""
+    ws, ds, header = fact_ds["ws"], fact_ds["ds"], fact_ds["facts"]
+    groups = exp.assign_groups([f["id"] for f in header["facts"]], seed=0, facts_per_group=3)
+    cfg = {"repeats": 4, "batch": dict(small=2, large=8, large_steps=6)}
+    small, large = exp.batch_plans(groups, cfg)
+    assert [e["step"] for e in small["injections"]] == [4 * e["step"] for e in large["injections"]]
+    assert {e["fact_id"] for e in large["injections"]} == {f for f, c in groups.items() if c in exp.BATCH_CONDITIONS}
+    logs = {}
+    for name, plan, batch, steps in (("small", small, 2, 24), ("large", large, 8, 6)):
+        (ws / f"batch_{name}.json").write_text(json.dumps(plan))
+        args = {**RUN, "batch_size": batch, "max_iters": steps}
+        for arm, extra in (("control", {}), ("inject", {"inject_plan": f"batch_{name}.json"})):
+            run_stage(ws, "modelling/train.py", *train_args(out_dir=f"out/bs_{name}_{arm}", **args, **extra),
+                      env=ONE_THREAD)
+            logs[name, arm] = BatchLog(ws / f"out/bs_{name}_{arm}")
+        with_root(ws)
+        resolved = InjectionPlan(plan, ds, RUN["max_seq_len"])
+        for k in range(1, steps + 1):
+            added, kept = added_and_kept(logs[name, "inject"].step(k), logs[name, "control"].step(k))
+            assert np.array_equal(kept, logs[name, "control"].step(k))
+            assert sorted(added["story_id"].tolist()) == sorted(resolved.segments(k)["story_id"].tolist())
+    for k in range(1, 7):  # large step k = small steps 4k-3..4k: the same sampled segments, the same injections
+        small_steps = logs["small", "inject"].steps(4 * k - 3, 4 * k)
+        large_step = logs["large", "inject"].step(k)
+        sampled = [np.sort(segment_keys(logs[n, "control"].steps(a, b))) for n, a, b in
+                   (("small", 4 * k - 3, 4 * k), ("large", k, k))]
+        assert len(sampled[0]) == 8 and np.array_equal(*sampled)
+        facts = ds.story_ids("facts")
+        assert sorted(small_steps["story_id"][np.isin(small_steps["story_id"], facts)].tolist()) == \
+            sorted(large_step["story_id"][np.isin(large_step["story_id"], facts)].tolist())
+        injected_small = logs["small", "inject"].steps(4 * k - 3, 4 * k - 1)  # nothing before the block's last step
+        assert not np.isin(injected_small["story_id"], facts).any()
+
+
+@pytest.mark.slow
 def test_experiment_smoke_runs_scores_and_reports(fact_ds):
-    """The smoke size end to end: two runs, every checkpoint scored, the report with its null checks at chance
+    """The smoke size end to end through the kit's runner: four runs (injected, control, small and large batch),
+    each one's checkpoint grid scored, the report with its null checks at chance
     (a 40-step dim-16 model learns no fact), description.json for the dashboard; a re-run scores nothing new."""
     ws = fact_ds["ws"]
     args = ["--size", "smoke", "--dataset", FACT_DATA, "--name", "smoke", "--root", ws]
     run_stage(ws, "experiments/fact_injection/experiment_fact_injection.py", *args, env=ONE_THREAD)
     exp_dir = ws / "out/experiments/fact_injection/smoke"
     results = pd.read_csv(exp_dir / "results.csv")
-    assert len(results) == len(exp.analysis.PRIMARY) and not results["tested"].any()  # 3 pairs: underpowered
+    # 3 fact pairs: underpowered; the comparisons pooling the 3 forward-only groups (9 pairs) can reject
+    assert len(results) == len(exp.analysis.PRIMARY) and (results["tested"] == (results["n"] == 9)).all()
     scored = pd.read_csv(exp_dir / "runs/inject_s0/facts.csv")
     assert len(scored) == len(set(scored["step"])) * N_FACTS * len(fm.KINDS)
     nulls = pd.read_csv(exp_dir / "nulls.csv")
@@ -343,3 +388,8 @@ def test_experiment_smoke_runs_scores_and_reports(fact_ds):
     run_stage(ws, "experiments/fact_injection/experiment_fact_injection.py", *args, env=ONE_THREAD)
     state = json.loads((exp_dir / "experiment.json").read_text())
     assert state["status"]["inject_s0"]["scored_new"] == 0 and state["status"]["inject_s0"]["train"] == "trained"
+    assert {r["what"] for r in state["invocations"]} == {"trained 4 runs, scored %d checkpoints" % sum(
+        len(set(pd.read_csv(exp_dir / f"runs/{arm}_s0/facts.csv")["step"])) for arm in exp.ARMS)}  # the re-run: none
+    plan = run_stage(ws, "experiments/fact_injection/experiment_fact_injection.py", *args, "--plan", env=ONE_THREAD)
+    lines = [ln for ln in plan.stdout.splitlines() if "train.py" in ln]
+    assert len(lines) == 4 and not any("&&" in ln for ln in lines)  # train only: the scoring is the script's

@@ -2,12 +2,15 @@
 
 score_run(run_dir, groups, n_candidates)   every checkpoint's fact measures -> runs/<run>/facts.csv (resumable)
 analyse(exp_dir, design, runs, plans, check)   CSVs, figures, report.md, description.json
+    plans: {arm: {seed: plan}} — the plan whose groups and windows each arm's runs are read with (the control
+    arm: its injected twin's)
 
 Comparisons pair facts by (seed, slot): the k-th fact (by id) of one condition's group with the k-th of the
-other's in the same injected run, or a fact with itself (forward vs reverse; injected vs control run). Each is a
-paired sign-flip test (experiments/common/stats.compare_paired) over seeds x facts_per_group pairs, with
-Bonferroni over the N_PRIMARY primary comparisons. Measured at 'after' = the first checkpoint at or after the
-last exposure of the condition's window (acquisition), and at the final step (retention).
+other's in the same injected run, or a fact with itself (forward vs reverse; injected vs control run; small vs
+large batch). Each is a paired sign-flip test (experiments/common/stats.compare_paired) over seeds x facts pairs,
+with Bonferroni over the N_PRIMARY primary comparisons. Measured at 'after' = the first checkpoint at or after
+the last exposure of the condition's window (acquisition), and at the final step (retention). A side naming
+several conditions pools their facts, each read at its own 'after'.
 """
 import json
 from pathlib import Path
@@ -30,12 +33,14 @@ from tokenization.dataset import TokenizedDataset  # noqa: E402
 FACTS_CSV = "facts.csv"
 OUTCOME = "p_choice"
 ACQUIRED = 0.5  # p_choice at which a fact counts as acquired (4x chance with 8 candidates)
-# (name, question, a: (arm, condition, kind, at), b: ..., pairing) — a minus b
+FORWARD_ONLY = ("early", "middle", "late")  # 100 forward exposures, no reverse phrasing: one per window
+# (name, question, a: (arm, condition(s), kind, at), b: ..., pairing) — a minus b
 PRIMARY = [
     ("acquisition", "Do injected facts become known? early, injected vs the same facts in the control run",
      ("inject", "early", "forward", "after"), ("control", "early", "forward", "after"), "fact"),
-    ("reversal_curse", "Forward-only facts: is the forward answer known better than the reverse?",
-     ("inject", "early", "forward", "after"), ("inject", "early", "reverse", "after"), "fact"),
+    ("reversal_curse", "Forward-only facts (early, middle, late pooled): is the forward answer known better "
+     "than the reverse?", ("inject", FORWARD_ONLY, "forward", "after"), ("inject", FORWARD_ONLY, "reverse", "after"),
+     "fact"),
     ("reverse_phrasings", "Do reverse phrasings close the gap? reverse answer, fwd_rev vs early",
      ("inject", "fwd_rev", "reverse", "after"), ("inject", "early", "reverse", "after"), "slot"),
     ("paraphrase_transfer", "Held-out paraphrases: 10 trained phrasings vs 1",
@@ -46,6 +51,11 @@ PRIMARY = [
      ("inject", "middle", "forward", "after"), ("inject", "early", "forward", "after"), "slot"),
     ("stage_late", "Late vs early window (forward, right after each window)",
      ("inject", "late", "forward", "after"), ("inject", "early", "forward", "after"), "slot"),
+    ("batch_window", "Small vs large batch at equal tokens: forward answer right after each window (early, middle, "
+     "late pooled)", ("small_batch", FORWARD_ONLY, "forward", "after"), ("large_batch", FORWARD_ONLY, "forward",
+                                                                       "after"), "fact"),
+    ("batch_final", "Small vs large batch at equal tokens: forward answer at the end of the run",
+     ("small_batch", FORWARD_ONLY, "forward", "final"), ("large_batch", FORWARD_ONLY, "forward", "final"), "fact"),
 ]
 N_PRIMARY = len(PRIMARY)
 RETENTION_CONDITIONS = ("early", "middle", "para10", "fwd_rev")
@@ -86,7 +96,7 @@ def load_scores(exp_dir, runs, plans):
     parts = []
     for run in runs:
         table = pd.read_csv(Path(exp_dir) / "runs" / run["name"] / FACTS_CSV)
-        groups = plans[run["seed"]]["groups"]
+        groups = plans[run["condition"]][run["seed"]]["groups"]
         slot = {}
         for cond in sorted(set(groups.values())):
             for k, fid in enumerate(sorted(f for f, c in groups.items() if c == cond)):
@@ -103,7 +113,7 @@ def after_step(scores, plans, condition, arm="inject"):
     """{seed: first scored checkpoint of the arm's run at or after the condition's last exposure} (the final
     step for never)."""
     out = {}
-    for seed, plan in plans.items():
+    for seed, plan in plans[arm].items():
         steps = np.sort(scores.loc[(scores["arm"] == arm) & (scores["seed"] == seed), "step"].unique())
         last = [e["step"] for e in plan["injections"] if plan["groups"][e["fact_id"]] == condition]
         at = max(last) if last else steps[-1]
@@ -111,26 +121,36 @@ def after_step(scores, plans, condition, arm="inject"):
     return out
 
 
-def values_at(scores, plans, arm, condition, kind, at):
-    """Series of OUTCOME indexed by (seed, slot, fact_id) for one arm/condition/kind at 'after' or 'final'."""
+def rows_at(scores, plans, arm, condition, kind, at):
+    """The score rows of one arm/condition/kind at 'after' (per seed) or 'final'; condition may be a tuple of
+    conditions, each read at its own 'after'."""
+    if not isinstance(condition, str):
+        return pd.concat([rows_at(scores, plans, arm, c, kind, at) for c in condition], ignore_index=True)
     sel = scores[(scores["arm"] == arm) & (scores["condition"] == condition) & (scores["kind"] == kind)]
     if at == "final":
-        step = {s: int(sel["step"].max()) for s in plans}
+        step = {s: int(sel["step"].max()) for s in plans[arm]}
     else:
         step = after_step(scores, plans, condition, arm)
-    sel = sel[sel["step"] == sel["seed"].map(step)]
-    return sel.set_index(["seed", "slot", "fact_id"])[OUTCOME].sort_index()
+    return sel[sel["step"] == sel["seed"].map(step)]
+
+
+def values_at(scores, plans, arm, condition, kind, at):
+    """Series of OUTCOME indexed by (seed, condition, slot, fact_id) for one arm/condition(s)/kind at 'after' or
+    'final'."""
+    sel = rows_at(scores, plans, arm, condition, kind, at)
+    return sel.set_index(["seed", "condition", "slot", "fact_id"])[OUTCOME].sort_index()
 
 
 def primary_table(scores, plans):
     rows = []
     for name, question, a, b, pairing in PRIMARY:
         va, vb = values_at(scores, plans, *a), values_at(scores, plans, *b)
-        level = ["seed", "slot", "fact_id"] if pairing == "fact" else ["seed", "slot"]
+        level = ["seed", "condition", "slot", "fact_id"] if pairing == "fact" else ["seed", "slot"]
         va, vb = va.groupby(level=level).first(), vb.groupby(level=level).first()
         both = pd.concat([va.rename("a"), vb.rename("b")], axis=1).dropna()
         row = stats.compare_paired((both["a"].to_numpy(), both["b"].to_numpy()), n_primary=N_PRIMARY)
-        rows.append({"comparison": name, "question": question, "a": "/".join(a), "b": "/".join(b),
+        label = lambda side: "/".join(x if isinstance(x, str) else "+".join(x) for x in side)  # noqa: E731
+        rows.append({"comparison": name, "question": question, "a": label(a), "b": label(b),
                      "outcome": OUTCOME, **row})
     return pd.DataFrame(rows)
 
@@ -140,15 +160,11 @@ def condition_table(scores, plans, chance):
     chance, the exact-match rate and the mean answer log-prob."""
     rows = []
     for arm in sorted(scores["arm"].unique()):
-        for cond in sorted(scores["condition"].dropna().unique()):
+        for cond in sorted(scores.loc[scores["arm"] == arm, "condition"].dropna().unique()):
             for kind in fm.KINDS:
                 for at in ("after", "final"):
-                    v = values_at(scores, plans, arm, cond, kind, at)
-                    sel = scores[(scores["arm"] == arm) & (scores["condition"] == cond) & (scores["kind"] == kind)]
-                    step = after_step(scores, plans, cond, arm) if at == "after" else \
-                        {s: sel["step"].max() for s in plans}
-                    sel = sel[sel["step"] == sel["seed"].map(step)]
-                    mean, lo, hi, n = fm.mean_ci(v)
+                    sel = rows_at(scores, plans, arm, cond, kind, at)
+                    mean, lo, hi, n = fm.mean_ci(sel[OUTCOME])
                     rows.append({"arm": arm, "condition": cond, "kind": kind, "at": at, "n": n,
                                  f"{OUTCOME}": mean, "ci_lo": lo, "ci_hi": hi, "excess": mean - chance,
                                  "exact": float(sel["exact"].mean()), "logp": float(sel["logp"].mean())})
@@ -179,7 +195,7 @@ def retention_table(scores, plans):
         at_after = sel[sel["step"] == sel["seed"].map(after)]["excess"]
         _, lo, _, _ = fm.mean_ci(at_after)
         last = {s: max(e["step"] for e in p["injections"] if p["groups"][e["fact_id"]] == cond)
-                for s, p in plans.items()}
+                for s, p in plans["inject"].items()}
         per_seed = sel.groupby(["seed", "step"])["excess"].mean().reset_index()
         curve = [fm.retention(g[["step", "excess"]].rename(columns={"excess": "value"}),
                               g[["step"]].assign(value=0.0), last[seed]).assign(seed=seed)
@@ -209,7 +225,7 @@ def acquisition_table(scores, plans):
             continue
         took = []
         for (seed, fid), g in inj[inj["condition"] == cond].groupby(["seed", "fact_id"]):
-            first = min(e["step"] for e in plans[seed]["injections"] if e["fact_id"] == fid)
+            first = min(e["step"] for e in plans["inject"][seed]["injections"] if e["fact_id"] == fid)
             curve = g[["step", OUTCOME]].rename(columns={OUTCOME: "value"}).sort_values("step")
             took.append(fm.acquisition_steps(curve, first, ACQUIRED))
         took = np.asarray(took, dtype=float)
@@ -232,8 +248,14 @@ def ratio_table(cond_table, chance):
 # ---------------------------------------------------------------------------------------------------------
 # figures
 
+def in_order(conditions):
+    """The conditions present, in the design's order (the null first, then by window)."""
+    order = ("never", "early", "middle", "late", "once", "para10", "fwd_rev")
+    return [c for c in order if c in set(conditions)]
+
+
 def figure_curves(curves, chance, path):
-    conds = [c for c in ("never", "early", "middle", "late", "once", "para10", "fwd_rev") if c in set(curves["condition"])]
+    conds = in_order(curves["condition"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     colors = dict(zip(conds, plt.get_cmap("tab10").colors))
     for ax, kind in zip(axes, ("forward", "reverse", "paraphrase_forward")):
@@ -257,7 +279,7 @@ def figure_curves(curves, chance, path):
 
 def figure_directions(cond_table, chance, path):
     t = cond_table[(cond_table["arm"] == "inject") & (cond_table["at"] == "after")]
-    conds = [c for c in ("never", "early", "middle", "late", "once", "para10", "fwd_rev") if c in set(t["condition"])]
+    conds = in_order(t["condition"])
     fig, ax = plt.subplots(figsize=(10, 3.8))
     width = 0.2
     for k, kind in enumerate(fm.KINDS):
@@ -328,16 +350,63 @@ def decay_verdict(r):
     return f"{r.better} fits better"
 
 
-def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine):
+def effect_words(row, what):
+    """A comparison's answer in words: detected (with its direction) or not, always with the CI and the MDE."""
+    ci = f"{row['diff']:+.3f} [{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}], p = {row['p']:.2g}"
+    if not row["tested"]:
+        return f"{what}: not testable at this size ({row['reason']}; {ci})"
+    if row["significant"]:
+        return f"{what} {'raises' if row['diff'] > 0 else 'lowers'} {OUTCOME} by {ci}"
+    return (f"no detectable effect of {what} ({ci}); this size detects only differences of about "
+            f"{row['mde']:.2f} or more (minimum detectable effect)")
+
+
+def batch_words(window, final, design, conds, batch):
+    """The batch-size answer, and whether it agrees with the published direction (smaller batches help a fact
+    stick); then, descriptively, the answer's log-probability and greedy exact recall (not primary outcomes)."""
+    b = design["batch"]
+    t = conds[(conds["kind"] == "forward") & (conds["at"] == "after")]
+    side = {arm: t[(t["arm"] == arm) & t["condition"].isin(FORWARD_ONLY)][["logp", "exact"]].mean()
+            for arm in ("small_batch", "large_batch")}
+    never = t[(t["arm"] == "large_batch") & (t["condition"] == "never")]["logp"].mean()
+    sign = [np.sign(r["diff"]) if r["significant"] else 0 for r in (window, final)]
+    if max(sign) > 0 and min(sign) >= 0:
+        agree = "agrees with the published direction (smaller batches help a fact stick)"
+    elif min(sign) < 0 and max(sign) <= 0:
+        agree = "is the OPPOSITE of the published direction (smaller batches help a fact stick)"
+    elif max(sign) > 0 > min(sign):
+        agree = "is mixed (one reading each way) against the published direction"
+    else:
+        agree = ("neither confirms nor refutes the published direction (smaller batches help a fact stick): "
+                 "nothing detected at this size")
+    return (f"small ({b['small']} segments/step) − large ({b['large']}), the same tokens and facts: right after "
+            f"each window {window['mean_a']:.3f} vs {window['mean_b']:.3f}, {window['diff']:+.3f} "
+            f"[{window['ci_lo']:+.3f}, {window['ci_hi']:+.3f}] (p = {window['p']:.2g}, MDE {window['mde']:.2f}); at "
+            f"the end of the run {final['mean_a']:.3f} vs {final['mean_b']:.3f}, {final['diff']:+.3f} "
+            f"[{final['ci_lo']:+.3f}, {final['ci_hi']:+.3f}] (p = {final['p']:.2g}, MDE {final['mde']:.2f}). This "
+            f"{agree}. Descriptively (not tested): right after the windows the answer's log-probability is "
+            f"{side['small_batch']['logp']:.1f} nats (small) vs {side['large_batch']['logp']:.1f} (large; the large "
+            f"runs' never-injected facts {never:.1f}), greedy exact recall {side['small_batch']['exact']:.2f} vs "
+            f"{side['large_batch']['exact']:.2f}. Both see the same tokens, but at the same peak learning rate the "
+            f"large run's {b['ratio']} x fewer updates leave it far less trained overall (final validation loss "
+            f"{batch['val_loss_large'].mean():.2f} vs {batch['val_loss_small'].mean():.2f}): the contrast is batch "
+            f"size together with the number of updates, as in the published equal-epoch comparisons.")
+
+
+def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine, batch):
     p = primary.set_index("comparison")
+    b = design["batch"]
+    repeats = f"{design['repeats']} exposures vs one"
     lines = [
         f"# Fact injection — `{design['name']}` (size {design['size']})", "",
         "**Question.** How does a small model pick up facts injected during pretraining, and how fragile are "
         "they: is the reverse direction learned (the reversal curse, Berglund et al. 2023), do paraphrases "
         "transfer (Allen-Zhu & Li, Physics of LMs 3.1), how does retention decay after the last exposure "
-        "(power law per Chang et al. 2024), and how do stage and repetition change acquisition?", "",
+        "(power law per Chang et al. 2024), and how do stage, repetition, paraphrase count and batch size change "
+        "acquisition?", "",
         "**Design.** " + (
-            f"{len(design['seeds'])} seeds; per seed an injected run and its control twin (same seeds, no "
+            f"{len(design['seeds'])} seed{'s' if len(design['seeds']) != 1 else ''}; per seed an injected run and "
+            f"its control twin (same seeds, no "
             f"injection: every other segment identical). {design['steps']} steps, model "
             f"{json.dumps({k: design['train'][k] for k in ('dim', 'n_layers', 'batch_size', 'max_seq_len') if k in design['train']})}"
             f", dtype {design['train']['dtype']}. {len(design['conditions'])} conditions x "
@@ -345,8 +414,16 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
             f"exposures per injected fact (once: 1; fwd_rev: {design['repeats']} forward + {design['repeats']} "
             f"reverse), windows {design['windows']} of the run. Outcome: `{OUTCOME}`, the answer's share among "
             f"{design['facts_per_group']} equally-familiar candidates (chance {chance:.3g}); "
-            f"{check['n_pairs']} fact pairs per comparison, Bonferroni over {N_PRIMARY}: threshold "
-            f"{check['threshold']:.3g}, smallest attainable p {check['min_p']:.2g}."), "",
+            f"at least {check['n_pairs']} fact pairs per comparison (pooled ones: "
+            f"{len(FORWARD_ONLY)} x that), Bonferroni over {N_PRIMARY}: threshold {check['threshold']:.3g}, smallest "
+            f"attainable p {check['min_p']:.2g}. Batch size: per seed two more runs at {b['small']} and {b['large']} "
+            f"segments per step ({b['steps']['small_batch']} and {b['steps']['large_batch']} steps: the same "
+            f"sampled segments in the same order), the {', '.join(b['conditions'])} groups injected "
+            f"{design['repeats']} times each at the same token positions (the large run's steps x {b['ratio']}); "
+            f"warmup, cosine decay and checkpoints scaled by {b['ratio']} so the learning rate is the same function "
+            f"of tokens; held per update, so not equal in tokens: the peak learning rate, AdamW's betas and weight "
+            f"decay ({b['ratio']} x more updates in the small run). Facts paired with themselves across the two "
+            f"runs of a seed."), "",
         f"**Machine.** {machine}", "",
         "## Null checks", "",
         markdown(nulls, ["check", "mean", "ci_lo", "ci_hi", "chance", "covers_chance"]), "",
@@ -364,7 +441,8 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
               f"- Acquisition: {'injected facts were acquired above the control run' if acq_row['significant'] and acq_row['diff'] > 0 else 'no acquisition detectable over the control run'} "
               f"(forward {OUTCOME} {acq_row['mean_a']:.3f} vs {acq_row['mean_b']:.3f}).",
               f"- Reversal curse: {'reproduced' if curse['significant'] and curse['diff'] > 0 else 'NOT reproduced'} "
-              f"— forward-only facts: forward {curse['mean_a']:.3f} vs reverse {curse['mean_b']:.3f} (chance "
+              f"— forward-only facts ({', '.join(FORWARD_ONLY)} pooled, n = {curse['n']}): forward "
+              f"{curse['mean_a']:.3f} vs reverse {curse['mean_b']:.3f} (chance "
               f"{chance:.3g}; difference {curse['diff']:.3f} [{curse['ci_lo']:.3f}, {curse['ci_hi']:.3f}], minimum "
               f"detectable effect {curse['mde']:.3f}); with reverse phrasings the reverse answer is "
               f"{closes['mean_a']:.3f} vs {closes['mean_b']:.3f} "
@@ -378,11 +456,19 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
                    f"the end {fmt(r.retained_last)}") if r.acquired else
                   f"{r.condition}: not acquired (excess {fmt(r.excess_after)}, lower bound {fmt(r.excess_after_lo)})"
                   " — no decay to fit" for r in ret.itertuples()) + ".",
-              "- Batch size (4 vs 32 segments per step at equal tokens) needs separate runs and is not part of "
-              "this size.", "",
+              f"- Repetition: {effect_words(p.loc['repetition'], repeats)}.",
+              f"- Stage: middle vs early window: {effect_words(p.loc['stage_middle'], 'the middle window')}; late vs "
+              f"early: {effect_words(p.loc['stage_late'], 'the late window')}.",
+              f"- Paraphrase count (10 vs 1 trained phrasings), held-out paraphrases: "
+              f"{effect_words(para, 'ten phrasings')}.",
+              f"- Batch size: {batch_words(p.loc['batch_window'], p.loc['batch_final'], design, conds, batch)}", "",
               "## Per condition (injected run)", "",
               markdown(conds[(conds["arm"] == "inject")], ["condition", "kind", "at", "n", OUTCOME, "ci_lo", "ci_hi",
                                                            "exact", "logp"]), "",
+              "## Batch size (forward question; small − large per seed, mean over the seed's facts)", "",
+              markdown(batch, ["seed", "at", "n", "small", "large", "diff", "val_loss_small", "val_loss_large"]), "",
+              markdown(conds[conds["arm"].isin(["small_batch", "large_batch"]) & (conds["kind"] == "forward")],
+                       ["arm", "condition", "at", "n", OUTCOME, "ci_lo", "ci_hi", "exact", "logp"]), "",
               "## Acquisition (forward, p_choice >= %.2g)" % ACQUIRED, "",
               markdown(acq, ["condition", "n_facts", "acquired_share", "median_steps"]), "",
               "## Retention fits", "",
@@ -391,7 +477,8 @@ def write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls
               "## Reverse / forward", "",
               markdown(ratios, ["condition", "forward_excess", "reverse_excess", "reverse_forward_ratio"]), "",
               "Figures: `figures/curves.png` (acquisition and forgetting curves), `figures/directions.png` "
-              "(forward, reverse and paraphrases per condition), `figures/forgetting.png` (decay fits).", ""]
+              "(forward, reverse and paraphrases per condition), `figures/forgetting.png` (decay fits), "
+              "`figures/batch.png` (small vs large batch against tokens).", ""]
     atomic_write_text(Path(exp_dir) / "report.md", "\n".join(lines))
 
 
@@ -400,12 +487,51 @@ def null_table(scores, plans, chance):
     checks = [("never-injected facts, injected run, final", scores[(scores["arm"] == "inject") &
                                                                     (scores["condition"] == "never")]),
               ("all facts, control run, final", scores[scores["arm"] == "control"])]
+    checks += [(f"never-injected facts, {arm} runs, final", scores[(scores["arm"] == arm) &
+                                                                   (scores["condition"] == "never")])
+               for arm in ("small_batch", "large_batch") if arm in set(scores["arm"])]
     for name, sel in checks:
         sel = sel[(sel["kind"] == "forward") & (sel["step"] == sel["step"].max())]
         mean, lo, hi, _ = fm.mean_ci(sel[OUTCOME])
         rows.append({"check": name, "mean": mean, "ci_lo": lo, "ci_hi": hi, "chance": chance,
                      "covers_chance": bool(lo <= chance <= hi)})
     return pd.DataFrame(rows)
+
+
+def batch_table(exp_dir, scores, plans):
+    """Per seed and reading ('after' each window, 'final'): the mean forward OUTCOME of the batch runs' injected
+    facts, small and large, and their difference (the seed-level view of batch_window / batch_final); and each
+    run's final validation loss (val_log.csv), which tells how trained the model is overall."""
+    def val_loss(arm, seed):
+        log = pd.read_csv(Path(exp_dir) / "runs" / f"{arm}_s{seed}" / "val_log.csv")
+        return float(log["val_loss_sub"].iloc[-1])
+    rows = []
+    for at in ("after", "final"):
+        small = values_at(scores, plans, "small_batch", FORWARD_ONLY, "forward", at)
+        large = values_at(scores, plans, "large_batch", FORWARD_ONLY, "forward", at)
+        both = pd.concat([small.rename("small"), large.rename("large")], axis=1).dropna()
+        for seed, g in both.groupby(level="seed"):
+            rows.append({"seed": int(seed), "at": at, "n": len(g), "small": g["small"].mean(),
+                         "large": g["large"].mean(), "diff": g["small"].mean() - g["large"].mean(),
+                         "val_loss_small": val_loss("small_batch", seed),
+                         "val_loss_large": val_loss("large_batch", seed)})
+    return pd.DataFrame(rows)
+
+
+def figure_batch(curves, chance, path):
+    fig, axes = plt.subplots(1, len(FORWARD_ONLY), figsize=(13, 3.8), sharey=True)
+    for ax, cond in zip(axes, FORWARD_ONLY):
+        for arm, color in (("small_batch", "tab:blue"), ("large_batch", "tab:red")):
+            g = curves[(curves["arm"] == arm) & (curves["condition"] == cond) & (curves["kind"] == "forward")]
+            ax.plot(g["tokens_seen"], g[OUTCOME], "o-", ms=3, color=color, label=arm)
+            ax.fill_between(g["tokens_seen"], g["ci_lo"], g["ci_hi"], color=color, alpha=0.12)
+        ax.axhline(chance, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{cond} window, forward question")
+        ax.set_xlabel("tokens seen")
+    axes[0].set_ylabel(f"{OUTCOME} (chance {chance:.3g})")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def write_curve_files(exp_dir, scores):
@@ -439,25 +565,30 @@ def analyse(exp_dir, design, runs, plans, check, machine=""):
     ret, points = retention_table(scores, plans)
     ratios = ratio_table(conds, chance)
     nulls = null_table(scores, plans, chance)
+    batch = batch_table(exp_dir, scores, plans)
     for name, df in (("results", primary), ("conditions", conds), ("curves", curves), ("acquisition", acq),
-                     ("retention", ret), ("retention_points", points), ("ratios", ratios), ("nulls", nulls)):
+                     ("retention", ret), ("retention_points", points), ("ratios", ratios), ("nulls", nulls),
+                     ("batch", batch)):
         atomic_write_text(exp_dir / f"{name}.csv", df.to_csv(index=False))
     (exp_dir / "figures").mkdir(exist_ok=True)
     figure_curves(curves, chance, exp_dir / "figures" / "curves.png")
     figure_directions(conds, chance, exp_dir / "figures" / "directions.png")
     figure_forgetting(points, ret, exp_dir / "figures" / "forgetting.png")
-    write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine)
+    figure_batch(curves, chance, exp_dir / "figures" / "batch.png")
+    write_report(exp_dir, design, check, primary, conds, acq, ret, ratios, nulls, chance, machine, batch)
     curve_runs, curve_columns = write_curve_files(exp_dir, scores)
     describe.write_description(
-        exp_dir, "fact_injection", "Fact injection: acquisition, retention, reversal, paraphrase",
+        exp_dir, "fact_injection", "Fact injection: acquisition, retention, reversal, paraphrase, batch size",
         curve_runs=curve_runs, curve_columns=curve_columns,
         tables=[{"name": n, "path": f"{n}.csv", "caption": c} for n, c in (
             ("results", "primary paired comparisons"), ("conditions", "per condition x question kind"),
             ("curves", "per-step means with 95% t intervals"), ("retention", "decay fits"),
-            ("acquisition", "acquired share and steps"), ("nulls", "null checks"))],
+            ("acquisition", "acquired share and steps"), ("nulls", "null checks"),
+            ("batch", "small vs large batch per seed"))],
         figures=[{"path": "figures/curves.png", "caption": "acquisition and forgetting curves"},
                  {"path": "figures/directions.png", "caption": "forward, reverse and paraphrases"},
-                 {"path": "figures/forgetting.png", "caption": "retention decay fits"}],
+                 {"path": "figures/forgetting.png", "caption": "retention decay fits"},
+                 {"path": "figures/batch.png", "caption": "small vs large batch at equal tokens"}],
         primary=primary[["comparison", "outcome", "diff", "ci_lo", "ci_hi", "p", "mde", "significant"]]
         .to_dict("records"), baseline="control")
     return primary
