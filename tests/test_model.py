@@ -120,6 +120,22 @@ def test_generate_with_cache_equals_full_recompute():
     assert sampled.shape == (2, 15) and torch.equal(sampled[:, :5], prompt)
 
 
+def test_inference_path_equals_training_path_bit_for_bit():
+    """Without grad, q/k/v and w1/w3 run as one matmul each (fused_weight) and RoPE once for q and k: the logits
+    must equal the grad-enabled path's exactly, and the fused weights must follow an in-place weight change."""
+    m = tiny(seed=2)
+    x = torch.randint(0, 64, (3, 12))
+    with torch.enable_grad():
+        ref = m(x).detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+        m.layers[0].attention.wk.weight.mul_(1.5)
+        m.layers[1].feed_forward.w3.weight.mul_(0.5)
+        fused = m(x)
+    with torch.enable_grad():
+        assert torch.equal(fused, m(x).detach()) and not torch.equal(fused, ref)
+
+
 def test_overfit_a_tiny_batch():
     torch.manual_seed(0)
     m = Transformer(ModelArgs(**ARGS)).train()
