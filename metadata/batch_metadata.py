@@ -135,13 +135,34 @@ def shard_story_ids(ds):
     return np.split(ds.index["story_id"].to_numpy(np.int64)[order], bounds)
 
 
-def build_vocabulary(ds, path):
-    """The train split's word vocabulary (metrics.corpus_vocabulary), shard by shard; written to path."""
+_vocab_job = {}  # the dataset and train mask, inherited by the forked vocabulary workers
+
+
+def _shard_word_counts(k_ids):
+    """Word counts of one raw shard's train stories (a worker reads and parses the shard itself)."""
+    k, ids = k_ids
+    ds, train = _vocab_job["ds"], _vocab_job["train"]
+    counts = metrics.word_counts(ds.text(i) for i in ids[train[ids]])
+    ds.release_shard(k)
+    return counts
+
+
+def build_vocabulary(ds, path, workers=1):
+    """The train split's word vocabulary (metrics.corpus_vocabulary), shard by shard — over `workers` forked
+    processes, each reading its shards, when workers > 1 (the counts add up to the same table); written to path."""
+    import multiprocessing as mp
     from collections import Counter
-    counts, train = Counter(), (ds.index["split"] == "train").to_numpy(bool)
-    for k, ids in enumerate(tqdm(shard_story_ids(ds), desc="vocabulary", unit="shard")):
-        metrics.corpus_vocabulary((ds.text(i) for i in ids[train[ids]]), counts=counts)
-        ds.release_shard(k)
+    _vocab_job.update(ds=ds, train=(ds.index["split"] == "train").to_numpy(bool))
+    shards = list(enumerate(shard_story_ids(ds)))
+    counts = Counter()
+    try:
+        with (mp.get_context("fork").Pool(workers) if workers > 1 and len(shards) > 1
+              else contextlib.nullcontext()) as pool:
+            parts = pool.imap_unordered(_shard_word_counts, shards) if pool else map(_shard_word_counts, shards)
+            for part in tqdm(parts, total=len(shards), desc="vocabulary", unit="shard"):
+                counts.update(part)
+    finally:
+        _vocab_job.clear()
     metrics.save_vocabulary(path, counts)
     return metrics.load_vocabulary(path)
 
@@ -176,7 +197,7 @@ def compute_metadata(args):
     t0 = time.time()
     scorer = load_scorer(args.scorer, ds, args.vocab_size)
     index = ds.index
-    vocabulary = build_vocabulary(ds, vocab_path)
+    vocabulary = build_vocabulary(ds, vocab_path, args.workers)
     n_rows, n_nan, last_id, in_order = 0, {}, -1, True
     split = index["split"]
     pool = metrics.worker_pool(args.workers, vocabulary) if args.workers > 1 else contextlib.nullcontext()
