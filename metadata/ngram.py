@@ -82,7 +82,8 @@ class KneserNeyTrigram:
 
     @classmethod
     def fit(cls, sequences, vocab_size, bos_id=1):
-        """Fit on token id sequences (each BOS-led, as TokenizedDataset.tokens returns them)."""
+        """Fit on token id sequences (each BOS-led, as TokenizedDataset.tokens returns them); any iterable, read
+        FIT_CHUNK_TOKENS at a time."""
         V = int(vocab_size)
         tri_keys, tri_counts, n_targets = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
         for chunk in _token_chunks(sequences, FIT_CHUNK_TOKENS):
