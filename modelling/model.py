@@ -91,8 +91,9 @@ def repeat_kv(x, n_rep):
 
 def fused_weight(module, names):
     """The weights of module's linears `names` concatenated along the output dim, rebuilt when any of them changes
-    (an optimizer step or load_state_dict bumps a tensor's version). Inference only: one matmul instead of
-    several, the same numbers bit for bit (each output is the same dot product; tests/test_model.py)."""
+    (an optimizer step or load_state_dict bumps a tensor's version). KV-cache generation without grad only (the
+    copy stays with the module; training and evaluation never make it): one matmul instead of several, the same
+    numbers bit for bit (each output is the same dot product; tests/test_model.py)."""
     weights = [getattr(module, n).weight for n in names]
     key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
     cached = module.__dict__.get("_fused_weights", {}).get(names)
@@ -119,10 +120,11 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(args.dropout)
         self.dropout = args.dropout
 
-    def qkv(self, x, freqs_cos, freqs_sin):
-        """Queries, keys and values [B, H, T, D] after RoPE (keys/values repeated for GQA)."""
+    def qkv(self, x, freqs_cos, freqs_sin, fused=False):
+        """Queries, keys and values [B, H, T, D] after RoPE (keys/values repeated for GQA). fused (generation
+        without grad): one matmul for q, k, v and one RoPE call for q and k."""
         b, t, _ = x.shape
-        if not torch.is_grad_enabled():  # inference: one matmul for q, k, v and one RoPE call for q and k
+        if fused:
             h, kv = self.n_heads, self.n_kv_heads
             qkv = F.linear(x, fused_weight(self, ("wq", "wk", "wv"))).view(b, t, h + 2 * kv, self.head_dim)
             qk = apply_rotary_emb(qkv[:, :, :h + kv], freqs_cos, freqs_sin)
@@ -137,7 +139,7 @@ class Attention(nn.Module):
     def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
         """mask: None (causal) or bool [B, 1, T, T], True where a query may attend (packed segments)."""
         b, t, _ = x.shape
-        xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin)
+        xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin, fused=cache is not None and not torch.is_grad_enabled())
         if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
             cache_k, cache_v = cache
             cache_k[:b, pos:pos + t] = xk
@@ -177,10 +179,10 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        if torch.is_grad_enabled():
+    def forward(self, x, fused=False):
+        if not fused:
             out = self.w2(F.silu(self.w1(x)) * self.w3(x))
-        else:  # inference: w1 and w3 in one matmul
+        else:  # generation without grad: w1 and w3 in one matmul
             h1, h3 = F.linear(x, fused_weight(self, ("w1", "w3"))).chunk(2, dim=-1)
             out = self.w2(F.silu(h1) * h3)
         return self.dropout(out) if self.dropout.p and self.training else out
@@ -198,7 +200,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
         a, probs = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, return_attn, cache, pos, mask)
         h = x + a
-        return h + self.feed_forward(self.ffn_norm(h)), probs
+        return h + self.feed_forward(self.ffn_norm(h), fused=cache is not None and not torch.is_grad_enabled()), probs
 
 
 class Transformer(nn.Module):
