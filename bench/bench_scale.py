@@ -37,7 +37,7 @@ FIXED_WORK = ("train_30_steps",)  # work independent of N (train_vocab also caps
 CAPPED = {
     "train_vocab": "its sample stops at 50,000 stories",
     "compute_metadata": "the n-gram is fitted on at most 20M train tokens, counted 2M at a time; the table is "
-                        "streamed to parquet shard by shard; what still grows is the story index (~35 B/story)",
+                        "streamed to parquet shard by shard; what still grows is the story index (~40 B/story)",
 }
 
 
