@@ -13,7 +13,8 @@ compute_metadata (full metric set), and a 30-step train (modelling/train.py over
 Time and memory are fitted as a + b*N through the two sizes; a stage whose memory slope b is not ~0 holds
 something per story, and the 5M column says where that ends. CPU seconds per stage (the process tree's user +
 system time) are reported beside the wall time: they hardly move with the machine's load. Small N (quick)
-overstates slopes: fixed costs and caps (train_vocab's 50,000-story sample, one 5,000-story shard in flight) are still growing there.
+overstates slopes: fixed costs and caps (train_vocab's 50,000-story sample, one 5,000-story shard in flight)
+are still growing there.
 """
 import os
 import shutil
