@@ -53,23 +53,30 @@ def fingerprint(ds, scorer_spec):
     return fp
 
 
-def summarize(df, shard_files, dataset, vocab_size):
+def summarize(table, shard_files, dataset, vocab_size):
     """Long table: one row per (scope, metric) with count, mean, std, min, quantiles, max; scope is a shard
-    file, a split ('train'/'val') or 'all'."""
+    file, a split ('train'/'val') or 'all'. table: a DataFrame, or the path of a metadata.parquet, read one
+    column at a time so memory stays at one column (40 MB per 5M stories) whatever the table's size."""
     names = [m.name for m in metrics.METRICS]
-    scopes = [(f, df[df["shard"] == k]) for k, f in enumerate(shard_files)]
-    scopes += [(split, df[df["split"] == split]) for split in ("train", "val", "val_novel")
-               if (df["split"] == split).any()] + [("all", df)]
-    rows = []
-    for scope, part in scopes:
-        values = part[names].astype(np.float64)
-        q = values.quantile(list(QUANTILES))
-        for name in names:
-            col = values[name]
-            rows.append({"dataset": dataset, "vocab_size": vocab_size, "scope": scope, "metric": name,
-                         "count": int(col.count()), "mean": col.mean(), "std": col.std(), "min": col.min(),
-                         **{f"p{int(p * 100)}": q.at[p, name] for p in QUANTILES}, "max": col.max()})
-    return pd.DataFrame(rows)
+    if isinstance(table, pd.DataFrame):
+        column = table.__getitem__
+    else:
+        import pyarrow.parquet as pq
+        column = lambda name: pq.read_table(table, columns=[name]).column(0).to_pandas()  # noqa: E731
+    shard, split = column("shard").to_numpy(), column("split").to_numpy()
+    scopes = [(f, shard == k) for k, f in enumerate(shard_files)]
+    scopes += [(s, split == s) for s in ("train", "val", "val_novel") if (split == s).any()]
+    scopes += [("all", None)]
+    stats = {}
+    for name in names:
+        values = column(name).to_numpy(np.float64)
+        for scope, mask in scopes:
+            col = pd.Series(values if mask is None else values[mask])
+            q = col.quantile(list(QUANTILES))
+            stats[scope, name] = {"count": int(col.count()), "mean": col.mean(), "std": col.std(), "min": col.min(),
+                                  **{f"p{int(p * 100)}": q.at[p] for p in QUANTILES}, "max": col.max()}
+    return pd.DataFrame([{"dataset": dataset, "vocab_size": vocab_size, "scope": scope, "metric": name,
+                          **stats[scope, name]} for scope, _ in scopes for name in names])
 
 
 def summary_csv():
@@ -93,7 +100,8 @@ def summary_matches(ds):
 
 
 def write_summary(df, ds):
-    """Replace this dataset+vocab's rows of batch_metrics.csv, keeping every other dataset's rows."""
+    """Replace this dataset+vocab's rows of batch_metrics.csv, keeping every other dataset's rows. df: the
+    metadata table or its parquet path (summarize)."""
     table = summarize(df, [s["file"] for s in ds.manifest["shards"]], ds.dataset, ds.vocab_size)
     old = read_summary()
     if old is not None:
@@ -118,14 +126,43 @@ def write_summary(df, ds):
     return table
 
 
-def build_vocabulary(ds, path):
-    """The train split's word vocabulary (metrics.corpus_vocabulary), shard by shard; written to path."""
+def shard_story_ids(ds):
+    """Story ids of each raw shard (position in manifest.json shards), sorted: one pass over the index, where a
+    per-shard mask would cost O(stories) per shard."""
+    shard = ds.index["shard"].to_numpy()
+    order = np.argsort(shard, kind="stable")  # the index is sorted by story_id: each group stays sorted
+    bounds = np.searchsorted(shard[order], np.arange(1, len(ds.manifest["shards"])))
+    return np.split(ds.index["story_id"].to_numpy(np.int64)[order], bounds)
+
+
+_vocab_job = {}  # the dataset and train mask, inherited by the forked vocabulary workers
+
+
+def _shard_word_counts(k_ids):
+    """Word counts of one raw shard's train stories (a worker reads and parses the shard itself)."""
+    k, ids = k_ids
+    ds, train = _vocab_job["ds"], _vocab_job["train"]
+    counts = metrics.word_counts(ds.text(i) for i in ids[train[ids]])
+    ds.release_shard(k)
+    return counts
+
+
+def build_vocabulary(ds, path, workers=1):
+    """The train split's word vocabulary (metrics.corpus_vocabulary), shard by shard — over `workers` forked
+    processes, each reading its shards, when workers > 1 (the counts add up to the same table); written to path."""
+    import multiprocessing as mp
     from collections import Counter
-    index, counts = ds.index, Counter()
-    train = index["split"].to_numpy() == "train"
-    for k in tqdm(range(len(ds.manifest["shards"])), desc="vocabulary", unit="shard"):
-        ids = index["story_id"].to_numpy()[train & (index["shard"].to_numpy() == k)]
-        metrics.corpus_vocabulary((ds.text(i) for i in ids), counts=counts)
+    _vocab_job.update(ds=ds, train=(ds.index["split"] == "train").to_numpy(bool))
+    shards = list(enumerate(shard_story_ids(ds)))
+    counts = Counter()
+    try:
+        with (mp.get_context("fork").Pool(workers) if workers > 1 and len(shards) > 1
+              else contextlib.nullcontext()) as pool:
+            parts = pool.imap_unordered(_shard_word_counts, shards) if pool else map(_shard_word_counts, shards)
+            for part in tqdm(parts, total=len(shards), desc="vocabulary", unit="shard"):
+                counts.update(part)
+    finally:
+        _vocab_job.clear()
     metrics.save_vocabulary(path, counts)
     return metrics.load_vocabulary(path)
 
@@ -145,13 +182,13 @@ def compute_metadata(args):
         old_fp = old.get("fingerprint", {})
         if old_fp == json.loads(json.dumps(fp)):
             try:
-                df = read_metadata(args.dataset, args.vocab_size)
+                n_rows = len(read_metadata(args.dataset, args.vocab_size, columns=["story_id"]))
             except UserError:
-                df = None  # unreadable table: rebuild it below
-            if df is not None and len(df) == len(ds):
+                n_rows = None  # unreadable table: rebuild it below
+            if n_rows == len(ds):
                 if not summary_matches(ds):
-                    write_summary(df, ds)
-                print(f"{out_parquet}: up to date ({len(df):,} stories, metric version {metrics.METRIC_VERSION}, "
+                    write_summary(out_parquet, ds)
+                print(f"{out_parquet}: up to date ({n_rows:,} stories, metric version {metrics.METRIC_VERSION}, "
                       f"scorer {args.scorer}) — nothing to do (--force rebuilds)")
                 return
         changed = [k for k in fp if old_fp.get(k) != json.loads(json.dumps(fp[k]))]
@@ -160,30 +197,47 @@ def compute_metadata(args):
     t0 = time.time()
     scorer = load_scorer(args.scorer, ds, args.vocab_size)
     index = ds.index
-    vocabulary = build_vocabulary(ds, vocab_path)
-    parts = []
+    vocabulary = build_vocabulary(ds, vocab_path, args.workers)
+    n_rows, n_nan, last_id, in_order = 0, {}, -1, True
+    split = index["split"]
     pool = metrics.worker_pool(args.workers, vocabulary) if args.workers > 1 else contextlib.nullcontext()
-    # the bar is closed before an error propagates, so the error line is the last thing on screen
-    with tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0) as bar, pool:
-        for k, shard in enumerate(ds.manifest["shards"]):  # shard by shard keeps memory at one raw shard
-            story_ids = index.loc[index["shard"] == k, "story_id"].to_numpy(np.int64)
-            texts = [ds.text(i) for i in story_ids]
-            token_ids = [ds.tokens(i) for i in story_ids]
-            df = metrics.score_texts(texts, token_ids, scorer, bar=bar, pool=pool if args.workers > 1 else None,
-                                     vocabulary=None if args.workers > 1 else vocabulary)
-            df.insert(0, "story_id", story_ids)
-            df.insert(1, "split", index["split"].to_numpy()[story_ids])
-            df.insert(2, "shard", np.int16(k))
-            parts.append(df)
-            ds.release_shard(k)  # scored: keep memory at one raw shard
-    df = pd.concat(parts, ignore_index=True).sort_values("story_id", ignore_index=True)
-    df["shard"] = df["shard"].astype(np.int16)
+    # the table is streamed to parquet shard by shard (one row group each), so memory does not grow with the
+    # corpus; the bar is closed before an error propagates, so the error line is the last thing on screen
+    with atomic_path(out_parquet, suffix=".parquet") as tmp, \
+            tqdm(total=len(ds), desc="compute_metadata", unit="story", mininterval=1.0) as bar, pool:
+        writer = None
+        try:
+            for k, story_ids in enumerate(shard_story_ids(ds)):  # shard by shard: memory at one raw shard
+                texts = [ds.text(i) for i in story_ids]
+                token_ids = [ds.tokens(i) for i in story_ids]
+                df = metrics.score_texts(texts, token_ids, scorer, bar=bar,
+                                         pool=pool if args.workers > 1 else None,
+                                         vocabulary=None if args.workers > 1 else vocabulary)
+                df.insert(0, "story_id", story_ids)
+                df.insert(1, "split", split.iloc[story_ids].to_numpy())  # ids are index positions
+                df.insert(2, "shard", np.int16(k))
+                df["shard"] = df["shard"].astype(np.int16)
+                df = df.sort_values("story_id", ignore_index=True)
+                if len(df):
+                    in_order &= bool(df["story_id"].iloc[0] > last_id)
+                    last_id = int(df["story_id"].iloc[-1])
+                for c in metrics.COLUMNS:
+                    if c != "nan_reason":
+                        n_nan[c] = n_nan.get(c, 0) + int(df[c].isna().sum())
+                writer = _write_part(writer, tmp, df)
+                n_rows += len(df)
+                ds.release_shard(k)  # scored: keep memory at one raw shard
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # no shard: an empty table with the columns
+            pd.DataFrame(columns=["story_id", "split", "shard"] + metrics.COLUMNS).to_parquet(tmp, index=False)
+        elif not in_order:  # shards whose story ids interleave (not what pretokenize writes): sort in memory
+            pd.read_parquet(tmp).sort_values("story_id", ignore_index=True).to_parquet(tmp, index=False)
     seconds = time.time() - t0
 
-    with atomic_path(out_parquet, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-    write_summary(df, ds)
-    n_nan = {c: int(df[c].isna().sum()) for c in metrics.COLUMNS if c != "nan_reason" and df[c].isna().any()}
+    write_summary(out_parquet, ds)
+    n_nan = {c: n for c, n in n_nan.items() if n}
     atomic_write_json(out_json, {
         "provenance": provenance(dataset=args.dataset, vocab_size=args.vocab_size, workers=args.workers),
         "metric_version": metrics.METRIC_VERSION,
@@ -191,7 +245,7 @@ def compute_metadata(args):
             "n_train_stories", "n_fit_targets", "n_trigrams", "discounts", "max_tokens")}}
             if hasattr(scorer, "info") else {})},
         "fingerprint": fp,
-        "n_stories": len(df), "seconds": round(seconds, 2), "stories_per_s": round(len(df) / max(seconds, 1e-9), 1),
+        "n_stories": n_rows, "seconds": round(seconds, 2), "stories_per_s": round(n_rows / max(seconds, 1e-9), 1),
         "vocabulary": {"file": metrics.VOCABULARY_FILE, "words": len(vocabulary),
                        "min_count": metrics.VOCAB_MIN_COUNT, "from": "train split"},
         "columns": {"story_id": "story id (tokenization index)", "split": "'train', 'val' or 'val_novel'",
@@ -201,8 +255,19 @@ def compute_metadata(args):
                                   "readability is NaN)"},
         "nan_counts": n_nan,
     })
-    print(f"wrote {out_parquet} ({len(df):,} stories, {len(metrics.COLUMNS)} columns) in {seconds:.1f}s "
-          f"({len(df) / max(seconds, 1e-9):,.0f} stories/s), {out_json} and {summary_csv()}")
+    print(f"wrote {out_parquet} ({n_rows:,} stories, {len(metrics.COLUMNS)} columns) in {seconds:.1f}s "
+          f"({n_rows / max(seconds, 1e-9):,.0f} stories/s), {out_json} and {summary_csv()}")
+
+
+def _write_part(writer, path, df):
+    """Append df to the parquet file at path as one row group (the writer is opened on the first part)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.Table.from_pandas(df, preserve_index=False, schema=None if writer is None else writer.schema)
+    if writer is None:
+        writer = pq.ParquetWriter(path, table.schema)
+    writer.write_table(table)
+    return writer
 
 
 def default_workers():

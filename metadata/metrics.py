@@ -191,10 +191,16 @@ def mtld(words, threshold=MTLD_THRESHOLD):
 def corpus_vocabulary(texts, min_count=VOCAB_MIN_COUNT, counts=None):
     """Counter of lowercased words (as `parse` lowercases them) over texts, and the vocabulary: the words seen
     at least min_count times. Pass counts to keep counting into an existing Counter (shard by shard)."""
+    counts = word_counts(texts, counts)
+    return counts, frozenset(w for w, c in counts.items() if c >= min_count)
+
+
+def word_counts(texts, counts=None):
+    """Counter of lowercased words over texts (into counts when given)."""
     counts = Counter() if counts is None else counts
     for t in texts:
         counts.update(WORD_RE.findall(t.lower().replace("\u2019", "'")))
-    return counts, frozenset(w for w, c in counts.items() if c >= min_count)
+    return counts
 
 
 def save_vocabulary(path, counts, min_count=VOCAB_MIN_COUNT):

@@ -10,11 +10,17 @@ trigrams (BOS, BOS, x1), (BOS, x1, x2), ... so each story is independent and x1.
 with continuation counts N1+ for the lower orders (Chen & Goodman 1998) and one discount per order,
 D = n1 / (n1 + 2 n2) from that order's count-of-counts. Every probability is > 0, so every text has a finite
 perplexity. Counts live in sorted int64 key arrays, looked up through pandas' hash index.
+
+Memory: `fit` counts FIT_CHUNK_TOKENS tokens at a time and merges the counts, so its peak is one chunk plus the
+distinct trigrams, not ~80 bytes per fitted token. Scoring looks each query up once in the trigram table, whose
+log-probabilities are computed at load (the same formula, element by element); only unseen trigrams take the
+back-off path.
 """
 import numpy as np
 import pandas as pd
 
 FORMAT_VERSION = 1
+FIT_CHUNK_TOKENS = 2_000_000  # tokens counted per step of fit(): its memory no longer grows with the sample
 
 
 def _trigrams(sequences, bos_id):
@@ -35,6 +41,19 @@ def _trigrams(sequences, bos_id):
     target = np.flatnonzero(flat != bos_id)  # BOS only starts a story: everything else is predicted
     target = target[target >= 2]
     return flat[target - 2], flat[target - 1], flat[target], owner[target]
+
+
+def _token_chunks(sequences, max_tokens):
+    """Lists of consecutive sequences of about max_tokens tokens each (at least one sequence per list)."""
+    chunk, tokens, yielded = [], 0, False
+    for seq in sequences:
+        chunk.append(seq)
+        tokens += len(seq)
+        if tokens >= max_tokens:
+            yield chunk
+            chunk, tokens, yielded = [], 0, True
+    if chunk or not yielded:
+        yield chunk
 
 
 def _discount(counts):
@@ -59,13 +78,24 @@ class KneserNeyTrigram:
         self.a = arrays
         self.vocab_size, self.bos_id = int(vocab_size), int(bos_id)
         self.index = {name: pd.Index(arrays[f"{name}_keys"]) for name in ("tri", "ctx", "bi")}
+        self._tri_logprob = None  # log P3 of every trigram in the table, computed on first use
 
     @classmethod
     def fit(cls, sequences, vocab_size, bos_id=1):
-        """Fit on token id sequences (each BOS-led, as TokenizedDataset.tokens returns them)."""
+        """Fit on token id sequences (each BOS-led, as TokenizedDataset.tokens returns them); any iterable, read
+        FIT_CHUNK_TOKENS at a time."""
         V = int(vocab_size)
-        a, b, c, _ = _trigrams(sequences, bos_id)
-        tri_keys, tri_counts = np.unique((a * V + b) * V + c, return_counts=True)
+        tri_keys, tri_counts, n_targets = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+        for chunk in _token_chunks(sequences, FIT_CHUNK_TOKENS):
+            a, b, c, _ = _trigrams(chunk, bos_id)
+            keys, counts = np.unique((a * V + b) * V + c, return_counts=True)
+            n_targets += len(c)
+            del a, b, c
+            if len(tri_keys):  # merge: counts of the same key add up
+                keys, inverse = np.unique(np.concatenate([tri_keys, keys]), return_inverse=True)
+                counts = np.bincount(inverse, weights=np.concatenate([tri_counts, counts]),
+                                     minlength=len(keys)).astype(np.int64)
+            tri_keys, tri_counts = keys, counts
         ctx_keys, ctx_first, ctx_types = np.unique(tri_keys // V, return_index=True, return_counts=True)
         ctx_total = np.add.reduceat(tri_counts, ctx_first) if len(tri_keys) else np.zeros(0, np.int64)
         bi_keys, bi_cont = np.unique(tri_keys % (V * V), return_counts=True)  # N1+(.bc): distinct a per (b, c)
@@ -79,7 +109,7 @@ class KneserNeyTrigram:
             mid_total=mid_total.astype(np.int64), mid_types=mid_types.astype(np.int32),
             uni_cont=uni_cont.astype(np.int64),
             discounts=np.array([_discount(uni_cont[uni_cont > 0]), _discount(bi_cont), _discount(tri_counts)]),
-            n_targets=np.array(len(c), dtype=np.int64),
+            n_targets=np.array(n_targets, dtype=np.int64),
         )
         return cls(arrays, V, bos_id)
 
@@ -122,13 +152,26 @@ class KneserNeyTrigram:
         p3 = np.where(total > 0, np.maximum(abc - D3, 0) / safe + D3 * types / safe * p2, p2)
         return np.log(p3)
 
+    def logprob_table(self, a, b, c):
+        """logprob(a, b, c), the same numbers, with one hash lookup per seen trigram: its log P3 is computed
+        once per table entry (by logprob itself); unseen trigrams take logprob's back-off path."""
+        V, keys = self.vocab_size, self.a["tri_keys"]
+        if self._tri_logprob is None:
+            self._tri_logprob = self.logprob(keys // (V * V), keys // V % V, keys % V)
+        pos = self.index["tri"].get_indexer((a * V + b) * V + c)
+        out = self._tri_logprob[pos] if len(keys) else np.zeros(len(c))
+        unseen = pos < 0
+        if unseen.any():
+            out[unseen] = self.logprob(a[unseen], b[unseen], c[unseen])
+        return out
+
     def perplexity(self, sequences):
         """Per sequence exp(mean negative log-likelihood of the tokens after BOS); NaN for no tokens."""
         sequences = list(sequences)
         a, b, c, owner = _trigrams(sequences, self.bos_id)
         if len(c) and int(c.max()) >= self.vocab_size:
             raise ValueError(f"token id {int(c.max())} outside the n-gram's vocab of {self.vocab_size}")
-        nll = np.bincount(owner, weights=-self.logprob(a, b, c), minlength=len(sequences))
+        nll = np.bincount(owner, weights=-self.logprob_table(a, b, c), minlength=len(sequences))
         count = np.bincount(owner, minlength=len(sequences))
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, np.exp(nll / np.maximum(count, 1)), np.nan)

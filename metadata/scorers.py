@@ -22,7 +22,7 @@ from common.errors import UserError
 from common.ids import tokenized_id
 from common.io import atomic_path, atomic_write_json, provenance
 
-NGRAM_MAX_TOKENS = 20_000_000  # fit on at most this many train tokens (full TinyStories: ~1.5 GB peak RAM)
+NGRAM_MAX_TOKENS = 20_000_000  # fit on at most this many train tokens (the fit counts 2M at a time)
 NGRAM_SAMPLE_SEED = 0  # which train stories make the capped sample (a seeded permutation)
 SCORE_BATCH_TOKENS = 2_000_000  # n-gram: tokens scored per vectorised call
 CKPT_BATCH = 64  # checkpoint scorer: sequences per forward pass
@@ -132,8 +132,9 @@ def fit_ngram(ds, max_tokens=NGRAM_MAX_TOKENS):
     ids = _train_sample(ds, max_tokens)
     if len(ids) == 0:
         raise UserError(f"{ds.dir}: the train split is empty — re-run pretokenize with more stories")
-    sequences = [ds.tokens(i) for i in tqdm(ids, desc="n-gram: read train stories", unit="story",
-                                            disable=len(ids) < 20_000, mininterval=1.0)]
+    # a generator: fit() takes FIT_CHUNK_TOKENS at a time, so no per-story object outlives its chunk
+    sequences = (ds.tokens(i) for i in tqdm(ids, desc="n-gram: read train stories", unit="story",
+                                            disable=len(ids) < 20_000, mininterval=1.0))
     vocab = ds.tokenizer.get_piece_size()
     lm = KneserNeyTrigram.fit(sequences, vocab, int(ds.manifest.get("bos_id", 1)))
     npz = ds.dir / "ngram.npz"

@@ -64,14 +64,21 @@ def precompute_freqs_cis(head_dim, end, theta=10000.0):
     return torch.cos(angles), torch.sin(angles)
 
 
-def apply_rotary_emb(x, freqs_cos, freqs_sin):
+def rope_lanes(freqs_cos, freqs_sin):
+    """cos and signed sin per lane [.., D] for apply_rotary_emb: (c0, c0, c1, c1, ..) and (-s0, s0, -s1, s1, ..)."""
+    return freqs_cos.repeat_interleave(2, -1), torch.stack([-freqs_sin, freqs_sin], -1).flatten(-2)
+
+
+def apply_rotary_emb(x, cos, sin):
     """Rotate interleaved pairs (x0,x1),(x2,x3),… of x [B, T, H, D] by position; llama2.c's pairing.
-    freqs: [T, D/2] (positions 0..T-1 shared by the batch) or [B, T, D/2] (per-token positions)."""
-    xr, xi = x.float().reshape(x.shape[:-1] + (-1, 2)).unbind(-1)
-    cos = freqs_cos[None, :, None, :] if freqs_cos.dim() == 2 else freqs_cos[:, :, None, :]
-    sin = freqs_sin[None, :, None, :] if freqs_sin.dim() == 2 else freqs_sin[:, :, None, :]
-    out = torch.stack([xr * cos - xi * sin, xr * sin + xi * cos], dim=-1).flatten(3)
-    return out.type_as(x)
+    cos, sin: rope_lanes() lanes [T, D] (positions 0..T-1 shared by the batch) or [B, T, D] (per-token
+    positions). x*cos + swap(x)*sin is (x0 c - x1 s, x1 c + x0 s) per pair, bit for bit, in 4 ops instead of a
+    dozen (the per-token cost of generation)."""
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    cos = cos[None, :, None, :] if cos.dim() == 2 else cos[:, :, None, :]
+    sin = sin[None, :, None, :] if sin.dim() == 2 else sin[:, :, None, :]
+    return (xf * cos + swapped * sin).type_as(x)
 
 
 def repeat_kv(x, n_rep):
@@ -80,6 +87,21 @@ def repeat_kv(x, n_rep):
         return x
     b, t, n_kv, d = x.shape
     return x[:, :, :, None, :].expand(b, t, n_kv, n_rep, d).reshape(b, t, n_kv * n_rep, d)
+
+
+def fused_weight(module, names):
+    """The weights of module's linears `names` concatenated along the output dim, rebuilt when any of them changes
+    (an optimizer step or load_state_dict bumps a tensor's version). KV-cache generation without grad only (the
+    copy stays with the module; training and evaluation never make it): one matmul instead of several, the same
+    numbers bit for bit (each output is the same dot product; tests/test_model.py)."""
+    weights = [getattr(module, n).weight for n in names]
+    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+    cached = module.__dict__.get("_fused_weights", {}).get(names)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, torch.cat(weights))
+        module.__dict__.setdefault("_fused_weights", {})[names] = cached
+    return cached[1]
 
 
 class Attention(nn.Module):
@@ -98,9 +120,15 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(args.dropout)
         self.dropout = args.dropout
 
-    def qkv(self, x, freqs_cos, freqs_sin):
-        """Queries, keys and values [B, H, T, D] after RoPE (keys/values repeated for GQA)."""
+    def qkv(self, x, freqs_cos, freqs_sin, fused=False):
+        """Queries, keys and values [B, H, T, D] after RoPE (keys/values repeated for GQA). fused (generation
+        without grad): one matmul for q, k, v and one RoPE call for q and k."""
         b, t, _ = x.shape
+        if fused:
+            h, kv = self.n_heads, self.n_kv_heads
+            qkv = F.linear(x, fused_weight(self, ("wq", "wk", "wv"))).view(b, t, h + 2 * kv, self.head_dim)
+            qk = apply_rotary_emb(qkv[:, :, :h + kv], freqs_cos, freqs_sin)
+            return qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv:]
         xq = self.wq(x).view(b, t, self.n_heads, self.head_dim)
         xk = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)
         xv = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
@@ -111,7 +139,7 @@ class Attention(nn.Module):
     def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
         """mask: None (causal) or bool [B, 1, T, T], True where a query may attend (packed segments)."""
         b, t, _ = x.shape
-        xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin)
+        xq, xk, xv = self.qkv(x, freqs_cos, freqs_sin, fused=cache is not None and not torch.is_grad_enabled())
         if cache is not None:  # generation: write this chunk's keys/values, attend to everything so far
             cache_k, cache_v = cache
             cache_k[:b, pos:pos + t] = xk
@@ -136,7 +164,8 @@ class Attention(nn.Module):
                                                  dropout_p=self.dropout if self.training else 0.0,
                                                  is_causal=mask is None and t > 1)
         out = out.transpose(1, 2).contiguous().view(b, t, -1)
-        return self.resid_dropout(self.wo(out)), probs
+        out = self.wo(out)
+        return (self.resid_dropout(out) if self.dropout and self.training else out), probs  # p=0: a no-op call
 
 
 class FeedForward(nn.Module):
@@ -150,8 +179,13 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+    def forward(self, x, fused=False):
+        if not fused:
+            out = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        else:  # generation without grad: w1 and w3 in one matmul
+            h1, h3 = F.linear(x, fused_weight(self, ("w1", "w3"))).chunk(2, dim=-1)
+            out = self.w2(F.silu(h1) * h3)
+        return self.dropout(out) if self.dropout.p and self.training else out
 
 
 class TransformerBlock(nn.Module):
@@ -166,7 +200,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x, freqs_cos, freqs_sin, return_attn=False, cache=None, pos=0, mask=None):
         a, probs = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, return_attn, cache, pos, mask)
         h = x + a
-        return h + self.feed_forward(self.ffn_norm(h)), probs
+        return h + self.feed_forward(self.ffn_norm(h), fused=cache is not None and not torch.is_grad_enabled()), probs
 
 
 class Transformer(nn.Module):
@@ -184,8 +218,11 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tok_embeddings.weight = self.output.weight  # tied (both names stay in the state_dict, as llama2.c)
         freqs_cos, freqs_sin = precompute_freqs_cis(args.dim // args.n_heads, args.max_seq_len)
-        self.register_buffer("freqs_cos", freqs_cos, persistent=False)
+        self.register_buffer("freqs_cos", freqs_cos, persistent=False)  # llama2.c's tables (export, parity)
         self.register_buffer("freqs_sin", freqs_sin, persistent=False)
+        rope_cos, rope_sin = rope_lanes(freqs_cos, freqs_sin)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)  # per lane, what the layers use
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         # llama2.c init: N(0, 0.02), residual projections scaled by 1/sqrt(2*n_layers) (GPT-2 paper)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -212,9 +249,9 @@ class Transformer(nn.Module):
         h = self.dropout(self.tok_embeddings(tokens))
         mask = None
         if positions is None:
-            freqs_cos, freqs_sin = self.freqs_cos[pos:pos + t], self.freqs_sin[pos:pos + t]
+            freqs_cos, freqs_sin = self.rope_cos[pos:pos + t], self.rope_sin[pos:pos + t]
         else:
-            freqs_cos, freqs_sin = self.freqs_cos[positions], self.freqs_sin[positions]
+            freqs_cos, freqs_sin = self.rope_cos[positions], self.rope_sin[positions]
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError("packed segments (segment_ids) cannot use a KV cache")
@@ -247,8 +284,10 @@ class Transformer(nn.Module):
     def _new_cache(self, batch, length, device, dtype):
         n_kv = self.params.n_heads if self.params.n_kv_heads is None else self.params.n_kv_heads
         hd = self.params.dim // self.params.n_heads
-        return [(torch.zeros(batch, length, n_kv, hd, device=device, dtype=dtype),
-                 torch.zeros(batch, length, n_kv, hd, device=device, dtype=dtype)) for _ in self.layers]
+        # [B, length, n_kv, hd] views of [B, n_kv, length, hd] storage: each head's keys are contiguous, so the
+        # attention of a new token reads them as one block (1.2-1.7x faster at batch 64 than [B, L, H, D] rows)
+        return [tuple(torch.zeros(batch, n_kv, length, hd, device=device, dtype=dtype).transpose(1, 2)
+                      for _ in range(2)) for _ in self.layers]
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator):

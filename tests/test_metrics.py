@@ -136,6 +136,22 @@ def test_kneser_ney_normalises_and_is_deterministic(tmp_path):
     assert lm.perplexity(pattern[:1])[0] < 1.5 < 10 < lm.perplexity([rng.integers(3, 30, 40)])[0]
 
 
+def test_kneser_ney_chunked_fit_and_table_lookup_are_exact(monkeypatch):
+    """fit() counting a few tokens at a time gives the same arrays as one pass; perplexity's per-trigram table
+    gives logprob's numbers exactly, for seen and unseen trigrams."""
+    import metadata.ngram as ngram
+    rng = np.random.default_rng(1)
+    seqs = [np.concatenate([[1], rng.integers(3, 30, size=rng.integers(1, 40))]) for _ in range(300)]
+    whole = KneserNeyTrigram.fit(seqs, 40)
+    monkeypatch.setattr(ngram, "FIT_CHUNK_TOKENS", 50)
+    chunked = KneserNeyTrigram.fit(seqs, 40)
+    assert whole.a.keys() == chunked.a.keys()
+    assert all(np.array_equal(whole.a[k], chunked.a[k]) and whole.a[k].dtype == chunked.a[k].dtype for k in whole.a)
+    a, b, c = (rng.integers(1, 40, 5000) for _ in range(3))  # many trigrams never seen in fitting
+    assert (whole.index["tri"].get_indexer((a * 40 + b) * 40 + c) < 0).mean() > 0.5
+    assert np.array_equal(whole.logprob_table(a, b, c), whole.logprob(a, b, c))
+
+
 def test_degenerate_text_flagged_real_stories_not():
     """The nulls of rep4/oov/degenerate: real stories (not the ones the vocabulary came from) are not flagged
     and keep their readability; repeated or non-word text is flagged and readability is NaN with a reason."""

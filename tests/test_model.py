@@ -120,6 +120,26 @@ def test_generate_with_cache_equals_full_recompute():
     assert sampled.shape == (2, 15) and torch.equal(sampled[:, :5], prompt)
 
 
+def test_inference_path_equals_training_path_bit_for_bit():
+    """Generating without grad, q/k/v and w1/w3 run as one matmul each (fused_weight) and RoPE once for q and k:
+    the logits must equal the grad-enabled path's exactly, and the fused weights must follow an in-place weight
+    change; evaluation without a cache keeps no fused copy."""
+    m = tiny(seed=2)
+    x = torch.randint(0, 64, (3, 12))
+    with torch.enable_grad():
+        ref = m(x).detach()
+    with torch.no_grad():
+        m(x)
+        assert "_fused_weights" not in m.layers[0].attention.__dict__
+        assert torch.equal(m(x, cache=m._new_cache(3, 32, x.device, torch.float32)), ref)
+        assert "_fused_weights" in m.layers[0].attention.__dict__
+        m.layers[0].attention.wk.weight.mul_(1.5)
+        m.layers[1].feed_forward.w3.weight.mul_(0.5)
+        fused = m(x, cache=m._new_cache(3, 32, x.device, torch.float32))
+    with torch.enable_grad():
+        assert torch.equal(fused, m(x).detach()) and not torch.equal(fused, ref)
+
+
 def test_overfit_a_tiny_batch():
     torch.manual_seed(0)
     m = Transformer(ModelArgs(**ARGS)).train()
