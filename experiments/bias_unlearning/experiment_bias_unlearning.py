@@ -22,11 +22,13 @@ Writes out/experiments/bias_unlearning/NAME/: runs/, logs/, experiment.json, mea
 results.csv, curves/, figures/, report.md, description.json.
 """
 import argparse
+import json
 import math
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -71,7 +73,8 @@ SIZES = {
                             warmup_iters=100)),
 }
 CORPUS_SEEDS = {"parent": 100, "biased": 101, "neutral": 102, "counter": 103}  # branch corpora: new stories
-MEASURES = ["overt_bias", "amp", "amp_lo", "amp_hi", "gproj", "weat_d_last", "weat_d_emb", "gen_stereo_rate"]
+MEASURES = ["overt_bias", "amp", "amp_lo", "amp_hi", "weat_d_mean", "weat_d_last", "weat_d_emb", "gen_stereo_rate"]
+COVERT = "weat_d_mean"  # question 2's covert measure: WEAT d averaged over the embeddings and every layer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def time_to_unlearn(measures):
                      "overt_start": first["overt_bias"], "overt_end": g.iloc[-1]["overt_bias"],
                      "amp_start": first["amp"], "amp_end": g.iloc[-1]["amp"],
                      "weat_start": first["weat_d_last"], "weat_end": g.iloc[-1]["weat_d_last"],
-                     "gproj_start": first.get("gproj", math.nan), "gproj_end": g.iloc[-1].get("gproj", math.nan),
+                     "covert_start": first.get(COVERT, math.nan), "covert_end": g.iloc[-1].get(COVERT, math.nan),
                      "tokens_to_unlearn": float(hit.iloc[0]["tokens_after"]) if len(hit) else math.nan,
                      **half_lives(g),
                      "budget_tokens": float(g.iloc[-1]["tokens_after"]),
@@ -303,7 +306,7 @@ def comparisons(measures, stages, unlearn=None):
     control = np.mean([overt[(s, CONTROL)].to_numpy() for s in stages], axis=0)
     rows.append({"comparison": "counter - control (mean over stages)", "outcome": "overt_bias", "stage": "all",
                  "primary": True, **stats.compare_paired((counter, control))})
-    for column in ("overt_bias", "gproj", "weat_d_last", "weat_d_emb", "loss_parent", "gen_stereo_rate"):
+    for column in ("overt_bias", COVERT, "weat_d_last", "weat_d_emb", "loss_parent", "gen_stereo_rate"):
         if column not in measures:
             continue
         end = branch_end(measures, column)
@@ -316,7 +319,7 @@ def comparisons(measures, stages, unlearn=None):
                              **stats.compare_paired((end[(stage, corpus)].to_numpy(), end[(stage, CONTROL)].to_numpy()))})
     # covert bias left at the end of the neutral and counter branches, against its null value 0 (no
     # association), and against its own value at the branch point (end - start: how much of it went)
-    for column in ("gproj", "weat_d_last"):
+    for column in (COVERT,):
         if column not in measures:
             continue
         end = branch_end(measures, column)
@@ -329,18 +332,21 @@ def comparisons(measures, stages, unlearn=None):
                     rows.append({"comparison": f"{corpus} end - branch point", "outcome": column, "stage": stage,
                                  "primary": False, **stats.compare_paired((end[(stage, corpus)].to_numpy(),
                                                                            start[(stage, corpus)].to_numpy()))})
-    # how the overt bias's half-life depends on the stage: later stage - earliest stage, paired over seeds
-    # that reached half in both (the censored ones drop out; n says how many are left)
+    # how the overt bias's half-life depends on the stage: later stage - earlier stage, paired over the seeds
+    # that got halfway in both (censored and n/a ones drop out; n says how many are left; pairs with n < 2 are
+    # not compared)
     if unlearn is not None:
         for column in ("half_life_zero", "half_life_corpus"):
             hl = unlearn.pivot_table(index="init_seed", columns=["stage", "corpus"], values=column, dropna=False)
-            for stage in stages[1:]:
-                for corpus in ("neutral", "counter"):
-                    if (stage, corpus) in hl and (stages[0], corpus) in hl:
-                        rows.append({"comparison": f"{corpus}: stage {stage} - stage {stages[0]}", "outcome": column,
-                                     "stage": stage, "primary": False,
-                                     **stats.compare_paired((hl[(stage, corpus)].to_numpy(),
-                                                             hl[(stages[0], corpus)].to_numpy()))})
+            for i, early in enumerate(stages):
+                for stage in stages[i + 1:]:
+                    for corpus in ("neutral", "counter"):
+                        if (stage, corpus) not in hl or (early, corpus) not in hl:
+                            continue
+                        a, b = hl[(stage, corpus)].to_numpy(), hl[(early, corpus)].to_numpy()
+                        if (np.isfinite(a) & np.isfinite(b)).sum() >= 2:
+                            rows.append({"comparison": f"{corpus}: stage {stage} - stage {early}", "outcome": column,
+                                         "stage": stage, "primary": False, **stats.compare_paired((a, b))})
     table = pd.DataFrame(rows)
     explore = ~table["primary"]
     table.loc[explore, "q"] = stats.bh_q(table.loc[explore, "p"].to_numpy())
@@ -354,7 +360,7 @@ def grid(unlearn):
     for (stage, corpus), g in unlearn.groupby(["stage", "corpus"]):
         row = {"stage": stage, "corpus": corpus, "n_seeds": len(g), "n_unlearned": int(g["tokens_to_unlearn"].notna().sum()),
                "tokens_to_unlearn_mean": g["tokens_to_unlearn"].mean(), "budget_tokens": g["budget_tokens"].mean()}
-        for column in ("overt_start", "overt_end", "amp_end", "weat_start", "weat_end", "gproj_start", "gproj_end",
+        for column in ("overt_start", "overt_end", "amp_end", "weat_start", "weat_end", "covert_start", "covert_end",
                        "half_life_zero", "half_life_corpus"):
             if column not in g:
                 continue
@@ -403,7 +409,7 @@ def figure_grid(table, path):
     """stage x corpus, mean with 95% interval over seeds: the overt bias's half-life (tokens until it halves),
     the overt bias and the covert gender-axis separation at branch end."""
     panels = [("half_life_zero", "tokens until overt bias halves (reached seeds)"),
-              ("overt_end", "overt bias at branch end"), ("gproj_end", "covert (gender axis) at branch end")]
+              ("overt_end", "overt bias at branch end"), ("covert_end", "covert (WEAT d, mean over layers) at branch end")]
     panels = [p for p in panels if p[0] in table]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     corpora = list(BRANCH_CORPORA)
@@ -447,13 +453,30 @@ def said(r, digits=3):
 def half_life_cell(r, column):
     """'mean [CI] (k of n reached; c never got halfway; m nothing to move)' of a grid row."""
     n, reached, censored = int(r["n_seeds"]), int(r[f"{column}_n"]), int(r[f"{column}_n_censored"])
-    text = ci(r[column], r[f"{column}_lo"], r[f"{column}_hi"], 0) if reached else "censored"
+    text = ci(r[column], r[f"{column}_lo"], r[f"{column}_hi"], 0) if reached else "censored" if censored else "n/a"
     parts = [f"{reached}/{n} reached"]
     if censored:
         parts.append(f"{censored} censored")
     if n - reached - censored:
         parts.append(f"{n - reached - censored} n/a")
     return f"{text} ({', '.join(parts)})"
+
+
+def history(exp_dir):
+    """'From the experiment's creation to this report: … min (load averages …). ' from
+    experiment.json (a resumed experiment's first command is not the one that wrote the report); '' without it."""
+    try:
+        state = json.loads((Path(exp_dir) / "experiment.json").read_text())
+        created = datetime.fromisoformat(state["provenance"]["created_utc"].replace("Z", "+00:00"))
+    except (OSError, ValueError, KeyError):
+        return ""
+    minutes = (datetime.now(timezone.utc) - created).total_seconds() / 60
+    sessions = state.get("sessions", [])
+    loads = [x for s in sessions for x in (s.get("machine", {}).get("load_avg", [None])[0],
+                                          (s.get("load_avg_end") or [None])[0]) if x is not None]
+    load = f" (load averages {min(loads):.1f}–{max(loads):.1f})" if loads else ""
+    return (f"From the experiment's creation ({state['provenance']['created_utc'][:19]} UTC) to this report: "
+            f"{minutes:.1f} min{load}. ")
 
 
 def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, power):
@@ -489,13 +512,13 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
              f"own rate; and tokens until it is within the 95% interval of that rate. A branch that never gets "
              f"there within the budget is *censored* (counted, not averaged); one that starts within {MIN_GAP} of "
              "the target has nothing to move (n/a). Means and t-intervals are over the seeds that got there.",
-             "- Covert bias (question 2): **gender axis** `gproj` — the model's own gender direction at each layer "
-             "(mean hidden state of female first names − male ones, read in the same neutral frames as the "
-             "occupations, bias_probe.gender_projection); the female-stereotyped occupations' mean position on it "
-             "minus the male-stereotyped ones', in units of the female−male name distance, mean over layers "
-             "(0 = no association; untrained models read ≈ 0, tests/test_bias_probe.py). Nothing asks for a "
-             "pronoun. Also the last-layer WEAT d against the she/he token vectors and the sampled-generation "
-             "stereotype rate at branch ends. Loss on each corpus's fixed validation sample.",
+             "- Covert bias (question 2): `weat_d_mean`, the WEAT effect size of the seen female- vs "
+             "male-stereotyped occupations against the she/he token vectors, averaged over the token embeddings "
+             "and the hidden state after every layer (at the occupation, neutral frames; nothing asks for a "
+             "pronoun; untrained models read ≈ 0, tests/test_bias_probe.py). A model trained without the bias "
+             "does not read exactly 0 (which occupations sit near which words differs), so persistence is judged "
+             "against the control branch and the branch point, paired by seed, not against 0. Also the "
+             "sampled-generation stereotype rate at branch ends. Loss on each corpus's fixed validation sample.",
              f"- Statistics (experiments/common/stats.py): paired over init seeds, exact sign-flip p, t-interval, "
              f"minimum detectable effect (80% power). Power: {power['reason']}.", "",
              "## Primary result", "",
@@ -507,12 +530,12 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
              "", "## How much bias the parent learned", "",
              f"The parent corpus's own overt bias is {fmt(corpus_overt)} (p of the stereotyped pronoun "
              f"{fmt(corpus_overt + 0.5)}). The parent at each stage (mean [95% CI] over seeds):", "",
-             "| parent step | overt bias | share of the corpus's | gender axis `gproj` | WEAT d (last layer) |",
+             "| parent step | overt bias | share of the corpus's | covert `weat_d_mean` | WEAT d (last layer) |",
              "|---|---|---|---|---|"]
     for step in stages:
         p = parent[parent["step"] == step]
         o = stats.t_interval(p["overt_bias"].to_numpy())
-        gp = stats.t_interval(p["gproj"].to_numpy()) if "gproj" in p else (math.nan,) * 3
+        gp = stats.t_interval(p[COVERT].to_numpy()) if COVERT in p else (math.nan,) * 3
         w = stats.t_interval(p["weat_d_last"].to_numpy())
         lines.append(f"| {step} | {ci(*o)} | {fmt(o[0] / corpus_overt, 2)} | {ci(*gp)} | {ci(*w)} |")
 
@@ -528,27 +551,30 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
                      f"{ci(r['overt_start'], r['overt_start_lo'], r['overt_start_hi'])} | "
                      f"{ci(r['overt_end'], r['overt_end_lo'], r['overt_end_hi'])} | "
                      f"{half_life_cell(r, 'half_life_zero')} | {half_life_cell(r, 'half_life_corpus')} | {within} |")
-    lines += ["", "Dependence on the stage (half-life at a later stage minus at the first, paired over the seeds "
-              "that got halfway in both):", ""]
-    for corpus in ("counter", "neutral"):
-        for stage in stages[1:]:
-            lines.append(f"- {corpus}, half-life to 0, stage {stage} − stage {stages[0]}: "
-                         f"{said(result_row(results, f'{corpus}: stage {stage} - stage {stages[0]}', 'half_life_zero', stage), 0)}")
+    lines += ["", "Dependence on the stage (half-life at a later stage minus at an earlier one, paired over the "
+              "seeds that got halfway in both; pairs with fewer than 2 such seeds are not listed):", ""]
+    hl_rows = results[results["outcome"].astype(str).str.startswith("half_life")]
+    for _, r in hl_rows.iterrows():
+        lines.append(f"- {r['comparison']}, {r['outcome']}: {said(r, 0)}")
+    if not len(hl_rows):
+        lines.append("- none: no pair of stages has 2 seeds that got halfway in both")
     lines += ["", "## 2. Does covert bias persist after the overt bias is gone", "",
               "Per stage, for the neutral and counter branches: is the overt bias gone at the branch end (its "
-              "interval reaches 0 or below), and the covert gender-axis separation `gproj` there — against 0, "
-              "against its own value at the branch point, and against the control branch (paired over seeds).", "",
-              "| stage | corpus | overt at end | overt gone | gproj at branch | gproj at end | end vs 0 | "
-              "end − branch point | − control |", "|---|---|---|---|---|---|---|---|---|"]
+              "interval reaches 0 or below), and the covert `weat_d_mean` there against its own value at the branch "
+              "point and against the control branch's at the same tokens (paired over seeds); beside it the overt "
+              "bias's own difference from the control. Covert bias *persists* where the overt bias differs from the "
+              "control's and the covert does not (with the MDE saying how small a covert drop could hide).", "",
+              "| stage | corpus | overt at end | overt gone | overt − control | covert at branch | covert at end | "
+              "covert end − branch point | covert − control |", "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table[table["corpus"] != CONTROL].iterrows():
         stage, corpus = r["stage"], r["corpus"]
         gone = "yes" if r["overt_end_lo"] <= 0 else "no"
         lines.append(f"| {stage} | {corpus} | {ci(r['overt_end'], r['overt_end_lo'], r['overt_end_hi'])} | {gone} | "
-                     f"{ci(r['gproj_start'], r['gproj_start_lo'], r['gproj_start_hi'])} | "
-                     f"{ci(r['gproj_end'], r['gproj_end_lo'], r['gproj_end_hi'])} | "
-                     f"p = {fmt(result_row(results, f'{corpus} vs 0', 'gproj', stage)['p'], 4)} | "
-                     f"{said(result_row(results, f'{corpus} end - branch point', 'gproj', stage))} | "
-                     f"{said(result_row(results, f'{corpus} - control', 'gproj', stage))} |")
+                     f"{said(result_row(results, f'{corpus} - control', 'overt_bias', stage))} | "
+                     f"{ci(r['covert_start'], r['covert_start_lo'], r['covert_start_hi'])} | "
+                     f"{ci(r['covert_end'], r['covert_end_lo'], r['covert_end_hi'])} | "
+                     f"{said(result_row(results, f'{corpus} end - branch point', COVERT, stage))} | "
+                     f"{said(result_row(results, f'{corpus} - control', COVERT, stage))} |")
     lines += ["", "## All comparisons (branch end unless named; paired over seeds; BH q over the exploratory ones)",
               "", "| comparison | outcome | stage | diff [95% CI] | n | p | q (BH) | MDE |",
               "|---|---|---|---|---|---|---|---|"]
@@ -562,12 +588,13 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
               "- Loss: `loss_parent` (the parent corpus's validation sample) at branch end, neutral/counter − "
               "control, is in the comparisons table; a branch that lowers the bias while its loss on the parent "
               "corpus matches the control's has not just got worse at the language.", "",
-              "## Figures", "", "![overt](figures/overt_curves.png)", "", "![gproj](figures/gproj_curves.png)", "",
+              "## Figures", "", "![overt](figures/overt_curves.png)", "", "![covert](figures/covert_curves.png)", "",
               "![weat](figures/weat_curves.png)", "", "![grid](figures/grid.png)", "",
               "## Run", "",
               f"Wall time of the command that wrote this report {wall_s / 60:.1f} min on "
               f"{machine_info().get('cpu', 'this machine')} ({os.cpu_count()} cores; load average at the end "
-              f"{os.getloadavg()[0]:.1f}), dtype {train.get('dtype')}. Commit {provenance().get('git_commit')}.", ""]
+              f"{os.getloadavg()[0]:.1f}), dtype {train.get('dtype')}. {history(exp_dir)}Commit "
+              f"{provenance().get('git_commit')}.", ""]
     atomic_write_text(exp_dir / "report.md", "\n".join(lines))
 
 
@@ -625,7 +652,7 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
     (exp_dir / "figures").mkdir(exist_ok=True)
     figure_curves(measures, exp_dir / "figures/overt_curves.png", "overt_bias", "overt bias (p_stereo − 0.5)")
     figure_curves(measures, exp_dir / "figures/weat_curves.png", "weat_d_last", "WEAT d (last layer)")
-    figure_curves(measures, exp_dir / "figures/gproj_curves.png", "gproj", "covert: gender axis (gproj)")
+    figure_curves(measures, exp_dir / "figures/covert_curves.png", COVERT, "covert: WEAT d, mean over layers")
     figure_grid(table, exp_dir / "figures/grid.png")
     power = runner.check_design(len(parents))
     write_report(exp_dir, design, measures, unlearn, table, results, wall, power)
@@ -643,7 +670,7 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
                                                                       "within the CI of the branch corpus's rate"},
                 {"name": "measures", "path": "measures.csv", "caption": "every checkpoint of every run"}],
         figures=[{"path": "figures/overt_curves.png", "caption": "overt bias vs tokens, branches off the parent"},
-                 {"path": "figures/gproj_curves.png", "caption": "covert bias (gender axis) vs tokens"},
+                 {"path": "figures/covert_curves.png", "caption": "covert bias (WEAT d, mean over layers) vs tokens"},
                  {"path": "figures/weat_curves.png", "caption": "covert bias (WEAT d) vs tokens"},
                  {"path": "figures/grid.png", "caption": "stage x corpus: half-life, overt and covert at branch end"}])
     print(f"wrote {exp_dir}/report.md: {len(parents)} of {len(design['seeds'])} seeds ({wall / 60:.1f} min)")
