@@ -60,7 +60,7 @@ def test_time_to_unlearn_is_the_first_checkpoint_within_the_interval():
     assert got.loc["a", "amp_start"] == 0.4 and got.loc["a", "amp_end"] == -0.01
 
 
-def test_half_life_interpolates_the_crossing_and_censors_what_never_gets_halfway():
+def test_half_life_interpolates_the_crossing_for_good_and_censors_what_never_gets_halfway():
     tokens = [0, 1000, 2000, 4000, 8000]
     # from 0.4 toward 0: halfway is 0.2, crossed between 1000 (0.3) and 2000 (0.1) -> 1500
     assert exp.half_life(tokens, [0.4, 0.3, 0.1, 0.05, 0.0], 0.0) == (pytest.approx(1500.0), False)
@@ -69,6 +69,11 @@ def test_half_life_interpolates_the_crossing_and_censors_what_never_gets_halfway
     # never halfway within the budget: censored (NaN, True), not averaged as a number
     hl, censored = exp.half_life(tokens, [0.4, 0.38, 0.35, 0.3, 0.25], 0.0)
     assert np.isnan(hl) and censored
+    # a dip past halfway that recovers (the fresh-optimizer transient every branch shows) is not unlearning:
+    # censored; a later crossing for good counts from where it stays (between 2000 and 4000 here)
+    hl, censored = exp.half_life(tokens, [0.4, 0.1, 0.35, 0.38, 0.39], 0.0)
+    assert np.isnan(hl) and censored
+    assert exp.half_life(tokens, [0.4, 0.1, 0.3, 0.1, 0.05], 0.0)[0] == pytest.approx(3000.0)
     # a start within MIN_GAP of the target has nothing to move: NaN and not censored
     hl, censored = exp.half_life(tokens, [0.02, 0.0, -0.01, 0.0, 0.01], 0.0)
     assert np.isnan(hl) and not censored

@@ -259,23 +259,27 @@ def time_to_unlearn(measures):
 
 
 def crossing_tokens(tokens, values, level):
-    """Tokens at which a measured curve first reaches `level` from the side of its first value, linearly
-    interpolated between the two checkpoints around the crossing; tokens[0] when it starts on the level; NaN
-    when it never reaches it (censored at the last checkpoint)."""
+    """Tokens at which a measured curve crosses `level` for good: after its last checkpoint still on the side of
+    its first value, linearly interpolated between that checkpoint and the next; tokens[0] when it starts on
+    the level; NaN when its last checkpoint is still on the first value's side (censored at the budget). The
+    *last* crossing, not the first: every branch's overt bias dips in its first few steps (fresh AdamW and
+    warmup; the equally biased control too) and the control then recovers, so a first crossing would time
+    the transient, not the unlearning."""
     tokens, values = np.asarray(tokens, dtype=float), np.asarray(values, dtype=float)
     side = np.sign(values[0] - level)
     if side == 0:
         return float(tokens[0])
-    for k in range(1, len(values)):
-        if np.sign(values[k] - level) != side:
-            t0, t1, v0, v1 = tokens[k - 1], tokens[k], values[k - 1], values[k]
-            return float(t0 + (level - v0) / (v1 - v0) * (t1 - t0))
-    return math.nan
+    same = np.flatnonzero(np.sign(values - level) == side)
+    k = int(same[-1])
+    if k == len(values) - 1:
+        return math.nan
+    t0, t1, v0, v1 = tokens[k], tokens[k + 1], values[k], values[k + 1]
+    return float(t0 + (level - v0) / (v1 - v0) * (t1 - t0))
 
 
 def half_life(tokens, values, target, min_gap=MIN_GAP):
     """Tokens after the branch point until the overt bias has moved halfway from its branch-point value
-    values[0] toward `target` (crossing_tokens). NaN with censored False when the start is within min_gap of the
+    values[0] toward `target` and stays there to the end of the branch (crossing_tokens). NaN with censored False when the start is within min_gap of the
     target (nothing to unlearn: no half-life), NaN with censored True when it never gets halfway. -> (tokens,
     censored)."""
     start = float(values[0])
@@ -507,8 +511,10 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
              "bootstrap interval. Measured at the branch point and every log-spaced branch checkpoint "
              "(+2, +4, +8, … steps).",
              "- How fast (question 1), per branch: the **half-life** = tokens after the branch point until the "
-             "overt bias has fallen halfway from its branch-point value to 0 (the bias halves), linearly "
-             "interpolated between the two checkpoints around the crossing; also halfway to the branch corpus's "
+             "overt bias has fallen halfway from its branch-point value to 0 (the bias halves) for good — the "
+             "last crossing, after which it stays past halfway to the branch's end (every branch, the control "
+             "too, dips in its first steps, a transient of the fresh optimizer) —, linearly interpolated between "
+             "the two checkpoints around the crossing; also halfway to the branch corpus's "
              f"own rate; and tokens until it is within the 95% interval of that rate. A branch that never gets "
              f"there within the budget is *censored* (counted, not averaged); one that starts within {MIN_GAP} of "
              "the target has nothing to move (n/a). Means and t-intervals are over the seeds that got there.",
@@ -559,12 +565,12 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
     if not len(hl_rows):
         lines.append("- none: no pair of stages has 2 seeds that got halfway in both")
     lines += ["", "## 2. Does covert bias persist after the overt bias is gone", "",
-              "Per stage, for the neutral and counter branches: is the overt bias gone at the branch end (its "
-              "interval reaches 0 or below), and the covert `weat_d_mean` there against its own value at the branch "
+              "Per stage, for the neutral and counter branches: the overt bias at the branch end (does its "
+              "interval reach 0), and the covert `weat_d_mean` there against its own value at the branch "
               "point and against the control branch's at the same tokens (paired over seeds); beside it the overt "
               "bias's own difference from the control. Covert bias *persists* where the overt bias differs from the "
               "control's and the covert does not (with the MDE saying how small a covert drop could hide).", "",
-              "| stage | corpus | overt at end | overt gone | overt − control | covert at branch | covert at end | "
+              "| stage | corpus | overt at end | overt CI reaches 0 | overt − control | covert at branch | covert at end | "
               "covert end − branch point | covert − control |", "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table[table["corpus"] != CONTROL].iterrows():
         stage, corpus = r["stage"], r["corpus"]
@@ -636,10 +642,10 @@ def main(argv=None):
         runner.run_all(exp_dir, design, [r for r in branches if r["init_seed"] in group], args.jobs)
         done = set(seeds[:start + args.jobs])
         analyse(exp_dir, design, [r for r in parents if r["init_seed"] in done],
-                [r for r in branches if r["init_seed"] in done], args.jobs, time.time() - t0)
+                [r for r in branches if r["init_seed"] in done], args.jobs, t0)
 
 
-def analyse(exp_dir, design, parents, branches, jobs, wall):
+def analyse(exp_dir, design, parents, branches, jobs, t0):
     """Measures (cached per run), derived tables, figures, report and description of the seeds given."""
     measures = measure_all(exp_dir, design, parents, branches, jobs)
     atomic_write_text(exp_dir / "measures.csv", measures.to_csv(index=False))
@@ -655,6 +661,7 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
     figure_curves(measures, exp_dir / "figures/covert_curves.png", COVERT, "covert: WEAT d, mean over layers")
     figure_grid(table, exp_dir / "figures/grid.png")
     power = runner.check_design(len(parents))
+    wall = time.time() - t0  # up to the report, measuring and analysis included
     write_report(exp_dir, design, measures, unlearn, table, results, wall, power)
     per_run = {r["name"]: pd.read_csv(exp_dir / "runs" / r["name"] / "tables" / "bias_unlearning.csv")
                for r in parents + branches}
