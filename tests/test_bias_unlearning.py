@@ -46,7 +46,7 @@ def _branch(run, stage, corpus, amps, seed=0, weat=0.5):
         rows.append({"run": run, "role": "branch", "init_seed": seed, "stage": stage, "corpus": corpus,
                      "step": stage + k * 4, "source": "parent" if k == 0 else "own", "tokens_after": k * 1000.0,
                      "overt_bias": 0.3 + amp, "amp": amp, "amp_lo": amp - 0.05, "amp_hi": amp + 0.05,
-                     "weat_d_last": weat - 0.1 * k})
+                     "weat_d_last": weat - 0.1 * k, "corpus_stereo_rate": 0.5})
     return rows
 
 
@@ -58,6 +58,34 @@ def test_time_to_unlearn_is_the_first_checkpoint_within_the_interval():
     assert got.loc["a", "tokens_to_unlearn"] == 2000.0 and got.loc["a", "weat_when_unlearned"] == pytest.approx(0.3)
     assert np.isnan(got.loc["b", "tokens_to_unlearn"]) and got.loc["b", "budget_tokens"] == 3000.0  # censored
     assert got.loc["a", "amp_start"] == 0.4 and got.loc["a", "amp_end"] == -0.01
+
+
+def test_half_life_interpolates_the_crossing_for_good_and_censors_what_never_gets_halfway():
+    tokens = [0, 1000, 2000, 4000, 8000]
+    # from 0.4 toward 0: halfway is 0.2, crossed between 1000 (0.3) and 2000 (0.1) -> 1500
+    assert exp.half_life(tokens, [0.4, 0.3, 0.1, 0.05, 0.0], 0.0) == (pytest.approx(1500.0), False)
+    # toward the counter corpus's -0.4: halfway is 0.0, reached exactly at 8000
+    assert exp.half_life(tokens, [0.4, 0.3, 0.1, 0.05, 0.0], -0.4) == (pytest.approx(8000.0), False)
+    # never halfway within the budget: censored (NaN, True), not averaged as a number
+    hl, censored = exp.half_life(tokens, [0.4, 0.38, 0.35, 0.3, 0.25], 0.0)
+    assert np.isnan(hl) and censored
+    # a dip past halfway that recovers (the fresh-optimizer transient every branch shows) is not unlearning:
+    # censored; a later crossing for good counts from where it stays (between 2000 and 4000 here)
+    hl, censored = exp.half_life(tokens, [0.4, 0.1, 0.35, 0.38, 0.39], 0.0)
+    assert np.isnan(hl) and censored
+    assert exp.half_life(tokens, [0.4, 0.1, 0.3, 0.1, 0.05], 0.0)[0] == pytest.approx(3000.0)
+    # a start within MIN_GAP of the target has nothing to move: NaN and not censored
+    hl, censored = exp.half_life(tokens, [0.02, 0.0, -0.01, 0.0, 0.01], 0.0)
+    assert np.isnan(hl) and not censored
+    # upward (the control learning toward its corpus's higher rate) works the same way
+    assert exp.half_life(tokens, [0.1, 0.2, 0.3, 0.35, 0.4], 0.5)[0] == pytest.approx(2000.0)
+    # a branch table: the half-lives land in time_to_unlearn's rows, per run
+    m = pd.DataFrame(_branch("a", 8, "counter", [0.4, 0.2, 0.03, -0.01]))
+    m["within_ci"] = (m["amp_lo"] <= 0) & (m["amp_hi"] >= 0)
+    m["corpus_stereo_rate"] = 0.1
+    row = exp.time_to_unlearn(m).iloc[0]  # overt 0.7, 0.5, 0.33, 0.29; halfway to 0 is 0.35 -> 1000 + 0.15/0.17 * 1000
+    assert row["half_life_zero"] == pytest.approx(1000 + 150 / 170 * 1000) and not row["half_life_zero_censored"]
+    assert np.isnan(row["half_life_corpus"]) and row["half_life_corpus_censored"]  # halfway to -0.4 is 0.15
 
 
 @pytest.mark.slow

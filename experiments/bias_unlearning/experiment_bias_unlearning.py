@@ -22,11 +22,13 @@ Writes out/experiments/bias_unlearning/NAME/: runs/, logs/, experiment.json, mea
 results.csv, curves/, figures/, report.md, description.json.
 """
 import argparse
+import json
 import math
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -45,6 +47,7 @@ from common.paths import out_dir, tok_dir  # noqa: E402
 from experiments.common import describe, runner, stats  # noqa: E402
 
 KIND = "bias_unlearning"
+MIN_GAP = 0.05  # overt bias: a branch starting closer than this to its target has no half-life (nothing to move)
 CORPORA = {"parent": 0.9, "biased": 0.9, "neutral": 0.5, "counter": 0.1}  # occupation_bias of each corpus
 BRANCH_CORPORA = ("biased", "neutral", "counter")
 CONTROL = "biased"
@@ -58,9 +61,11 @@ SIZES = {
     # tests: seconds per run
     "smoke": dict(stories=(800, 400), vocab=512, seeds=(0, 1), parent_steps=8, branch_steps=4, eval_interval=4,
                   train=dict(MODEL, dim=16, warmup_iters=4)),
-    # 2-core CPU: 6 seeds, the fewest whose paired sign-flip test can reach p < 0.05 (2 / 2^6)
-    "demo": dict(stories=(4000, 2000), vocab=2048, seeds=(0, 1, 2, 3, 4, 5), parent_steps=512, branch_steps=64,
-                 eval_interval=64, train=MODEL),
+    # 2-core CPU: 6 seeds, the fewest whose paired sign-flip test can reach p < 0.05 (2 / 2^6). Batch 8 for
+    # 1,024 steps (the recipe sweep, docs/experiments.md): at the same compute, twice the updates of batch 16 x
+    # 512 learn 0.17 of the corpus's 0.39 overt bias instead of 0.06
+    "demo": dict(stories=(4000, 2000), vocab=2048, seeds=(0, 1, 2, 3, 4, 5), parent_steps=1024, branch_steps=128,
+                 eval_interval=256, train=dict(MODEL, batch_size=8)),
     # a GPU (add --set device=cuda); not run here
     "full": dict(stories=(60000, 20000), vocab=2048, seeds=(0, 1, 2, 3, 4, 5, 6), parent_steps=8192,
                  branch_steps=1024, eval_interval=1024,
@@ -68,7 +73,8 @@ SIZES = {
                             warmup_iters=100)),
 }
 CORPUS_SEEDS = {"parent": 100, "biased": 101, "neutral": 102, "counter": 103}  # branch corpora: new stories
-MEASURES = ["overt_bias", "amp", "amp_lo", "amp_hi", "weat_d_last", "weat_d_emb", "gen_stereo_rate"]
+MEASURES = ["overt_bias", "amp", "amp_lo", "amp_hi", "weat_d_mean", "weat_d_last", "weat_d_emb", "gen_stereo_rate"]
+COVERT = "weat_d_mean"  # question 2's covert measure: WEAT d averaged over the embeddings and every layer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,12 +157,14 @@ def _init_worker(prefix, vocab, max_seq_len, threads):
     _PROBES = Probes({c: TokenizedDataset(corpus_name(prefix, c), vocab) for c in CORPORA}, max_seq_len)
 
 
-def measured_steps(first, last, also=()):
-    """Checkpoint steps measured: first + 4^k (k >= 1) up to last, the last, and `also` (the stages)."""
-    steps, k = {last, *also}, 4
+def measured_steps(first, last, also=(), factor=4):
+    """Checkpoint steps measured: first + factor^k (k >= 1) up to last, the last, and `also` (the stages).
+    Branches use factor 2 (every log-spaced checkpoint from +2), so the half-life interpolates between
+    neighbours a factor 2 apart."""
+    steps, k = {last, *also}, factor
     while first + k < last:
         steps.add(first + k)
-        k *= 4
+        k *= factor
     return steps
 
 
@@ -195,7 +203,7 @@ def measure_all(exp_dir, design, parents, branches, jobs):
     for run in branches:
         end = run["stage"] + run["steps"]
         jobs_list.append((str(exp_dir / "runs" / run["name"]), run["corpus"], {end},
-                          [(run["stage"], run["branch_from"])], measured_steps(run["stage"], end)))
+                          [(run["stage"], run["branch_from"])], measured_steps(run["stage"], end, factor=2)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tables = []
     with ProcessPoolExecutor(jobs, initializer=_init_worker,
@@ -218,6 +226,18 @@ def measure_all(exp_dir, design, parents, branches, jobs):
 # ---------------------------------------------------------------------------------------------------------
 # analysis
 
+def half_lives(g):
+    """A branch's (rows sorted by step, the branch point first) half-lives of its overt bias: toward 0 (the
+    bias halves: `half_life_zero`) and toward the branch corpus's own rate (`half_life_corpus`), each with its
+    censored flag."""
+    tokens, overt = g["tokens_after"].to_numpy(), g["overt_bias"].to_numpy()
+    corpus_rate = float(g.iloc[-1]["corpus_stereo_rate"]) - 0.5
+    zero, zero_c = half_life(tokens, overt, 0.0)
+    corp, corp_c = half_life(tokens, overt, corpus_rate)
+    return {"corpus_overt": corpus_rate, "half_life_zero": zero, "half_life_zero_censored": zero_c,
+            "half_life_corpus": corp, "half_life_corpus_censored": corp_c}
+
+
 def time_to_unlearn(measures):
     """Per branch: tokens after the branch point until the overt bias is first within the 95% interval of
     the branch corpus's rate (NaN when never within the branch: censored at its budget)."""
@@ -230,10 +250,49 @@ def time_to_unlearn(measures):
                      "overt_start": first["overt_bias"], "overt_end": g.iloc[-1]["overt_bias"],
                      "amp_start": first["amp"], "amp_end": g.iloc[-1]["amp"],
                      "weat_start": first["weat_d_last"], "weat_end": g.iloc[-1]["weat_d_last"],
+                     "covert_start": first.get(COVERT, math.nan), "covert_end": g.iloc[-1].get(COVERT, math.nan),
                      "tokens_to_unlearn": float(hit.iloc[0]["tokens_after"]) if len(hit) else math.nan,
+                     **half_lives(g),
                      "budget_tokens": float(g.iloc[-1]["tokens_after"]),
                      "weat_when_unlearned": float(hit.iloc[0]["weat_d_last"]) if len(hit) else math.nan})
     return pd.DataFrame(rows)
+
+
+def crossing_tokens(tokens, values, level):
+    """Tokens at which a measured curve crosses `level` for good: after its last checkpoint still on the side of
+    its first value, linearly interpolated between that checkpoint and the next; tokens[0] when it starts on
+    the level; NaN when its last checkpoint is still on the first value's side (censored at the budget). The
+    *last* crossing, not the first: every branch's overt bias dips in its first few steps (fresh AdamW and
+    warmup; the equally biased control too) and the control then recovers, so a first crossing would time
+    the transient, not the unlearning."""
+    tokens, values = np.asarray(tokens, dtype=float), np.asarray(values, dtype=float)
+    side = np.sign(values[0] - level)
+    if side == 0:
+        return float(tokens[0])
+    same = np.flatnonzero(np.sign(values - level) == side)
+    k = int(same[-1])
+    if k == len(values) - 1:
+        return math.nan
+    t0, t1, v0, v1 = tokens[k], tokens[k + 1], values[k], values[k + 1]
+    return float(t0 + (level - v0) / (v1 - v0) * (t1 - t0))
+
+
+def half_life(tokens, values, target, min_gap=MIN_GAP):
+    """Tokens after the branch point until the overt bias has moved halfway from its branch-point value
+    values[0] toward `target` and stays there to the end of the branch (crossing_tokens). NaN with censored False when the start is within min_gap of the
+    target (nothing to unlearn: no half-life), NaN with censored True when it never gets halfway. -> (tokens,
+    censored)."""
+    start = float(values[0])
+    if not (np.isfinite(start) and np.isfinite(target)) or abs(target - start) < min_gap:
+        return math.nan, False
+    t = crossing_tokens(tokens, values, start + (target - start) / 2)
+    return t, bool(np.isnan(t))
+
+
+def branch_start(measures, column):
+    """[init_seed x (stage, corpus)] of a column at each branch's branch point (the parent's checkpoint)."""
+    b = measures[(measures["role"] == "branch") & (measures["source"] == "parent")]
+    return b.pivot_table(index="init_seed", columns=["stage", "corpus"], values=column)
 
 
 def branch_end(measures, column):
@@ -243,7 +302,7 @@ def branch_end(measures, column):
     return last.pivot_table(index="init_seed", columns=["stage", "corpus"], values=column)
 
 
-def comparisons(measures, stages):
+def comparisons(measures, stages, unlearn=None):
     """results.csv: the primary comparison, then every stage x corpus vs the control (exploratory, BH q)."""
     rows = []
     overt = branch_end(measures, "overt_bias")
@@ -251,7 +310,9 @@ def comparisons(measures, stages):
     control = np.mean([overt[(s, CONTROL)].to_numpy() for s in stages], axis=0)
     rows.append({"comparison": "counter - control (mean over stages)", "outcome": "overt_bias", "stage": "all",
                  "primary": True, **stats.compare_paired((counter, control))})
-    for column in ("overt_bias", "weat_d_last", "weat_d_emb", "loss_parent", "gen_stereo_rate"):
+    for column in ("overt_bias", COVERT, "weat_d_last", "weat_d_emb", "loss_parent", "gen_stereo_rate"):
+        if column not in measures:
+            continue
         end = branch_end(measures, column)
         for stage in stages:
             for corpus in ("neutral", "counter"):
@@ -260,12 +321,36 @@ def comparisons(measures, stages):
                 rows.append({"comparison": f"{corpus} - control", "outcome": column, "stage": stage,
                              "primary": False,
                              **stats.compare_paired((end[(stage, corpus)].to_numpy(), end[(stage, CONTROL)].to_numpy()))})
-    # covert bias left at the end of the neutral branch, against its null value 0 (no association)
-    weat = branch_end(measures, "weat_d_last")
-    for stage in stages:
-        if (stage, "neutral") in weat:
-            rows.append({"comparison": "neutral vs 0", "outcome": "weat_d_last", "stage": stage, "primary": False,
-                         **stats.compare_paired(weat[(stage, "neutral")].to_numpy())})
+    # covert bias left at the end of the neutral and counter branches, against its null value 0 (no
+    # association), and against its own value at the branch point (end - start: how much of it went)
+    for column in (COVERT,):
+        if column not in measures:
+            continue
+        end = branch_end(measures, column)
+        start = branch_start(measures, column)
+        for stage in stages:
+            for corpus in ("neutral", "counter"):
+                if (stage, corpus) in end:
+                    rows.append({"comparison": f"{corpus} vs 0", "outcome": column, "stage": stage, "primary": False,
+                                 **stats.compare_paired(end[(stage, corpus)].to_numpy())})
+                    rows.append({"comparison": f"{corpus} end - branch point", "outcome": column, "stage": stage,
+                                 "primary": False, **stats.compare_paired((end[(stage, corpus)].to_numpy(),
+                                                                           start[(stage, corpus)].to_numpy()))})
+    # how the overt bias's half-life depends on the stage: later stage - earlier stage, paired over the seeds
+    # that got halfway in both (censored and n/a ones drop out; n says how many are left; pairs with n < 2 are
+    # not compared)
+    if unlearn is not None:
+        for column in ("half_life_zero", "half_life_corpus"):
+            hl = unlearn.pivot_table(index="init_seed", columns=["stage", "corpus"], values=column, dropna=False)
+            for i, early in enumerate(stages):
+                for stage in stages[i + 1:]:
+                    for corpus in ("neutral", "counter"):
+                        if (stage, corpus) not in hl or (early, corpus) not in hl:
+                            continue
+                        a, b = hl[(stage, corpus)].to_numpy(), hl[(early, corpus)].to_numpy()
+                        if (np.isfinite(a) & np.isfinite(b)).sum() >= 2:
+                            rows.append({"comparison": f"{corpus}: stage {stage} - stage {early}", "outcome": column,
+                                         "stage": stage, "primary": False, **stats.compare_paired((a, b))})
     table = pd.DataFrame(rows)
     explore = ~table["primary"]
     table.loc[explore, "q"] = stats.bh_q(table.loc[explore, "p"].to_numpy())
@@ -279,9 +364,16 @@ def grid(unlearn):
     for (stage, corpus), g in unlearn.groupby(["stage", "corpus"]):
         row = {"stage": stage, "corpus": corpus, "n_seeds": len(g), "n_unlearned": int(g["tokens_to_unlearn"].notna().sum()),
                "tokens_to_unlearn_mean": g["tokens_to_unlearn"].mean(), "budget_tokens": g["budget_tokens"].mean()}
-        for column in ("overt_start", "overt_end", "amp_end", "weat_start", "weat_end"):
-            mean, lo, hi = stats.t_interval(g[column].to_numpy())
+        for column in ("overt_start", "overt_end", "amp_end", "weat_start", "weat_end", "covert_start", "covert_end",
+                       "half_life_zero", "half_life_corpus"):
+            if column not in g:
+                continue
+            mean, lo, hi = stats.t_interval(g[column].to_numpy())  # half-lives: over the seeds that got halfway
             row.update({column: mean, f"{column}_lo": lo, f"{column}_hi": hi})
+        for column in ("half_life_zero", "half_life_corpus"):
+            if column in g:
+                row[f"{column}_n"] = int(g[column].notna().sum())
+                row[f"{column}_n_censored"] = int(g[f"{column}_censored"].sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -318,20 +410,24 @@ def figure_curves(measures, path, column, ylabel):
 
 
 def figure_grid(table, path):
-    """stage x corpus: branch-end overt bias and last-layer WEAT d, mean with 95% interval over seeds."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    """stage x corpus, mean with 95% interval over seeds: the overt bias's half-life (tokens until it halves),
+    the overt bias and the covert gender-axis separation at branch end."""
+    panels = [("half_life_zero", "tokens until overt bias halves (reached seeds)"),
+              ("overt_end", "overt bias at branch end"), ("covert_end", "covert (WEAT d, mean over layers) at branch end")]
+    panels = [p for p in panels if p[0] in table]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     corpora = list(BRANCH_CORPORA)
-    for ax, (column, title) in zip(axes, (("overt_end", "overt bias at branch end"),
-                                          ("weat_end", "covert (WEAT d, last layer) at branch end"))):
+    for ax, (column, title) in zip(axes[0], panels):
         for k, stage in enumerate(sorted(table["stage"].unique())):
             t = table[table["stage"] == stage].set_index("corpus").reindex(corpora)
             x = np.arange(len(corpora)) + (k - 1) * 0.25
-            ax.errorbar(x, t[column], yerr=[t[column] - t[f"{column}_lo"], t[f"{column}_hi"] - t[column]],
-                        fmt="o", capsize=3, label=f"branch at step {stage}")
+            lo = (t[column] - t[f"{column}_lo"]).fillna(0).clip(lower=0)
+            hi = (t[f"{column}_hi"] - t[column]).fillna(0).clip(lower=0)
+            ax.errorbar(x, t[column], yerr=[lo, hi], fmt="o", capsize=3, label=f"branch at step {stage}")
         ax.set_xticks(range(len(corpora)), corpora)
         ax.axhline(0, color="0.7", lw=0.5)
         ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -340,8 +436,59 @@ def figure_grid(table, path):
 # ---------------------------------------------------------------------------------------------------------
 # report
 
+def ci(mean, lo, hi, digits=3):
+    return f"{fmt(mean, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def result_row(results, comparison, outcome, stage):
+    r = results[(results["comparison"] == comparison) & (results["outcome"] == outcome) &
+                (results["stage"].astype(str) == str(stage))]
+    return r.iloc[0] if len(r) else None
+
+
+def said(r, digits=3):
+    """'diff [lo, hi], p = …, MDE …' of a results row."""
+    if r is None or not np.isfinite(r["diff"]):
+        return "n/a"
+    return (f"{ci(r['diff'], r['ci_lo'], r['ci_hi'], digits)} (n = {int(r['n'])}, p = {fmt(r['p'], 4)}, "
+            f"MDE {fmt(r['mde'], digits)})")
+
+
+def half_life_cell(r, column):
+    """'mean [CI] (k of n reached; c never got halfway; m nothing to move)' of a grid row."""
+    n, reached, censored = int(r["n_seeds"]), int(r[f"{column}_n"]), int(r[f"{column}_n_censored"])
+    text = ci(r[column], r[f"{column}_lo"], r[f"{column}_hi"], 0) if reached else "censored" if censored else "n/a"
+    parts = [f"{reached}/{n} reached"]
+    if censored:
+        parts.append(f"{censored} censored")
+    if n - reached - censored:
+        parts.append(f"{n - reached - censored} n/a")
+    return f"{text} ({', '.join(parts)})"
+
+
+def history(exp_dir):
+    """'From the experiment's creation to this report: … min (load averages …). ' from
+    experiment.json (a resumed experiment's first command is not the one that wrote the report); '' without it."""
+    try:
+        state = json.loads((Path(exp_dir) / "experiment.json").read_text())
+        created = datetime.fromisoformat(state["provenance"]["created_utc"].replace("Z", "+00:00"))
+    except (OSError, ValueError, KeyError):
+        return ""
+    minutes = (datetime.now(timezone.utc) - created).total_seconds() / 60
+    sessions = state.get("sessions", [])
+    loads = [x for s in sessions for x in (s.get("machine", {}).get("load_avg", [None])[0],
+                                          (s.get("load_avg_end") or [None])[0]) if x is not None]
+    load = f" (load averages {min(loads):.1f}–{max(loads):.1f})" if loads else ""
+    return (f"From the experiment's creation ({state['provenance']['created_utc'][:19]} UTC) to this report: "
+            f"{minutes:.1f} min{load}. ")
+
+
 def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, power):
     primary = results[results["primary"]].iloc[0]
+    stages, train = design["stages"], design["train"]
+    parent = measures[measures["role"] == "parent"]
+    corpus_overt = float(parent["corpus_stereo_rate"].mean() - 0.5)
+    budget = float(table["budget_tokens"].mean())
     lines = [f"# Bias unlearning — {design['name']} ({design['size']})", "",
              "**Question.** A model pretrained on a corpus where occupations come with a stereotyped pronoun 90% of "
              "the time is branched at three stages and trained on new stories that are equally biased (control), "
@@ -353,60 +500,107 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
              f"corpora of {design['stories'][1]} new stories each (other generator seeds) at 0.9 / 0.5 / 0.1.",
              f"- {measures['init_seed'].nunique()} init seeds analysed of {len(design['seeds'])} planned "
              f"({', '.join(map(str, sorted(measures['init_seed'].unique())))}); parent {design['parent_steps']} "
-             f"steps; branches at steps "
-             f"{', '.join(map(str, design['stages']))} (1/8, 1/2, all), each {design['branch_steps']} steps on each "
-             f"corpus (fresh AdamW, its own warmup and cosine schedule, its own data order). Model: dim "
-             f"{design['train'].get('dim')}, layers {design['train'].get('n_layers')}, max_seq_len "
-             f"{design['train'].get('max_seq_len')}, batch {design['train'].get('batch_size')}, dtype "
-             f"{design['train'].get('dtype')}.",
-             f"- Measures at every checkpoint: overt bias = p(stereotyped pronoun) − 0.5 over the "
+             f"steps; branches at steps {', '.join(map(str, stages))} (1/8, 1/2, all), each "
+             f"{design['branch_steps']} steps (≈ {budget:,.0f} tokens) on each corpus (fresh AdamW, its own warmup "
+             f"and cosine schedule, its own data order). Model: dim {train.get('dim')}, layers "
+             f"{train.get('n_layers')}, max_seq_len {train.get('max_seq_len')}, batch {train.get('batch_size')}, lr "
+             f"{train.get('learning_rate')} → {train.get('min_lr')}, dtype {train.get('dtype')}.",
+             "- Overt bias = p(stereotyped pronoun) − 0.5 over the "
              f"{int(measures['n_occ'].max())} stereotyped occupations seen in every corpus (null: 0 for an "
-             f"untrained model, tests/test_bias_probe.py); amplification vs the run corpus's own rate with a 95% "
-             f"bootstrap interval; covert: WEAT effect size of the last layer at the occupation (null 0), the "
-             f"sampled-generation stereotype rate at the parent's stage checkpoints and at branch ends; loss on each corpus's fixed "
-             f"validation sample.",
+             "untrained model, tests/test_bias_probe.py); amplification vs the run corpus's own rate with a 95% "
+             "bootstrap interval. Measured at the branch point and every log-spaced branch checkpoint "
+             "(+2, +4, +8, … steps).",
+             "- How fast (question 1), per branch: the **half-life** = tokens after the branch point until the "
+             "overt bias has fallen halfway from its branch-point value to 0 (the bias halves) for good — the "
+             "last crossing, after which it stays past halfway to the branch's end (every branch, the control "
+             "too, dips in its first steps, a transient of the fresh optimizer) —, linearly interpolated between "
+             "the two checkpoints around the crossing; also halfway to the branch corpus's "
+             f"own rate; and tokens until it is within the 95% interval of that rate. A branch that never gets "
+             f"there within the budget is *censored* (counted, not averaged); one that starts within {MIN_GAP} of "
+             "the target has nothing to move (n/a). Means and t-intervals are over the seeds that got there.",
+             "- Covert bias (question 2): `weat_d_mean`, the WEAT effect size of the seen female- vs "
+             "male-stereotyped occupations against the she/he token vectors, averaged over the token embeddings "
+             "and the hidden state after every layer (at the occupation, neutral frames; nothing asks for a "
+             "pronoun; untrained models read ≈ 0, tests/test_bias_probe.py). A model trained without the bias "
+             "does not read exactly 0 (which occupations sit near which words differs), so persistence is judged "
+             "against the control branch and the branch point, paired by seed, not against 0. Also the "
+             "sampled-generation stereotype rate at branch ends. Loss on each corpus's fixed validation sample.",
              f"- Statistics (experiments/common/stats.py): paired over init seeds, exact sign-flip p, t-interval, "
-             f"minimum detectable effect. Power: {power['reason']}.", "",
+             f"minimum detectable effect (80% power). Power: {power['reason']}.", "",
              "## Primary result", "",
              f"Branch-end overt bias, counter minus control, mean over the three stages: "
-             f"{fmt(primary['diff'])} [{fmt(primary['ci_lo'])}, {fmt(primary['ci_hi'])}] (95% CI), p = "
+             f"{ci(primary['diff'], primary['ci_lo'], primary['ci_hi'])} (95% CI), p = "
              f"{fmt(primary['p'], 4)} ({primary['p_method']}, n = {int(primary['n'])}, smallest attainable p "
              f"{fmt(primary['min_p'], 4)}); minimum detectable effect at 80% power {fmt(primary['mde'])}. "
              f"{'Significant' if primary['significant'] else 'Not significant'} at {fmt(primary['threshold'], 3)}.",
-             "", "## How fast does overt bias unlearn (stage × corpus)", "",
-             "Overt bias at the branch point and branch end (mean [95% CI] over seeds); seeds whose overt bias came "
-             "within the interval of the branch corpus's rate within the budget, and the mean tokens it took.", "",
-             "| stage | corpus | overt at branch | overt at end | amp vs corpus at end | unlearned | tokens to "
-             "unlearn | WEAT d at branch | WEAT d at end |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "## How much bias the parent learned", "",
+             f"The parent corpus's own overt bias is {fmt(corpus_overt)} (p of the stereotyped pronoun "
+             f"{fmt(corpus_overt + 0.5)}). The parent at each stage (mean [95% CI] over seeds):", "",
+             "| parent step | overt bias | share of the corpus's | covert `weat_d_mean` | WEAT d (last layer) |",
+             "|---|---|---|---|---|"]
+    for step in stages:
+        p = parent[parent["step"] == step]
+        o = stats.t_interval(p["overt_bias"].to_numpy())
+        gp = stats.t_interval(p[COVERT].to_numpy()) if COVERT in p else (math.nan,) * 3
+        w = stats.t_interval(p["weat_d_last"].to_numpy())
+        lines.append(f"| {step} | {ci(*o)} | {fmt(o[0] / corpus_overt, 2)} | {ci(*gp)} | {ci(*w)} |")
+
+    lines += ["", "## 1. How fast does overt bias unlearn (stage × corpus)", "",
+              "Half-lives in tokens after the branch point (mean [95% CI] over the seeds that got there; the rest "
+              f"censored at the budget of ≈ {budget:,.0f} tokens or n/a).", "",
+              "| stage | corpus | overt at branch | overt at end | half-life to 0 | half-life to the corpus's rate "
+              "| within the corpus's CI |", "|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['stage']} | {r['corpus']} | {fmt(r['overt_start'])} [{fmt(r['overt_start_lo'])}, "
-                     f"{fmt(r['overt_start_hi'])}] | {fmt(r['overt_end'])} [{fmt(r['overt_end_lo'])}, "
-                     f"{fmt(r['overt_end_hi'])}] | {fmt(r['amp_end'])} | {r['n_unlearned']}/{r['n_seeds']} | "
-                     f"{fmt(r['tokens_to_unlearn_mean'], 0)} of {fmt(r['budget_tokens'], 0)} | "
-                     f"{fmt(r['weat_start'])} [{fmt(r['weat_start_lo'])}, {fmt(r['weat_start_hi'])}] | "
-                     f"{fmt(r['weat_end'])} [{fmt(r['weat_end_lo'])}, {fmt(r['weat_end_hi'])}] |")
-    lines += ["", "## Comparisons with the control branch (branch end, paired over seeds)", "",
-              "| comparison | outcome | stage | diff [95% CI] | p | q (BH) | MDE |", "|---|---|---|---|---|---|---|"]
+        within = (f"{r['n_unlearned']}/{r['n_seeds']}, mean {fmt(r['tokens_to_unlearn_mean'], 0)} tokens"
+                  if r["n_unlearned"] else f"0/{r['n_seeds']} (censored)")
+        lines.append(f"| {r['stage']} | {r['corpus']} (rate {fmt(unlearn[(unlearn['stage'] == r['stage']) & (unlearn['corpus'] == r['corpus'])]['corpus_overt'].mean())}) | "
+                     f"{ci(r['overt_start'], r['overt_start_lo'], r['overt_start_hi'])} | "
+                     f"{ci(r['overt_end'], r['overt_end_lo'], r['overt_end_hi'])} | "
+                     f"{half_life_cell(r, 'half_life_zero')} | {half_life_cell(r, 'half_life_corpus')} | {within} |")
+    lines += ["", "Dependence on the stage (half-life at a later stage minus at an earlier one, paired over the "
+              "seeds that got halfway in both; pairs with fewer than 2 such seeds are not listed):", ""]
+    hl_rows = results[results["outcome"].astype(str).str.startswith("half_life")]
+    for _, r in hl_rows.iterrows():
+        lines.append(f"- {r['comparison']}, {r['outcome']}: {said(r, 0)}")
+    if not len(hl_rows):
+        lines.append("- none: no pair of stages has 2 seeds that got halfway in both")
+    lines += ["", "## 2. Does covert bias persist after the overt bias is gone", "",
+              "Per stage, for the neutral and counter branches: the overt bias at the branch end (does its "
+              "interval reach 0), and the covert `weat_d_mean` there against its own value at the branch "
+              "point and against the control branch's at the same tokens (paired over seeds); beside it the overt "
+              "bias's own difference from the control. Covert bias *persists* where the overt bias differs from the "
+              "control's and the covert does not (with the MDE saying how small a covert drop could hide).", "",
+              "| stage | corpus | overt at end | overt CI reaches 0 | overt − control | covert at branch | covert at end | "
+              "covert end − branch point | covert − control |", "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table[table["corpus"] != CONTROL].iterrows():
+        stage, corpus = r["stage"], r["corpus"]
+        gone = "yes" if r["overt_end_lo"] <= 0 else "no"
+        lines.append(f"| {stage} | {corpus} | {ci(r['overt_end'], r['overt_end_lo'], r['overt_end_hi'])} | {gone} | "
+                     f"{said(result_row(results, f'{corpus} - control', 'overt_bias', stage))} | "
+                     f"{ci(r['covert_start'], r['covert_start_lo'], r['covert_start_hi'])} | "
+                     f"{ci(r['covert_end'], r['covert_end_lo'], r['covert_end_hi'])} | "
+                     f"{said(result_row(results, f'{corpus} end - branch point', COVERT, stage))} | "
+                     f"{said(result_row(results, f'{corpus} - control', COVERT, stage))} |")
+    lines += ["", "## All comparisons (branch end unless named; paired over seeds; BH q over the exploratory ones)",
+              "", "| comparison | outcome | stage | diff [95% CI] | n | p | q (BH) | MDE |",
+              "|---|---|---|---|---|---|---|---|"]
     for _, r in results.iterrows():
-        lines.append(f"| {r['comparison']} | {r['outcome']} | {r['stage']} | {fmt(r['diff'])} [{fmt(r['ci_lo'])}, "
-                     f"{fmt(r['ci_hi'])}] | {fmt(r['p'], 4)} | {fmt(r.get('q'), 3)} | {fmt(r['mde'])} |")
-    parent_end = measures[(measures["role"] == "parent") & (measures["step"] == design["parent_steps"])]
+        lines.append(f"| {r['comparison']} | {r['outcome']} | {r['stage']} | {ci(r['diff'], r['ci_lo'], r['ci_hi'])} "
+                     f"| {int(r['n'])} | {fmt(r['p'], 4)} | {fmt(r.get('q'), 3)} | {fmt(r['mde'])} |")
+    parent_end = parent[parent["step"] == design["parent_steps"]]
     lines += ["", "## Checks", "",
-              f"- How much of the bias the parent learned: overt bias at its last step "
-              f"{fmt(parent_end['overt_bias'].mean())} "
-              f"(seeds {', '.join(fmt(v) for v in parent_end['overt_bias'])}); the corpus's own stereotyped rate "
-              f"is {fmt(parent_end['corpus_stereo_rate'].mean())} (overt {fmt(parent_end['corpus_stereo_rate'].mean() - 0.5)}). "
-              f"A branch whose overt bias is already within the interval of its corpus's rate at the branch point "
-              f"(a parent that learned little, on the neutral corpus) counts as unlearned after 0 tokens.",
-              "- Loss: `loss_parent` (the parent corpus's validation sample) at branch end per condition is in "
-              "results.csv; a counter branch that lowers bias while its loss on the parent corpus matches the "
-              "control's has not just got worse at the language.", "",
-              "## Figures", "", "![overt](figures/overt_curves.png)", "", "![weat](figures/weat_curves.png)", "",
-              "![grid](figures/grid.png)", "",
+              f"- The parent at its last step: overt bias {fmt(parent_end['overt_bias'].mean())} (seeds "
+              f"{', '.join(fmt(v) for v in parent_end['overt_bias'])}) against the corpus's {fmt(corpus_overt)}.",
+              "- Loss: `loss_parent` (the parent corpus's validation sample) at branch end, neutral/counter − "
+              "control, is in the comparisons table; a branch that lowers the bias while its loss on the parent "
+              "corpus matches the control's has not just got worse at the language.", "",
+              "## Figures", "", "![overt](figures/overt_curves.png)", "", "![covert](figures/covert_curves.png)", "",
+              "![weat](figures/weat_curves.png)", "", "![grid](figures/grid.png)", "",
               "## Run", "",
-              f"Wall time of the command that wrote this report {wall_s / 60:.1f} min on {machine_info().get('cpu', 'this machine')} "
-              f"({os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.1f}), dtype "
-              f"{design['train'].get('dtype')}. Commit {provenance().get('git_commit')}.", ""]
+              f"Wall time of the command that wrote this report {wall_s / 60:.1f} min on "
+              f"{machine_info().get('cpu', 'this machine')} ({os.cpu_count()} cores; load average at the end "
+              f"{os.getloadavg()[0]:.1f}), dtype {train.get('dtype')}. {history(exp_dir)}Commit "
+              f"{provenance().get('git_commit')}.", ""]
     atomic_write_text(exp_dir / "report.md", "\n".join(lines))
 
 
@@ -448,10 +642,10 @@ def main(argv=None):
         runner.run_all(exp_dir, design, [r for r in branches if r["init_seed"] in group], args.jobs)
         done = set(seeds[:start + args.jobs])
         analyse(exp_dir, design, [r for r in parents if r["init_seed"] in done],
-                [r for r in branches if r["init_seed"] in done], args.jobs, time.time() - t0)
+                [r for r in branches if r["init_seed"] in done], args.jobs, t0)
 
 
-def analyse(exp_dir, design, parents, branches, jobs, wall):
+def analyse(exp_dir, design, parents, branches, jobs, t0):
     """Measures (cached per run), derived tables, figures, report and description of the seeds given."""
     measures = measure_all(exp_dir, design, parents, branches, jobs)
     atomic_write_text(exp_dir / "measures.csv", measures.to_csv(index=False))
@@ -459,13 +653,15 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
     atomic_write_text(exp_dir / "unlearn.csv", unlearn.to_csv(index=False))
     table = grid(unlearn)
     atomic_write_text(exp_dir / "grid.csv", table.to_csv(index=False))
-    results = comparisons(measures, design["stages"])
+    results = comparisons(measures, design["stages"], unlearn)
     atomic_write_text(exp_dir / "results.csv", results.to_csv(index=False))
     (exp_dir / "figures").mkdir(exist_ok=True)
     figure_curves(measures, exp_dir / "figures/overt_curves.png", "overt_bias", "overt bias (p_stereo − 0.5)")
     figure_curves(measures, exp_dir / "figures/weat_curves.png", "weat_d_last", "WEAT d (last layer)")
+    figure_curves(measures, exp_dir / "figures/covert_curves.png", COVERT, "covert: WEAT d, mean over layers")
     figure_grid(table, exp_dir / "figures/grid.png")
     power = runner.check_design(len(parents))
+    wall = time.time() - t0  # up to the report, measuring and analysis included
     write_report(exp_dir, design, measures, unlearn, table, results, wall, power)
     per_run = {r["name"]: pd.read_csv(exp_dir / "runs" / r["name"] / "tables" / "bias_unlearning.csv")
                for r in parents + branches}
@@ -481,8 +677,9 @@ def analyse(exp_dir, design, parents, branches, jobs, wall):
                                                                       "within the CI of the branch corpus's rate"},
                 {"name": "measures", "path": "measures.csv", "caption": "every checkpoint of every run"}],
         figures=[{"path": "figures/overt_curves.png", "caption": "overt bias vs tokens, branches off the parent"},
+                 {"path": "figures/covert_curves.png", "caption": "covert bias (WEAT d, mean over layers) vs tokens"},
                  {"path": "figures/weat_curves.png", "caption": "covert bias (WEAT d) vs tokens"},
-                 {"path": "figures/grid.png", "caption": "stage x corpus at branch end"}])
+                 {"path": "figures/grid.png", "caption": "stage x corpus: half-life, overt and covert at branch end"}])
     print(f"wrote {exp_dir}/report.md: {len(parents)} of {len(design['seeds'])} seeds ({wall / 60:.1f} min)")
 
 

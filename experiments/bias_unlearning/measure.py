@@ -11,7 +11,8 @@ occupations x templates (`amp_lo`, `amp_hi`). The occupations counted are fixed 
 (>= bias_probe.MIN_MENTIONS resolved mentions) in every corpus of the experiment, so all runs are compared on
 one set.
 Covert bias (a): WEAT effect size of the last layer's hidden state at the occupation (`weat_d_last`) and of
-the token embeddings (`weat_d_emb`), bias_probe.covert_association. Covert (b), when generations=True:
+the token embeddings (`weat_d_emb`), bias_probe.covert_association; `weat_d_mean` their mean over the embeddings
+and every layer (one number per model whatever its depth; less noisy than one layer's). Covert (b), when generations=True:
 gen_stereo_rate of sampled continuations (bias_probe.covert_generation).
 Loss: token-weighted loss on each corpus's fixed validation sample (`loss_<corpus>`), VAL_STORIES stories.
 """
@@ -52,7 +53,8 @@ class Probes:
                "corpus_stereo_rate": head["bias_corpus"] + 0.5, "amp": head["bias_amplification"],
                "amp_lo": head["bias_amplification_lo"], "amp_hi": head["bias_amplification_hi"],
                "n_occ": head["n_occ_seen"], "weat_d_last": assoc[f"weat_d_L{n_layers}"],
-               "weat_p_last": assoc[f"weat_p_L{n_layers}"], "weat_d_emb": assoc["weat_d_emb"]}
+               "weat_p_last": assoc[f"weat_p_L{n_layers}"], "weat_d_emb": assoc["weat_d_emb"],
+               "weat_d_mean": float(np.nanmean([v for k, v in assoc.items() if k.startswith("weat_d_")]))}
         if generations:
             gen, _ = bias_probe.covert_generation(model, inputs)
             row.update({"gen_stereo_rate": gen["gen_stereo_rate"], "gen_stereo_lo": gen["gen_stereo_rate_lo"],
