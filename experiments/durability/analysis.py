@@ -393,8 +393,8 @@ def run_time_lines(exp_dir):
         flags = ", ".join(f for f, on in m.get("flags", {}).items() if on) or "none"
         lines.append(f"- {s['runs']} runs with --jobs {s['jobs']}: **{s['wall_s'] / 60:.1f} min** wall, started "
                      f"{s['started_utc']} on {m.get('cpu')} ({m.get('cores')} cores; flags {flags}); load average "
-                     f"(1/5/15 min) {m.get('load_avg')} at start, {s.get('load_avg_end')} at end — the machine was "
-                     f"shared with other jobs.")
+                     f"(1/5/15 min) {m.get('load_avg')} at start, {s.get('load_avg_end')} at end (the wall time is "
+                     f"this load's).")
     status = state.get("status", {}).values()
     train = [s["train_s"] for s in status if "train_s" in s]
     evals = [s["eval_s"] for s in status if "eval_s" in s]
