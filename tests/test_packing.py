@@ -152,12 +152,12 @@ def test_old_batch_log_format_is_refused(tmp_path):
 
 
 def test_long_document_corpus_trains_every_token(tok_dataset, tmp_path):
-    """A `local` corpus of 24 documents of 5,000–20,000 words (storyworld stories concatenated) goes through
+    """A `local` corpus of 12 documents of 5,000–20,000 words (storyworld stories concatenated) goes through
     download → vocab → pretokenize → train with every token fed and an exact index and batch log."""
     raw = json.loads((tok_dataset["workspace"] / "data/storyworld/data00.json").read_text())
     rng = np.random.default_rng(0)
     docs, i = [], 0
-    while len(docs) < 24:
+    while len(docs) < 12:
         target, words, parts = rng.integers(5000, 20000), 0, []
         while words < target:
             story = raw[i % len(raw)]["story"]
