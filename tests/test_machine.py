@@ -1,4 +1,5 @@
-"""common/machine: the CPU flags machine_info reports are the ones /proc/cpuinfo lists, and the load average; busy_cores\nsees processes spinning now and forgets them once they stop (the load average does not)."""
+"""common/machine: the CPU flags machine_info reports are the ones /proc/cpuinfo lists, and the load average; busy_cores
+sees processes spinning now and forgets them once they stop (the load average does not)."""
 import os
 import subprocess
 import sys
