@@ -279,9 +279,9 @@ def crossing_tokens(tokens, values, level):
 
 def half_life(tokens, values, target, min_gap=MIN_GAP):
     """Tokens after the branch point until the overt bias has moved halfway from its branch-point value
-    values[0] toward `target` and stays there to the end of the branch (crossing_tokens). NaN with censored False when the start is within min_gap of the
-    target (nothing to unlearn: no half-life), NaN with censored True when it never gets halfway. -> (tokens,
-    censored)."""
+    values[0] toward `target` and stays there to the end of the branch (crossing_tokens). NaN with censored
+    False when the start is within min_gap of the target (nothing to unlearn: no half-life), NaN with censored
+    True when it never gets halfway. -> (tokens, censored)."""
     start = float(values[0])
     if not (np.isfinite(start) and np.isfinite(target)) or abs(target - start) < min_gap:
         return math.nan, False
@@ -323,17 +323,14 @@ def comparisons(measures, stages, unlearn=None):
                              **stats.compare_paired((end[(stage, corpus)].to_numpy(), end[(stage, CONTROL)].to_numpy()))})
     # covert bias left at the end of the neutral and counter branches, against its null value 0 (no
     # association), and against its own value at the branch point (end - start: how much of it went)
-    for column in (COVERT,):
-        if column not in measures:
-            continue
-        end = branch_end(measures, column)
-        start = branch_start(measures, column)
+    if COVERT in measures:
+        end, start = branch_end(measures, COVERT), branch_start(measures, COVERT)
         for stage in stages:
             for corpus in ("neutral", "counter"):
                 if (stage, corpus) in end:
-                    rows.append({"comparison": f"{corpus} vs 0", "outcome": column, "stage": stage, "primary": False,
+                    rows.append({"comparison": f"{corpus} vs 0", "outcome": COVERT, "stage": stage, "primary": False,
                                  **stats.compare_paired(end[(stage, corpus)].to_numpy())})
-                    rows.append({"comparison": f"{corpus} end - branch point", "outcome": column, "stage": stage,
+                    rows.append({"comparison": f"{corpus} end - branch point", "outcome": COVERT, "stage": stage,
                                  "primary": False, **stats.compare_paired((end[(stage, corpus)].to_numpy(),
                                                                            start[(stage, corpus)].to_numpy()))})
     # how the overt bias's half-life depends on the stage: later stage - earlier stage, paired over the seeds
@@ -411,7 +408,7 @@ def figure_curves(measures, path, column, ylabel):
 
 def figure_grid(table, path):
     """stage x corpus, mean with 95% interval over seeds: the overt bias's half-life (tokens until it halves),
-    the overt bias and the covert gender-axis separation at branch end."""
+    the overt bias and the covert bias (weat_d_mean) at branch end."""
     panels = [("half_life_zero", "tokens until overt bias halves (reached seeds)"),
               ("overt_end", "overt bias at branch end"), ("covert_end", "covert (WEAT d, mean over layers) at branch end")]
     panels = [p for p in panels if p[0] in table]
