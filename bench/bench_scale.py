@@ -6,8 +6,8 @@ stage's process tree, from os.wait4 as /usr/bin/time -v reports it; stories/s = 
 generate (download_datasets.py storyworld: stories, shards and the dataset card), train_vocab, pretokenize,
 compute_metadata (full metric set), and a 30-step train (modelling/train.py over every train story, dim 128).
 
-    .venv/bin/python -m bench.run_all scale                          # N = 100,000 (and 25,000)
-    .venv/bin/python bench/bench_scale.py --n 1000000                # the 1M-story row of issue 14
+    .venv/bin/python -m bench.run_all scale                          # N = 1,000,000 (and 250,000)
+    .venv/bin/python bench/bench_scale.py --n 100000                 # a smaller full-size check
     .venv/bin/python -m bench.run_all scale --quick                  # N = 10,000 (and 2,500)
 
 Time and memory are fitted as a + b*N through the two sizes; a stage whose memory slope b is not ~0 holds
@@ -84,7 +84,7 @@ def pipeline(n):
 
 
 def run(quick=False, n=None):
-    n = n or (10_000 if quick else 100_000)
+    n = n or (10_000 if quick else 1_000_000)
     small, large = pipeline(n // 4), pipeline(n)
     rows = []
     note_machine = machine_note()

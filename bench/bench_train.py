@@ -7,10 +7,12 @@
    shape (dim 288, 6 layers, 6 heads, seq 256, batch 16, vocab 512; quick: dim 128, 4 layers, seq 128), run as
    interleaved A/B pairs (the order alternates), reporting real-target tok/s of each and the per-pair ratio
    ours / llama2.c as min / median / max, with the load average and the CPU's AMX / AVX512-BF16 flags.
-   llama2.c runs twice per pair: stock, and with OMP_WAIT_POLICY=PASSIVE in its environment (its code unchanged)
-   — train.py sets PASSIVE, and on a loaded CPU the spinning default alone changes the ratio several-fold.
-   Our variants: fp32 eager (llama2.c's math), dtype auto (bf16 where the CPU has it), auto + compile, and the
-   thread settings: OMP_WAIT_POLICY PASSIVE (train.py's default) vs ACTIVE, and (full mode) 1 thread vs all cores.
+   Quick mode runs llama2.c twice per pair: stock, and with OMP_WAIT_POLICY=PASSIVE in its environment (its code
+   unchanged) — on a loaded CPU the spinning default alone changes the ratio several-fold, and train.py chooses
+   the policy by the cores other processes keep busy (common/machine.py).
+   Our variants: fp32 eager (llama2.c's math), dtype auto (bf16 where the CPU has it), and full mode auto +
+   compile (fixed-width batches: one recompile, at a change of row count within the untimed first steps — checked);
+   quick mode forces OMP_WAIT_POLICY=ACTIVE once against the chosen policy.
    Real targets: llama2.c packs rows (all B*T targets are real); ours pads each story's row, pads not counted.
    Ours is timed on the steps that carry no checkpoint work (batch log on) — the ratios — and on every step; the
    per-checkpoint cost at the demo's density is the full mode's instrumentation row.
@@ -47,8 +49,6 @@ VARIANTS_FULL = [
     ("fp32_eager", dict(dtype="float32", compile=False), {}),
     ("auto_eager", dict(dtype="auto", compile=False), {}),
     ("auto_compile", dict(dtype="auto", compile=True), {}),
-    ("auto_compile_omp_active", dict(dtype="auto", compile=True), {"OMP_WAIT_POLICY": "ACTIVE"}),
-    ("auto_compile_1thread", dict(dtype="auto", compile=True), {"OMP_NUM_THREADS": "1"}),
 ]
 VARIANTS_QUICK = [
     ("fp32_eager", dict(dtype="float32", compile=False), {}),
@@ -109,11 +109,11 @@ def side_by_side(ws, quick):
     variants = VARIANTS_QUICK if quick else VARIANTS_FULL
     ref_compile = not quick
     work = llama2c_workdir(ws, "storyworld", shape["vocab_size"])
-    refs = [("llama2c_stock", {}), ("llama2c_omp_passive", {"OMP_WAIT_POLICY": "PASSIVE"})]
+    refs = [("llama2c_stock", {})] + ([("llama2c_omp_passive", {"OMP_WAIT_POLICY": "PASSIVE"})] if quick else [])
     loads, tok_s, dtypes = [], {name: [] for name, _ in refs}, {}
     tok_s.update({name: [] for name, _, _ in variants})
     with_ckpt = {name: [] for name, _, _ in variants}
-    flops_per_token, n_ckpt_timed = {}, 0
+    flops_per_token, n_ckpt_timed, policies = {}, 0, {}
     for pair in range(n_pairs):
         jobs = [(name, None, env) for name, env in refs] + list(variants)
         for name, overrides, env in (jobs if pair % 2 == 0 else jobs[::-1]):
@@ -124,10 +124,14 @@ def side_by_side(ws, quick):
             else:
                 log, cfg = train(ws, name, env, **shape, **OURS, **overrides, max_iters=iters + 1,
                                  eval_interval=iters + 1)
+                if overrides.get("compile") and log.loc[log["step"] <= skip, "n_rows"].nunique() < 2:
+                    raise RuntimeError(f"{name}: the row count did not change in the {skip} untimed steps, so "
+                                       f"torch.compile's recompile (dynamic rows) would fall in the timed steps")
                 # our steps are 1-based, llama2.c's 0-based; steady state: steps not carrying a checkpoint's work
                 tok_s[name].append(throughput(log, skip + 1, cfg["checkpoint_steps"])[0])
                 with_ckpt[name].append(throughput(log, skip + 1)[0])
                 flops_per_token[name], dtypes[name] = cfg["flops_per_token"], cfg["dtype_used"]
+                policies.setdefault(name, []).append(cfg["threads"]["omp_wait_policy"])
                 n_ckpt_timed = sum(1 for c in cfg["checkpoint_steps"] if skip + 1 <= c <= iters)
     info = machine_info()
     label = (f"d{shape['dim']} L{shape['n_layers']} H{shape['n_heads']} T{shape['max_seq_len']} "
@@ -143,7 +147,8 @@ def side_by_side(ws, quick):
     for name, _, env in variants:
         mfu = 100 * flops_per_token[name] * statistics.median(tok_s[name]) / PEAK["float32"]
         rows.append({"bench": BENCH, "metric": f"ours_{name}_tokens_per_s", "value": statistics.median(tok_s[name]),
-                     "unit": "tok/s", "note": f"modelling/train.py dtype={dtypes[name]} {env or ''} median of "
+                     "unit": "tok/s", "note": f"modelling/train.py dtype={dtypes[name]} {env or ''} wait policy "
+                                              f"{'/'.join(sorted(set(policies[name])))}, median of "
                                               f"{n_pairs}, batch log on, steps carrying no checkpoint; {mfu:.1f}% "
                                               f"of the 0.3 TFLOP/s fp32 peak"})
         rows.append({"bench": BENCH, "metric": f"ours_{name}_with_checkpoints_tokens_per_s",

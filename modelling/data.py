@@ -121,12 +121,14 @@ class SegmentBatches:
         """All segments of the stories (in story order, then chunk order)."""
         return story_segments(story_ids, self.ds.n_tokens(story_ids), self.max_seq_len)
 
-    def batch(self, packed, device="cpu"):
+    def batch(self, packed, device="cpu", fixed_width=False):
         """(x, y, positions, segment_ids) for packed segments (their `row` fields number the rows; a group
         may hold any subset of a step's rows). Width = the fullest row. positions and segment_ids are None
-        when every row holds a single segment: plain causal attention, positions 0..T-1."""
+        when every row holds a single segment: plain causal attention, positions 0..T-1.
+        fixed_width (train.py --compile): every row max_seq_len wide and positions/segment_ids always given,
+        so that only the number of rows changes from step to step and torch.compile builds one graph."""
         row_of, offset, fill = row_layout(packed)
-        shape = (len(fill), int(fill.max()))
+        shape = (len(fill), self.max_seq_len if fixed_width else int(fill.max()))
         x = np.full(shape, PAD_INPUT, dtype=np.int64)
         y = np.full(shape, PAD_TARGET, dtype=np.int64)
         pos = np.zeros(shape, dtype=np.int64)
@@ -138,7 +140,7 @@ class SegmentBatches:
             y[r, at:at + n] = seq[1:]
             pos[r, at:at + n] = np.arange(n)
             seg[r, at:at + n] = k
-        arrays = (x, y) if np.bincount(row_of).max() == 1 else (x, y, pos, seg)
+        arrays = (x, y) if np.bincount(row_of).max() == 1 and not fixed_width else (x, y, pos, seg)
         if str(device).startswith("cuda"):
             tensors = [torch.from_numpy(a).pin_memory().to(device, non_blocking=True) for a in arrays]
         else:

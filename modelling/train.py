@@ -275,7 +275,12 @@ def main(argv):
         if start_step >= n_steps:
             print(f"{out}: resume.pt is at step {start_step} >= {n_steps} steps — nothing to do")
             return
-    train_model = torch.compile(model) if compile else model  # probes, eval and checkpoints use `model`
+    # probes, eval and checkpoints use `model`. Compiled, batches come max_seq_len wide with the segment mask
+    # always given (data.py fixed_width), so only the row count varies: one recompile makes it dynamic, and
+    # the chunked loss (a Python loop over rows) runs eager outside the graph
+    if compile:
+        model.loss_outside_compile()
+    train_model = torch.compile(model) if compile else model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(train_model, device_ids=[local_rank] if device_type == "cuda" else None)
@@ -338,7 +343,7 @@ def main(argv):
                                                     (rank + 1) * gradient_accumulation_steps]
         loss_acc = torch.zeros((), device=dev)
         for micro, part in enumerate(micro_batches):
-            x, y, positions, segment_ids = batches.batch(part, dev)
+            x, y, positions, segment_ids = batches.batch(part, dev, fixed_width=compile)
             # the step's loss is the mean over all its targets, whatever the micro-batch sizes
             weight = int(part["n_tokens"].sum()) * world / n_step_tokens
             sync = micro == gradient_accumulation_steps - 1

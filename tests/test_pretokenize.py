@@ -115,6 +115,40 @@ def test_card_reports_sentence_overlap_novel_below_iid(in_workspace):
     assert overlap["val_novel"] < overlap["val"] - 0.05
 
 
+def test_sentence_overlap_streamed_equals_the_whole_corpus_count_with_twins(monkeypatch):
+    """pretokenize counts train sentences shard by shard (distinct hashes, merged a few at a time here); with
+    twins (a train story with a val_novel story's text, moved to val_novel at the end) it must give what
+    counting every sentence of the final splits at once gives."""
+    from tokenization.pretokenize import SentenceOverlap, story_hash_u64
+    monkeypatch.setattr(SentenceOverlap, "MERGE_KEYS", 7)
+    rng = np.random.default_rng(0)
+    pool = [f"The {a} saw a {b}." for a in ("cat", "dog", "owl", "fox") for b in ("tree", "boat", "cake")]
+    stories = [" ".join(rng.choice(pool, size=rng.integers(1, 5))) for _ in range(300)]
+    splits = list(rng.choice(["train", "train", "train", "val", "val_novel"], size=len(stories)))
+    novel = [i for i, s in enumerate(splits) if s == "val_novel"][:6]
+    for k, i in enumerate(novel):  # a sentence of its own; twins: a val and three train stories with its text
+        stories[i] += f" Novel {k} went home."
+        if k < 4:
+            twin = len(stories) - 1 - k
+            stories[twin], splits[twin] = stories[i], "val" if k == 0 else "train"
+    counter = SentenceOverlap()
+    for first in range(0, len(stories), 37):  # shards
+        counter.add(stories[first:first + 37], first, splits[first:first + 37])
+    hashes = story_hash_u64(stories)
+    final = np.array(splits, dtype=object)
+    was_train = final == "train"
+    final[np.isin(hashes, hashes[final == "val_novel"])] = "val_novel"
+    assert (was_train & (final == "val_novel")).sum() >= 3  # ours, and chance repeats of short stories
+    got = counter.result(final, was_train, hashes)
+
+    def sentences(names):
+        return [x for i in np.flatnonzero(np.isin(final, names)) for x in stories[i].replace(". ", ".|").split("|")]
+    train = set(sentences(["train"]))
+    for name in ("val", "val_novel"):
+        assert got[name] == pytest.approx(np.mean([x in train for x in sentences([name])]), abs=1e-4), name
+    assert got["val"] == 1.0 and 0.5 < got["val_novel"] < 1  # the novel sentences reach train by no twin
+
+
 def test_tokenizer_settings_byte_fallback(in_workspace):
     sp = spm.SentencePieceProcessor(model_file=str(tok_folder(in_workspace) / "tokenizer.model"))
     assert sp.vocab_size() == 512 and sp.bos_id() == 1

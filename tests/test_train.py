@@ -97,6 +97,11 @@ def test_batch_log_rebuilds_the_exact_tensors_of_a_step(tiny_run, in_workspace, 
         model(x, y, positions=positions, segment_ids=segment_ids)
         logged = run.train_log.loc[run.train_log["step"] == step, "loss"].item()
         assert abs(model.last_loss.item() - logged) < 1e-5, step
+        # --compile's layout: every row max_seq_len wide, the segment mask always given — the same loss
+        fixed = batches.batch(packed, fixed_width=True)
+        assert fixed[0].shape == (x.shape[0], TINY_CONFIG["max_seq_len"]) and fixed[3] is not None
+        model(*fixed[:2], positions=fixed[2], segment_ids=fixed[3])
+        assert abs(model.last_loss.item() - logged) < 1e-5, step
     assert packed_rows > 0  # some of these steps packed several segments into one row
     tokens_per_step = np.diff(np.concatenate([[0], run.train_log["tokens_seen"].to_numpy()]))
     assert tokens_per_step[4] == run.batch_log.step(5)["n_tokens"].sum()

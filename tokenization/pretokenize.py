@@ -116,6 +116,11 @@ def story_hash(story):
     return hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest()
 
 
+def story_hash_u64(stories):
+    """The stories' hashes as uint64 (8 bytes a story: the twin check at 5M stories holds 40 MB)."""
+    return np.fromiter((int.from_bytes(story_hash(s), "big") for s in stories), dtype=np.uint64, count=len(stories))
+
+
 def is_val(story, val_fraction):
     return int.from_bytes(story_hash(story), "big") / 2 ** 64 < val_fraction
 
@@ -139,16 +144,72 @@ def sentence_keys(stories):
     return np.asarray(keys, dtype=np.int64), np.asarray(owner, dtype=np.int64)
 
 
-def sentence_overlap(keys, splits):
-    """{split: share of its sentences that occur verbatim in a train story} for val and val_novel (None for
-    an empty split). keys: per-sentence hashes; splits: per-sentence split names."""
-    splits = np.asarray(splits)
-    train = np.unique(keys[splits == "train"])
-    out = {}
-    for name in ("val", "val_novel"):
-        mine = keys[splits == name]
-        out[name] = round(float(np.isin(mine, train).mean()), 4) if len(mine) else None
-    return out
+class SentenceOverlap:
+    """Share of the val and val_novel sentences that occur verbatim in a train story, counted shard by shard.
+
+    Train sentences are kept as distinct hashes with their counts (merged MERGE_KEYS at a time), the other
+    splits' sentences with their story; a train story later found to be a twin of a val_novel story (same text,
+    so the same sentences) is taken out of the counts and its sentences join val_novel."""
+    MERGE_KEYS = 2_000_000
+
+    def __init__(self):
+        self.keys, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.pending = []
+        self.other_keys, self.other_owner = [], []
+
+    def _merge(self, extra_keys, extra_counts=None):
+        keys = np.concatenate([self.keys, extra_keys])
+        counts = np.concatenate([self.counts, np.ones(len(extra_keys), np.int64) if extra_counts is None
+                                 else extra_counts])
+        self.keys, inverse = np.unique(keys, return_inverse=True)
+        self.counts = np.bincount(inverse, weights=counts, minlength=len(self.keys)).astype(np.int64)
+
+    def add(self, stories, first_id, splits):
+        """One shard's stories, their ids first_id.. and their splits (before twins are resolved)."""
+        keys, owner = sentence_keys(stories)
+        is_train = np.asarray(splits, dtype=object)[owner] == "train"
+        self.pending.append(keys[is_train])
+        self.other_keys.append(keys[~is_train])
+        self.other_owner.append(owner[~is_train] + first_id)
+        if sum(map(len, self.pending)) >= self.MERGE_KEYS:
+            self._merge(np.concatenate(self.pending))
+            self.pending = []
+
+    def result(self, splits, was_train, hashes):
+        """{split: overlap} from the final splits (index order), whether each story was train while counted, and
+        the stories' hashes (story_hash_u64)."""
+        if self.pending:
+            self._merge(np.concatenate(self.pending))
+            self.pending = []
+        keys = np.concatenate(self.other_keys) if self.other_keys else np.zeros(0, np.int64)
+        owner = np.concatenate(self.other_owner) if self.other_owner else np.zeros(0, np.int64)
+        splits = np.asarray(splits, dtype=object)
+        twins = np.flatnonzero(was_train & (splits != "train"))  # counted as train, now val_novel
+        if len(twins):
+            twin_keys, twin_owner = self._twin_sentences(twins, keys, owner, hashes)
+            at = np.searchsorted(self.keys, twin_keys)
+            np.subtract.at(self.counts, at, 1)
+            keys, owner = np.concatenate([keys, twin_keys]), np.concatenate([owner, twin_owner])
+        train = self.keys[self.counts > 0]
+        out = {}
+        for name in ("val", "val_novel"):
+            mine = keys[splits[owner] == name]
+            out[name] = round(float(np.isin(mine, train).mean()), 4) if len(mine) else None
+        return out
+
+    @staticmethod
+    def _twin_sentences(twins, keys, owner, hashes):
+        """The sentences of each twin story: those of a non-train story with the same text (same hash)."""
+        by_hash = {}
+        for sid in np.unique(owner):
+            by_hash.setdefault(int(hashes[sid]), sid)
+        twin_keys, twin_owner = [], []
+        for t in twins:
+            source = by_hash[int(hashes[t])]
+            mine = keys[owner == source]
+            twin_keys.append(mine)
+            twin_owner.append(np.full(len(mine), t, np.int64))
+        return np.concatenate(twin_keys), np.concatenate(twin_owner)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,7 +501,7 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
 
     total = 0
     index_parts, shard_rows, first_id = [], [], 0
-    story_hashes, sent_keys, sent_owner = [], [], []
+    story_hashes, overlap_counter = [], SentenceOverlap()
     encoder = StoryEncoder(sp, args.threads or os.cpu_count())
     with tqdm(total=None, desc="encode stories", unit="story") as bar:
         for k, path in enumerate(shards):
@@ -451,31 +512,29 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
             with atomic_path(out / bin_name) as tmp:
                 tokens.astype("<u2").tofile(tmp)
             offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            splits = [split_of(s, h, args.val_fraction) for s, h in zip(stories, hints)]
             index_parts.append(pd.DataFrame({
                 "story_id": np.arange(first_id, first_id + len(stories), dtype=np.int64),
                 "shard": np.full(len(stories), k, dtype=np.int16),
                 "record": np.arange(len(stories), dtype=np.int32),
                 "offset": offsets,
                 "n_tokens": lengths.astype(np.int32),
-                "split": [split_of(s, h, args.val_fraction) for s, h in zip(stories, hints)],
+                "split": splits,
             }))
-            story_hashes += [story_hash(s) for s in stories]
-            keys, owner = sentence_keys(stories)
-            sent_keys.append(keys)
-            sent_owner.append(owner + first_id)
+            story_hashes.append(story_hash_u64(stories))
+            overlap_counter.add(stories, first_id, splits)
             shard_rows.append({"file": path.name, "sha256": shard_hashes[path.name], "n_stories": len(stories),
                                "first_story_id": first_id, "bin": bin_name, "n_tokens": int(len(tokens))})
             first_id += len(stories)
             total += len(tokens)
     index = pd.concat(index_parts, ignore_index=True)
+    was_train = (index["split"] == "train").to_numpy()
     # a story with the text of a novel one is novel too: no held-out combination reaches train by a twin
-    hashes = np.array(story_hashes, dtype=object)
-    novel = set(hashes[(index["split"] == "val_novel").to_numpy()])
-    if novel:
-        twin = np.fromiter((h in novel for h in hashes), dtype=bool, count=len(hashes))
-        index.loc[twin, "split"] = "val_novel"
-    overlap = sentence_overlap(np.concatenate(sent_keys) if sent_keys else np.zeros(0, np.int64),
-                               index["split"].to_numpy()[np.concatenate(sent_owner)] if sent_owner else [])
+    hashes = np.concatenate(story_hashes) if story_hashes else np.zeros(0, np.uint64)
+    novel = hashes[(index["split"] == "val_novel").to_numpy()]
+    if len(novel):
+        index.loc[np.isin(hashes, novel), "split"] = "val_novel"
+    overlap = overlap_counter.result(index["split"].to_numpy(), was_train, hashes)
     with atomic_path(out / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
     for stale in set(p.name for p in out.glob("*.bin")) - {s["bin"] for s in shard_rows}:
