@@ -118,8 +118,7 @@ class TokenizedDataset:
     def release_shard(self, shard):
         """Drop raw shard `shard` (its position in manifest.json shards) from the text cache and map its token
         file afresh; a caller that reads shard by shard calls this when done with one, to keep memory at one
-        shard. (A memmap's pages stay in the process's RSS once read: compute_metadata read every token of a
-        1M-story corpus that way, ~600 B per story, until it remapped each shard after scoring it.)"""
+        shard. (A memmap's pages stay in the process's RSS once read; a fresh mapping starts with none.)"""
         k = int(shard)
         self._raw.pop(k, None)
         info = self.manifest["shards"][k]

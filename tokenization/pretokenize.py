@@ -157,10 +157,9 @@ class SentenceOverlap:
         self.pending = []
         self.other_keys, self.other_owner = [], []
 
-    def _merge(self, extra_keys, extra_counts=None):
+    def _merge(self, extra_keys):
         keys = np.concatenate([self.keys, extra_keys])
-        counts = np.concatenate([self.counts, np.ones(len(extra_keys), np.int64) if extra_counts is None
-                                 else extra_counts])
+        counts = np.concatenate([self.counts, np.ones(len(extra_keys), np.int64)])
         self.keys, inverse = np.unique(keys, return_inverse=True)
         self.counts = np.bincount(inverse, weights=counts, minlength=len(self.keys)).astype(np.int64)
 
