@@ -210,6 +210,26 @@ def _fake_experiment(tmp_path):
     return exp, runs
 
 
+def test_wall_time_lines_report_sessions_invocations_and_per_run_means(tmp_path):
+    """The one wall-time record every experiment report reads: a run_all session, a command's invocation
+    (recorded with the real clock) and the per-run means, each selectable."""
+    import time
+    experiment = runner.Experiment(tmp_path, {"name": "x"})
+    assert runner.wall_time_lines(tmp_path) == []  # nothing ran yet: no invented figures
+    experiment.state["sessions"] = [{"started_utc": "2026-12-02T10:00:00Z", "wall_s": 600.0, "runs": 4, "jobs": 2,
+                                     "machine": {"cpu": "CPU-X", "cores": 2, "flags": {"avx512_bf16": True},
+                                                 "load_avg": [1.0, 1.0, 1.0]}, "load_avg_end": [2.0, 1.5, 1.0]}]
+    experiment.update("a", train_s=100.0, eval_s=20.0)
+    experiment.update("b", train_s=300.0)
+    runner.record_invocation(experiment, time.time() - 90, 0.5, "trained 4 runs, scored 8 checkpoints")
+    lines = runner.wall_time_lines(tmp_path)
+    assert len(lines) == 3 and all(line.startswith("- ") for line in lines)
+    assert "4 runs with --jobs 2: **10.0 min**" in lines[0] and "CPU-X" in lines[0] and "avx512_bf16" in lines[0]
+    assert "1.5 min wall (trained 4 runs, scored 8 checkpoints; load average 0.5" in lines[1]
+    assert lines[2] == "- Per run (mean over 2): train 200 s, eval 20 s wall."
+    assert runner.wall_time_lines(tmp_path, parts=("invocations",)) == [lines[1]]
+
+
 def test_description_round_trip_and_condition_bands(tmp_path):
     exp, runs = _fake_experiment(tmp_path)
     entries = describe.write_run_curves(exp, runs, ["val_loss"])

@@ -22,13 +22,11 @@ Writes out/experiments/bias_unlearning/NAME/: runs/, logs/, experiment.json, mea
 results.csv, curves/, figures/, report.md, description.json.
 """
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -463,23 +461,6 @@ def half_life_cell(r, column):
     return f"{text} ({', '.join(parts)})"
 
 
-def history(exp_dir):
-    """'From the experiment's creation to this report: … min (load averages …). ' from
-    experiment.json (a resumed experiment's first command is not the one that wrote the report); '' without it."""
-    try:
-        state = json.loads((Path(exp_dir) / "experiment.json").read_text())
-        created = datetime.fromisoformat(state["provenance"]["created_utc"].replace("Z", "+00:00"))
-    except (OSError, ValueError, KeyError):
-        return ""
-    minutes = (datetime.now(timezone.utc) - created).total_seconds() / 60
-    sessions = state.get("sessions", [])
-    loads = [x for s in sessions for x in (s.get("machine", {}).get("load_avg", [None])[0],
-                                          (s.get("load_avg_end") or [None])[0]) if x is not None]
-    load = f" (load averages {min(loads):.1f}–{max(loads):.1f})" if loads else ""
-    return (f"From the experiment's creation ({state['provenance']['created_utc'][:19]} UTC) to this report: "
-            f"{minutes:.1f} min{load}. ")
-
-
 def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, power):
     primary = results[results["primary"]].iloc[0]
     stages, train = design["stages"], design["train"]
@@ -596,8 +577,8 @@ def write_report(exp_dir, design, measures, unlearn, table, results, wall_s, pow
               "## Run", "",
               f"Wall time of the command that wrote this report {wall_s / 60:.1f} min on "
               f"{machine_info().get('cpu', 'this machine')} ({os.cpu_count()} cores; load average at the end "
-              f"{os.getloadavg()[0]:.1f}), dtype {train.get('dtype')}. {history(exp_dir)}Commit "
-              f"{provenance().get('git_commit')}.", ""]
+              f"{os.getloadavg()[0]:.1f}), dtype {train.get('dtype')}. Commit {provenance().get('git_commit')}.", ""] \
+        + runner.wall_time_lines(exp_dir) + [""]
     atomic_write_text(exp_dir / "report.md", "\n".join(lines))
 
 

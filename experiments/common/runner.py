@@ -259,6 +259,43 @@ def run_all(exp_dir, design, runs, jobs=DEFAULT_JOBS):
     return experiment
 
 
+def record_invocation(experiment, t0, load_start, what):
+    """One command's wall time in experiment.json `invocations` (an experiment whose command does more than
+    run_all — scoring, measuring — records it here; run_all's `sessions` hold the runs' part)."""
+    experiment.state.setdefault("invocations", []).append(
+        {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": round(time.time() - t0, 1),
+         "what": what, "load_avg_start": round(load_start, 2), "load_avg_end": round(os.getloadavg()[0], 2)})
+    experiment.save()
+
+
+def wall_time_lines(exp_dir, parts=("sessions", "invocations", "runs")):
+    """The report's wall-time lines ("- ..."), from experiment.json: each run_all session (runs, --jobs, wall
+    time, machine, load at start and end), each recorded invocation of the experiment's command, and the mean
+    train / eval seconds per run — those of `parts`. The one place every experiment's report takes its cost from."""
+    try:
+        state = json.loads((Path(exp_dir) / "experiment.json").read_text())
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for s in state.get("sessions", []) if "sessions" in parts else []:
+        m = s.get("machine", {})
+        flags = ", ".join(f for f, on in m.get("flags", {}).items() if on) or "none"
+        lines.append(f"- {s['runs']} runs with --jobs {s['jobs']}: **{s['wall_s'] / 60:.1f} min** wall, started "
+                     f"{s['started_utc']} on {m.get('cpu')} ({m.get('cores')} cores; flags {flags}); load average "
+                     f"(1/5/15 min) {m.get('load_avg')} at start, {s.get('load_avg_end')} at end (the wall time is "
+                     f"this load's).")
+    for w in state.get("invocations", []) if "invocations" in parts else []:
+        lines.append(f"- The command, started {w['started_utc']}: {w['wall_s'] / 60:.1f} min wall ({w['what']}; load "
+                     f"average {w['load_avg_start']:.1f} at the start, {w['load_avg_end']:.1f} at the end).")
+    status = state.get("status", {}).values()
+    train = [s["train_s"] for s in status if "train_s" in s]
+    evals = [s["eval_s"] for s in status if "eval_s" in s]
+    if train and "runs" in parts:
+        lines.append(f"- Per run (mean over {len(train)}): train {sum(train) / len(train):.0f} s"
+                     + (f", eval {sum(evals) / len(evals):.0f} s" if evals else "") + " wall.")
+    return lines
+
+
 def add_arguments(parser, default_name="example", default_size="demo"):
     """The options every experiment script shares: --name, --size, --jobs, --plan."""
     parser.add_argument("--name", default=default_name, help=f"experiment folder name (default {default_name})")

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
 from common.io import atomic_path, atomic_write_text, save_png  # noqa: E402
-from experiments.common import describe, stats  # noqa: E402
+from experiments.common import describe, runner, stats  # noqa: E402
 from experiments.durability import similarity  # noqa: E402
 from experiments.durability.naming import BASELINE, DATA_SEED_OFFSET, GRID  # noqa: E402
 from metadata.table import read_metadata  # noqa: E402
@@ -381,29 +381,6 @@ def headline(primary, design):
     return out
 
 
-def run_time_lines(exp_dir):
-    """Wall time, machine and load of each session that ran runs (from experiment.json)."""
-    try:
-        state = json.loads((Path(exp_dir) / "experiment.json").read_text())
-    except (OSError, ValueError):
-        return []
-    lines = []
-    for s in state.get("sessions", []):
-        m = s.get("machine", {})
-        flags = ", ".join(f for f, on in m.get("flags", {}).items() if on) or "none"
-        lines.append(f"- {s['runs']} runs with --jobs {s['jobs']}: **{s['wall_s'] / 60:.1f} min** wall, started "
-                     f"{s['started_utc']} on {m.get('cpu')} ({m.get('cores')} cores; flags {flags}); load average "
-                     f"(1/5/15 min) {m.get('load_avg')} at start, {s.get('load_avg_end')} at end (the wall time is "
-                     f"this load's).")
-    status = state.get("status", {}).values()
-    train = [s["train_s"] for s in status if "train_s" in s]
-    evals = [s["eval_s"] for s in status if "eval_s" in s]
-    if train:
-        lines.append(f"- Per run (mean over {len(train)}): train {np.mean(train):.0f} s, eval "
-                     f"{np.mean(evals) if evals else float('nan'):.0f} s wall.")
-    return lines
-
-
 def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, variance, sim, saturation, sat_method):
     cfg = json.loads((runs[0]["dir"] / "config.json").read_text())["config"]
     power = design["power"]
@@ -456,7 +433,7 @@ def write_report(exp_dir, design, runs, check, rhos, primary, exploratory, varia
               "then `eval.py` at the final step for the pairs' runs (the grid's runs are only trained; its "
               f"`val_loss` on {design['eval'].get('val_stories')} stories of the "
               f"fixed iid sample, {design['eval'].get('n_prompts')} prompts × {design['eval'].get('max_new_tokens')} "
-              "generated tokens: exploratory)."] + run_time_lines(exp_dir) + ["",
+              "generated tokens: exploratory)."] + runner.wall_time_lines(exp_dir) + ["",
               "## Checks", "",
               f"- Same multiset of segments in all {len(runs)} runs (batch logs): "
               f"**{'yes' if check['same_multiset'] else 'NO'}** (sha256 `{check['multiset_sha256'][:16]}…`).",

@@ -238,11 +238,9 @@ def machine_line(experiment, jobs, env):
         if train_s or score_s:
             parts.append(f"{arm} {np.mean(train_s) / 60 if train_s else float('nan'):.1f} + "
                          f"{np.mean(score_s) / 60 if score_s else float('nan'):.1f}")
-    walls = "; ".join(f"{w['wall_s'] / 60:.1f} min from {w['started_utc']} ({w['what']}; load average "
-                      f"{w['load_avg_start']:.1f} at the start, {w['load_avg_end']:.1f} at the end)"
-                      for w in experiment.state.get("invocations", []))
+    walls = " ".join(line[2:] for line in runner.wall_time_lines(experiment.dir, parts=("invocations",)))
     return (f"{info['cpu']} ({flags}), {os.cpu_count()} cores, --jobs {jobs}, OMP_NUM_THREADS="
-            f"{env.get('OMP_NUM_THREADS')}. Wall time per invocation of the command: {walls}. Per run, training + "
+            f"{env.get('OMP_NUM_THREADS')}. {walls} Per run, training + "
             f"scoring (minutes, means): {'; '.join(parts)}.")
 
 
@@ -294,11 +292,7 @@ def main(argv=None):
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         n_scored = sum(pool.map(lambda run: score(experiment, run, plans_by_name, cfg["facts_per_group"]), runs))
     if n_trained or n_scored:  # an invocation that did work: its wall time and the load around it
-        experiment.state.setdefault("invocations", []).append(
-            {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": round(time.time() - t0, 1),
-             "what": f"trained {n_trained} runs, scored {n_scored} checkpoints", "load_avg_start": round(load0, 2),
-             "load_avg_end": round(os.getloadavg()[0], 2)})
-        experiment.save()
+        runner.record_invocation(experiment, t0, load0, f"trained {n_trained} runs, scored {n_scored} checkpoints")
     arm_plans = {arm: {r["seed"]: plans_by_name[r["plan"]] for r in runs if r["condition"] == arm} for arm in ARMS}
     analysis.analyse(exp_dir, design, runs, arm_plans, check, machine_line(experiment, args.jobs, env))
     print(f"done: {exp_dir}/report.md")
