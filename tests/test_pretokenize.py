@@ -1,7 +1,6 @@
 """train_vocab + pretokenize + the TokenizedDataset reader, on the shared tok_dataset fixture."""
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
