@@ -121,14 +121,15 @@ def story_hash_u64(stories):
     return np.fromiter((int.from_bytes(story_hash(s), "big") for s in stories), dtype=np.uint64, count=len(stories))
 
 
-def is_val(story, val_fraction):
-    return int.from_bytes(story_hash(story), "big") / 2 ** 64 < val_fraction
+def is_val(hash_u64, val_fraction):
+    """The iid validation rule on a story's hash (story_hash_u64)."""
+    return int(hash_u64) / 2 ** 64 < val_fraction
 
 
-def split_of(story, hint, val_fraction):
+def split_of(hash_u64, hint, val_fraction):
     if hint in ("val_novel", "facts"):  # facts: a fact set's documents, trained only by injection (issue 18)
         return hint
-    return "val" if is_val(story, val_fraction) else "train"
+    return "val" if is_val(hash_u64, val_fraction) else "train"
 
 
 def sentence_keys(stories):
@@ -198,14 +199,15 @@ class SentenceOverlap:
 
     @staticmethod
     def _twin_sentences(twins, keys, owner, hashes):
-        """The sentences of each twin story: those of a non-train story with the same text (same hash)."""
-        by_hash = {}
-        for sid in np.unique(owner):
-            by_hash.setdefault(int(hashes[sid]), sid)
+        """The sentences of each twin story: those of a non-train story with the same text (same hash). owner is
+        ascending (shards in order, stories in order within one), so a story's sentences are one slice."""
+        candidates = np.unique(owner)
+        candidates = candidates[np.isin(hashes[candidates], hashes[twins])]  # the stories twins copy
+        source = dict(zip(hashes[candidates[::-1]].tolist(), candidates[::-1].tolist()))  # first story per hash
         twin_keys, twin_owner = [], []
         for t in twins:
-            source = by_hash[int(hashes[t])]
-            mine = keys[owner == source]
+            sid = source[int(hashes[t])]
+            mine = keys[np.searchsorted(owner, sid, "left"):np.searchsorted(owner, sid, "right")]
             twin_keys.append(mine)
             twin_owner.append(np.full(len(mine), t, np.int64))
         return np.concatenate(twin_keys), np.concatenate(twin_owner)
@@ -511,7 +513,8 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
             with atomic_path(out / bin_name) as tmp:
                 tokens.astype("<u2").tofile(tmp)
             offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            splits = [split_of(s, h, args.val_fraction) for s, h in zip(stories, hints)]
+            hashes = story_hash_u64(stories)  # each story hashed once: its split and the twin check
+            splits = [split_of(h, hint, args.val_fraction) for h, hint in zip(hashes, hints)]
             index_parts.append(pd.DataFrame({
                 "story_id": np.arange(first_id, first_id + len(stories), dtype=np.int64),
                 "shard": np.full(len(stories), k, dtype=np.int16),
@@ -520,7 +523,7 @@ def _pretokenize(args, out, shards, shard_hashes, manifest, manifest_path, card)
                 "n_tokens": lengths.astype(np.int32),
                 "split": splits,
             }))
-            story_hashes.append(story_hash_u64(stories))
+            story_hashes.append(hashes)
             overlap_counter.add(stories, first_id, splits)
             shard_rows.append({"file": path.name, "sha256": shard_hashes[path.name], "n_stories": len(stories),
                                "first_story_id": first_id, "bin": bin_name, "n_tokens": int(len(tokens))})
