@@ -37,8 +37,9 @@ FIXED_WORK = ("train_30_steps",)  # work independent of N (train_vocab also caps
 # (and its 5M figure) overstates them
 CAPPED = {
     "train_vocab": "its sample stops at 50,000 stories",
-    "compute_metadata": "the n-gram is fitted on at most 20M train tokens, counted 2M at a time; the table is "
-                        "streamed to parquet shard by shard; what still grows is the story index (~40 B/story)",
+    "compute_metadata": "the n-gram is fitted on at most 20M train tokens, read shard by shard and counted 2M at "
+                        "a time; the table is streamed to parquet shard by shard; what still grows is the story "
+                        "index (~150 B/story of RSS as read from index.parquet)",
 }
 
 
