@@ -99,7 +99,8 @@ class TokenizedDataset:
         """(story_id, tokens) for every id, read shard by shard (ids of one shard in the given order); each shard's
         token map is released once its stories are read, so memory stays at one shard however many stories a
         caller reads (a whole-corpus sample otherwise keeps every shard's read pages in RSS: ~0.6 GB per 1M
-        stories). A caller that keeps a story's tokens past the next shard copies them."""
+        stories). The tokens are memmap views: one kept past its shard keeps that shard's old map (and its pages)
+        alive, so a caller that keeps them copies them."""
         ids = np.asarray(story_ids, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.index)):
             raise IndexError(f"story ids outside 0..{len(self.index) - 1}")
